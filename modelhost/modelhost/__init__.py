@@ -1,0 +1,1 @@
+"""Roundhouse model-host kit: what every family service is built on."""

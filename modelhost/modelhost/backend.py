@@ -1,0 +1,81 @@
+"""The contract between a family's model wrapper and the worker process that runs it.
+
+A family writes one small class per backend (``BlipCaptioner``, ``WhisperTranscriber`` ...) on this
+base. It is imported and instantiated only inside the worker child process, never in the HTTP
+process, so the HTTP process never imports torch or onnxruntime and never holds device memory.
+
+The worker calls, in order: ``load()`` (returns the device really used), ``warmup()`` (one real
+inference), then ``infer(items)`` many times, and finally ``close()``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import Any
+
+from .catalog import ModelSpec
+
+
+class Backend(ABC):
+    def __init__(self, spec: ModelSpec, cache_dir: str) -> None:
+        self.spec = spec
+        self.cache_dir = cache_dir
+
+    @abstractmethod
+    def load(self) -> str:
+        """Load the weights onto ``self.spec.device`` (or where it would really run) and return
+        the device the model really runs on, read back from the framework: e.g. ``"cuda:0"``,
+        ``"cpu"``. Never lie here: the runtime refuses a silent CPU fallback based on this value."""
+
+    @abstractmethod
+    def warmup(self) -> None:
+        """Run one real inference on a synthetic input; raise if it fails."""
+
+    @abstractmethod
+    def infer(self, items: list[Any]) -> list[Any]:
+        """Run one batch. Return one result per item, in order. Results must be picklable."""
+
+    def close(self) -> None:
+        """Drop every reference to the weights. The worker collects garbage afterwards."""
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the device ran out of memory. Override for frameworks with their
+        own error types; the default knows MemoryError and torch's OutOfMemoryError by class."""
+        if isinstance(exc, MemoryError):
+            return True
+        torch = _loaded_module("torch")
+        if torch is not None:
+            oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+            if oom is not None and isinstance(exc, oom):
+                return True
+        return False
+
+
+def _loaded_module(name: str) -> Any:
+    import sys
+
+    return sys.modules.get(name)
+
+
+def torch_device(spec: ModelSpec) -> str:
+    """The torch device a model asked for would really get: the asked GPU when CUDA is usable,
+    else ``"cpu"`` (the runtime then refuses it unless the catalog allows the fallback)."""
+    if not spec.wants_gpu:
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    return spec.device if ":" in spec.device else "cuda:0"
+
+
+def import_backend(path: str) -> type[Backend]:
+    """Import ``"package.module:ClassName"``."""
+    module_name, _, attr = path.partition(":")
+    if not attr:
+        raise ValueError(f"backend path {path!r} must look like 'package.module:ClassName'")
+    cls = getattr(importlib.import_module(module_name), attr)
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise TypeError(f"{path} is not a modelhost Backend")
+    return cls

@@ -1,0 +1,206 @@
+"""Typed errors, one status table, and the one error envelope.
+
+Every error a Roundhouse component returns has the same shape::
+
+    {"src": "gateway", "request_id": "...",
+     "error": {"type": "invalid_request_error", "code": "unsupported_media_type",
+               "message": "...", "param": "file"}}
+
+``code`` is a string naming the condition, never the HTTP status. Handlers match on exception
+classes, never on message text.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+class RoundhouseError(Exception):
+    """Base of every error that is rendered to a client. Subclasses set the class attributes."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        retry_after_s: float | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after_s = retry_after_s
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(RoundhouseError):
+    status, type, code = 400, "invalid_request_error", "bad_request"
+
+
+class Unauthorized(RoundhouseError):
+    status, type, code = 401, "authentication_error", "invalid_api_key"
+
+
+class Forbidden(RoundhouseError):
+    status, type, code = 403, "permission_error", "forbidden"
+
+
+class NotFound(RoundhouseError):
+    status, type, code = 404, "not_found_error", "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class Conflict(RoundhouseError):
+    status, type, code = 409, "conflict_error", "conflict"
+
+
+class ModelLeased(Conflict):
+    code = "model_in_use"
+
+
+class PayloadTooLarge(RoundhouseError):
+    status, type, code = 413, "invalid_request_error", "payload_too_large"
+
+
+class UnsupportedMediaType(RoundhouseError):
+    status, type, code = 415, "invalid_request_error", "unsupported_media_type"
+
+
+class Overloaded(RoundhouseError):
+    status, type, code = 429, "rate_limit_error", "overloaded"
+
+
+class Unavailable(RoundhouseError):
+    status, type, code = 503, "unavailable_error", "unavailable"
+
+
+class ModelNotReady(Unavailable):
+    code = "model_not_ready"
+
+
+class OutOfMemory(Unavailable):
+    """A single item did not fit on the device even alone."""
+
+    code = "out_of_memory"
+
+
+class UpstreamError(RoundhouseError):
+    status, type, code = 502, "upstream_error", "upstream_error"
+
+
+class DeadlineExceeded(RoundhouseError):
+    status, type, code = 504, "timeout_error", "deadline_exceeded"
+
+
+class InternalError(RoundhouseError):
+    status, type, code = 500, "server_error", "internal_error"
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def request_id_of(request: Request) -> str:
+    rid = getattr(request.state, "request_id", None)
+    if rid is None:
+        rid = request.headers.get(REQUEST_ID_HEADER) or new_request_id()
+        request.state.request_id = rid
+    return rid
+
+
+def envelope(
+    src: str,
+    request_id: str,
+    *,
+    type: str,
+    code: str,
+    message: str,
+    param: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "src": src,
+        "request_id": request_id,
+        "error": {"type": type, "code": code, "message": message, "param": param},
+    }
+
+
+def error_response(src: str, request_id: str, exc: RoundhouseError) -> JSONResponse:
+    headers = {REQUEST_ID_HEADER: request_id}
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, int(round(exc.retry_after_s))))
+    body = envelope(src, request_id, type=exc.type, code=exc.code, message=exc.message, param=exc.param)
+    return JSONResponse(body, status_code=exc.status, headers=headers)
+
+
+_STARLETTE_STATUS = {
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    405: BadRequest,
+    409: Conflict,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+    429: Overloaded,
+    503: Unavailable,
+}
+
+
+def install_error_handlers(app: FastAPI, src: str) -> None:
+    """Render every error raised in ``app`` as the envelope, naming ``src`` as the answering component."""
+
+    @app.exception_handler(RoundhouseError)
+    async def _roundhouse(request: Request, exc: RoundhouseError) -> JSONResponse:
+        return error_response(src, request_id_of(request), exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        message = first.get("msg", "invalid request")
+        if loc:
+            message = f"{'.'.join(loc)}: {message}"
+        err = RoundhouseError(message, param=".".join(loc) or None)
+        err.status, err.type, err.code = 422, "invalid_request_error", "validation_error"
+        return error_response(src, request_id_of(request), err)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        cls = _STARLETTE_STATUS.get(exc.status_code)
+        if cls is None:
+            err: RoundhouseError = InternalError("internal error")
+            err.status = exc.status_code
+        else:
+            err = cls(str(exc.detail))
+        if exc.status_code == 404 and cls is NotFound:
+            err = NotFound(f"no route for {request.method} {request.url.path}", code="route_not_found")
+        if exc.status_code == 405:
+            err = BadRequest(f"method {request.method} not allowed on {request.url.path}", code="method_not_allowed")
+            err.status = 405
+        return error_response(src, request_id_of(request), err)
+
+    @app.exception_handler(Exception)
+    async def _unknown(request: Request, exc: Exception) -> JSONResponse:
+        rid = request_id_of(request)
+        log.exception("unhandled error (request_id=%s)", rid)
+        return error_response(src, rid, InternalError(f"internal error; quote request_id {rid} when reporting it"))
