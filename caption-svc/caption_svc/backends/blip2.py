@@ -1,0 +1,113 @@
+"""BLIP-2 captioning (``Blip2ForConditionalGeneration``, e.g. Salesforce/blip2-opt-2.7b).
+
+Prompts: optional. Without one the language model starts from the image alone and writes a caption; with
+one ("Question: what is in the picture? Answer:") it continues that text. Either way the caption is only
+the generated continuation, decoded from the new tokens.
+
+Batching: the language model is decoder-only, so prompts of different lengths are padded on the left (its
+positions follow the attention mask, so padding does not shift them) and one ``generate`` runs the whole
+batch. Items asking for fewer new tokens than the batch's largest are cut after greedy decoding, which
+gives the same tokens as stopping early.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from PIL import Image
+
+from modelhost.backend import Backend, torch_device
+from modelhost.catalog import ModelSpec
+
+from ..items import CaptionItem
+from ._weights import pretrained_kwargs, torch_dtype
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_NEW_TOKENS = 30
+
+
+class Blip2Captioner(Backend):
+    def __init__(self, spec: ModelSpec, cache_dir: str) -> None:
+        super().__init__(spec, cache_dir)
+        self.model: Any = None
+        self.processor: Any = None
+        self.device = "cpu"
+        self.dtype: Any = None
+        self.max_new_tokens = int(spec.options.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
+        self.default_prompt: str | None = spec.options.get("prompt")
+
+    def load(self) -> str:
+        from transformers import AutoProcessor, Blip2ForConditionalGeneration
+
+        device = torch_device(self.spec)
+        self.dtype = torch_dtype(self.spec, device)
+        kwargs = pretrained_kwargs(self.spec, self.cache_dir)
+        self.processor = AutoProcessor.from_pretrained(self.spec.source, **kwargs)
+        self.processor.tokenizer.padding_side = "left"
+        model = Blip2ForConditionalGeneration.from_pretrained(self.spec.source, dtype=self.dtype, **kwargs)
+        # generate() runs the language model, whose own generation config is a default one: give it the
+        # config saved with the model (token limits, suppressed tokens, beams).
+        model.language_model.generation_config = model.generation_config
+        self.model = model.to(device).eval()
+        self.device = str(next(self.model.parameters()).device)
+        return self.device
+
+    def warmup(self) -> None:
+        image = Image.linear_gradient("L").resize((64, 48)).convert("RGB")
+        [result] = self.infer([CaptionItem(image=image)])
+        if not isinstance(result["caption"], str):
+            raise RuntimeError(f"warm-up produced {result!r}, not a caption")
+
+    def infer(self, items: list[CaptionItem]) -> list[dict[str, Any]]:
+        import torch
+
+        images = [_rgb(item.image) for item in items]
+        prompts = [_prompt(item.prompt, self.default_prompt) for item in items]
+        limits = [item.max_new_tokens or self.max_new_tokens for item in items]
+        inputs = self.processor(images=images, text=prompts, padding=True, return_tensors="pt")
+        inputs = inputs.to(self.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=max(limits), do_sample=False)
+        # The language model returns the prompt (image placeholders included) followed by the new tokens.
+        new_tokens = out[:, inputs["input_ids"].shape[1] :].tolist()
+        eos_ids = _ids(self.model.generation_config.eos_token_id)
+        return [_caption(self.processor, ids[:limit], eos_ids) for ids, limit in zip(new_tokens, limits)]
+
+    def close(self) -> None:
+        on_gpu = self.device.startswith("cuda")
+        self.model = None
+        self.processor = None
+        if on_gpu:
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _prompt(prompt: str | None, default: str | None) -> str:
+    """The text after the image: the item's prompt, else the catalog's, else none (an empty text still
+    gets the tokenizer's BOS, which is where BLIP-2 starts a plain caption)."""
+    return prompt if prompt is not None else (default or "")
+
+
+def _ids(value: int | list[int] | None) -> set[int]:
+    if value is None:
+        return set()
+    return {value} if isinstance(value, int) else set(value)
+
+
+def _caption(processor: Any, new_ids: list[int], eos_ids: set[int]) -> dict[str, Any]:
+    """Decode one row of new tokens: up to and including the first end of sequence; padding after it
+    (present when other rows of the batch ran longer) is not counted."""
+    for n, token in enumerate(new_ids):
+        if token in eos_ids:
+            new_ids = new_ids[: n + 1]
+            break
+    text = processor.decode(new_ids, skip_special_tokens=True).strip()
+    return {"caption": text, "tokens": len(new_ids)}
