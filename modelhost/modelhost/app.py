@@ -1,0 +1,152 @@
+"""``create_host_app``: the model host API every family service gets for free.
+
+    GET  /health/live                 the process answers
+    GET  /health/ready                the runtime is started (models load on demand)
+    GET  /metrics                     Prometheus text
+    GET  /v1/models                   every catalog model of this family, with its state
+    POST /v1/models/{name}/load       returns when READY (coalesced), with measured memory
+    POST /v1/models/{name}/unload     returns when released, with freed bytes; ?drain=true waits
+
+A family adds its inference routes with an ``APIRouter`` and reaches the runtime through
+``host(request)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from fastapi import APIRouter, FastAPI, Query, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.middleware.base import BaseHTTPMiddleware
+
+from .catalog import Catalog
+from .errors import REQUEST_ID_HEADER, install_error_handlers, request_id_of
+from .meter import MemoryMeter, open_meter
+from .metrics import HostMetrics
+from .runtime import ModelRuntime
+from .settings import HostSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a family service tells the kit about itself."""
+
+    name: str  # caption, face, asr, tts
+    service: str  # compose service name, used as the envelope's src: caption-svc
+    backends: dict[str, str]  # backend name -> "package.module:Class" (imported in the worker only)
+    version: str = "0.1.0"
+
+
+@dataclass
+class Host:
+    family: Family
+    settings: HostSettings
+    catalog: Catalog
+    runtime: ModelRuntime
+    metrics: HostMetrics
+    meter: MemoryMeter
+    started_at: float
+
+
+def host(request: Request) -> Host:
+    return request.app.state.host
+
+
+def _gpu_index(settings: HostSettings, catalog: Catalog) -> int | None:
+    if settings.gpu_index is not None:
+        return settings.gpu_index
+    for m in catalog.models:
+        if m.wants_gpu:
+            return int(m.device.split(":")[1]) if ":" in m.device else 0
+    return None
+
+
+def create_host_app(
+    family: Family,
+    settings: HostSettings,
+    catalog: Catalog,
+    routers: list[APIRouter] = (),  # type: ignore[assignment]
+    *,
+    meter: MemoryMeter | None = None,
+) -> FastAPI:
+    """Build a family service. ``meter`` is the hardware boundary: tests may pass their own."""
+    own = catalog.family(family.name)
+    gpu_index = _gpu_index(settings, own)
+    metrics = HostMetrics(family.name)
+    the_meter = meter or open_meter(prefer_gpu=gpu_index is not None, gpu_index=gpu_index or 0)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = ModelRuntime(
+            family=family.name, catalog=own, backends=family.backends, settings=settings,
+            meter=the_meter, metrics=metrics, gpu_index=gpu_index,
+        )
+        runtime.start()
+        app.state.host = Host(family, settings, own, runtime, metrics, the_meter, time.time())
+        log.info("%s ready: %d catalog model(s), measuring memory with %s",
+                 family.service, len(runtime.entries), the_meter.kind)
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    app = FastAPI(title=family.service, version=family.version, lifespan=lifespan)
+    install_error_handlers(app, family.service)
+    app.add_middleware(_RequestIdMiddleware)
+
+    @app.get("/health/live", tags=["health"])
+    async def live() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/health/ready", tags=["health"])
+    async def ready(request: Request) -> dict:
+        h = host(request)
+        return {"status": "ok", "family": family.name, "models": len(h.runtime.entries), "worker_pid": h.runtime.worker_pid}
+
+    @app.get("/metrics", tags=["health"])
+    async def metrics_route() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models", tags=["models"])
+    async def list_models(request: Request) -> dict:
+        h = host(request)
+        device = h.meter.device()
+        return {
+            "object": "list",
+            "family": family.name,
+            "service": family.service,
+            "worker_pid": h.runtime.worker_pid,
+            "worker_memory_bytes": h.meter.process_bytes(h.runtime.worker_pid) if h.runtime.worker_pid else 0,
+            "meter": h.meter.kind,
+            "device": {"device": device.device, "total_bytes": device.total_bytes, "used_bytes": device.used_bytes},
+            "data": h.runtime.snapshot(),
+        }
+
+    @app.post("/v1/models/{name}/load", tags=["models"])
+    async def load(name: str, request: Request) -> dict:
+        h = host(request)
+        entry = await h.runtime.ensure_ready(name)
+        return h.runtime.describe(entry)
+
+    @app.post("/v1/models/{name}/unload", tags=["models"])
+    async def unload(name: str, request: Request, drain: bool = Query(False, description="Wait for in-flight requests instead of answering 409.")) -> dict:
+        h = host(request)
+        return await h.runtime.unload(name, drain=drain)
+
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+class _RequestIdMiddleware(BaseHTTPMiddleware):
+    async def dispatch(self, request: Request, call_next):  # noqa: ANN001, ANN201
+        rid = request_id_of(request)
+        response = await call_next(request)
+        response.headers.setdefault(REQUEST_ID_HEADER, rid)
+        return response

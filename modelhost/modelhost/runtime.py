@@ -1,0 +1,504 @@
+"""The model runtime: the one owner of every model's state in a family service.
+
+Invariants (each guarded here, each with a test):
+
+* State changes only through ``_transition``, which checks ``states.TRANSITIONS`` and logs and
+  exports each transition once.
+* Callers never test a state and then act: ``ensure_ready`` decides inside the owner. Concurrent
+  loads of one model coalesce on one task; a load asked for while the model unloads waits for the
+  unload first (never two copies in memory).
+* A model is READY only after its warm-up inference passed on the device the catalog asked for. A
+  model asked for on a GPU that would run on CPU is FAILED with that reason, unless the catalog sets
+  ``allow_cpu_fallback``.
+* Inference holds a lease. ``unload`` refuses a leased model (409) or, with ``drain``, stops new
+  leases and waits for the held ones to end. The idle reaper unloads only unleased models.
+* Models live in one worker child process. The unload of the last resident model ends the worker,
+  so an idle service holds no model memory, not even a CUDA context. If the worker dies, every model
+  it held becomes FAILED with the exit code as reason; the next load starts a new worker.
+
+Everything runs on one event loop; the only other thread is the worker's reply reader, which hands
+results to the loop with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from .batching import Batcher
+from .catalog import Catalog, ModelSpec
+from .errors import (
+    Conflict,
+    ModelLeased,
+    ModelNotFound,
+    ModelNotReady,
+    OutOfMemory,
+    RoundhouseError,
+    Unavailable,
+)
+from .meter import MemoryMeter
+from .metrics import HostMetrics
+from .settings import HostSettings
+from .states import ModelState, check_transition
+from .worker import ItemOutcome, WorkerDied, WorkerError, WorkerProcess
+
+log = logging.getLogger(__name__)
+
+S = ModelState
+
+
+class ModelLoadFailed(RoundhouseError):
+    status, type, code = 500, "server_error", "model_load_failed"
+
+
+class InferenceFailed(RoundhouseError):
+    status, type, code = 500, "server_error", "inference_failed"
+
+
+@dataclass
+class ModelEntry:
+    spec: ModelSpec
+    backend_path: str
+    state: ModelState = S.UNLOADED
+    reason: str | None = None
+    device: str | None = None
+    memory_bytes: int | None = None
+    peak_bytes: int | None = None
+    load_s: float | None = None
+    warmup_s: float | None = None
+    loaded_at: float | None = None
+    last_used: float | None = None
+    last_used_mono: float = 0.0
+    leases: int = 0
+    draining: bool = False
+    load_task: asyncio.Task | None = None
+    unload_task: asyncio.Task | None = None
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    batcher: Batcher | None = None
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+
+class Lease:
+    """Held for the duration of one request on a READY model."""
+
+    def __init__(self, runtime: "ModelRuntime", entry: ModelEntry) -> None:
+        self._runtime = runtime
+        self._entry = entry
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._entry.spec
+
+    async def infer(self, item: Any) -> Any:
+        batcher = self._entry.batcher
+        if batcher is None:  # pragma: no cover - a leased model is READY and has a batcher
+            raise ModelNotReady(f"model {self.spec.id} is not ready", retry_after_s=1)
+        return await batcher.submit(item)
+
+
+class ModelRuntime:
+    def __init__(
+        self,
+        *,
+        family: str,
+        catalog: Catalog,
+        backends: dict[str, str],
+        settings: HostSettings,
+        meter: MemoryMeter,
+        metrics: HostMetrics,
+        gpu_index: int | None,
+    ) -> None:
+        self.family = family
+        self.settings = settings
+        self.meter = meter
+        self.metrics = metrics
+        self._gpu_index = gpu_index
+        self.entries: dict[str, ModelEntry] = {}
+        for spec in catalog.models:
+            if spec.family != family:
+                continue
+            if spec.backend not in backends:
+                raise ValueError(
+                    f"catalog model {spec.id}: backend {spec.backend!r} is not one of {sorted(backends)} for family {family}"
+                )
+            self.entries[spec.id] = ModelEntry(spec=spec, backend_path=backends[spec.backend])
+            metrics.set_state(spec.id, S.UNLOADED)
+        self._worker: WorkerProcess | None = None
+        self._worker_lock = asyncio.Lock()
+        self._reaper: asyncio.Task | None = None
+        metrics.worker_up.labels(family).set(0)
+
+    # lifecycle of the runtime --------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap(), name=f"{self.family}-reaper")
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for entry in self.entries.values():
+            for task in (entry.load_task, entry.unload_task):
+                if task is not None and not task.done():
+                    task.cancel()
+            if entry.batcher is not None:
+                await entry.batcher.close()
+                entry.batcher = None
+        if self._worker is not None:
+            await self._worker.stop()
+            self._worker = None
+
+    # the one place state changes ---------------------------------------------------------------
+
+    def _transition(self, entry: ModelEntry, new: ModelState, reason: str | None = None) -> None:
+        old = entry.state
+        check_transition(old, new)
+        entry.state = new
+        entry.reason = reason if new is S.FAILED else None
+        name = entry.spec.id
+        self.metrics.set_state(name, new)
+        self.metrics.transitions.labels(self.family, name, old.value, new.value).inc()
+        if new is S.FAILED:
+            log.warning("model %s: %s -> %s (%s)", name, old.value, new.value, reason)
+        else:
+            log.info("model %s: %s -> %s%s", name, old.value, new.value, f" ({reason})" if reason else "")
+
+    def entry(self, name: str) -> ModelEntry:
+        entry = self.entries.get(name)
+        if entry is None:
+            raise ModelNotFound(f"model {name!r} is not in the {self.family} catalog", param="model")
+        return entry
+
+    # load ----------------------------------------------------------------------------------------
+
+    async def ensure_ready(self, name: str) -> ModelEntry:
+        """Return once ``name`` is READY; load it if needed, joining a load already under way."""
+        entry = self.entry(name)
+        while True:
+            if entry.state is S.READY and not entry.draining:
+                return entry
+            if entry.state is S.READY and entry.draining:
+                raise ModelNotReady(f"model {name} is being unloaded", retry_after_s=1)
+            if entry.state is S.LOADING and entry.load_task is not None:
+                await asyncio.shield(entry.load_task)
+                if entry.state is S.FAILED:
+                    raise ModelLoadFailed(f"model {name} failed to load: {entry.reason}")
+                continue
+            if entry.state is S.UNLOADING and entry.unload_task is not None:
+                await asyncio.shield(entry.unload_task)
+                continue
+            # UNLOADED or FAILED: start a load; concurrent callers find it in entry.load_task.
+            self._transition(entry, S.LOADING)
+            entry.load_task = asyncio.create_task(self._load(entry), name=f"load-{name}")
+            await asyncio.shield(entry.load_task)
+            if entry.state is S.FAILED:
+                raise ModelLoadFailed(f"model {name} failed to load: {entry.reason}")
+
+    async def _ensure_worker(self) -> WorkerProcess:
+        async with self._worker_lock:
+            if self._worker is None or self._worker.dead:
+                worker = WorkerProcess(gpu_index=self._gpu_index, on_exit=self._on_worker_exit)
+                await worker.start(self.settings.worker_start_timeout_s)
+                self._worker = worker
+                self.metrics.worker_up.labels(self.family).set(1)
+            return self._worker
+
+    async def _load(self, entry: ModelEntry) -> None:
+        spec = entry.spec
+        try:
+            worker = await self._ensure_worker()
+            info = await worker.call(
+                "load",
+                {"spec": spec.model_dump(), "backend_path": entry.backend_path, "cache_dir": str(self.settings.cache_dir)},
+                timeout_s=self.settings.load_timeout_s,
+            )
+        except WorkerError as e:
+            self._fail_load(entry, e.message)
+            await self._stop_worker_if_empty()
+            return
+        except WorkerDied as e:
+            if entry.state is S.LOADING:
+                self._fail_load(entry, str(e))
+            return
+        except asyncio.TimeoutError:
+            self._fail_load(entry, f"load did not finish within {self.settings.load_timeout_s:.0f} s")
+            await self._restart_worker("load timed out")
+            return
+        except Exception as e:  # never leave a model stuck in LOADING
+            log.exception("model %s: load failed unexpectedly", spec.id)
+            self._fail_load(entry, f"{type(e).__name__}: {e}")
+            return
+        device = str(info["device"])
+        if spec.wants_gpu and not device.startswith("cuda") and not spec.allow_cpu_fallback:
+            # Honest readiness: the catalog asked for a GPU and the model would run on CPU.
+            with contextlib.suppress(WorkerError, WorkerDied):
+                await worker.call("unload", {"model": spec.id})
+            self._fail_load(
+                entry,
+                f"asked for {spec.device} but the model would run on {device}; "
+                "set allow_cpu_fallback: true in the catalog to accept that",
+            )
+            await self._stop_worker_if_empty()
+            return
+        entry.device = device
+        entry.memory_bytes = int(info["memory_bytes"])
+        entry.peak_bytes = int(info["peak_bytes"])
+        entry.load_s = float(info["load_s"])
+        entry.warmup_s = float(info["warmup_s"])
+        entry.loaded_at = time.time()
+        entry.last_used = entry.loaded_at
+        entry.last_used_mono = time.monotonic()
+        entry.batcher = self._make_batcher(entry)
+        entry.batcher.start()
+        self.metrics.memory.labels(self.family, spec.id).set(entry.memory_bytes)
+        self.metrics.peak_memory.labels(self.family, spec.id).set(entry.peak_bytes)
+        self.metrics.load_seconds.labels(self.family, spec.id).observe(entry.load_s + entry.warmup_s)
+        self._transition(
+            entry, S.READY,
+            f"on {device}, {entry.memory_bytes / 2**20:.0f} MiB resident, peak {entry.peak_bytes / 2**20:.0f} MiB, "
+            f"load {entry.load_s:.2f} s + warm-up {entry.warmup_s:.2f} s",
+        )
+
+    def _fail_load(self, entry: ModelEntry, reason: str) -> None:
+        self.metrics.load_failures.labels(self.family, entry.spec.id).inc()
+        self._transition(entry, S.FAILED, reason)
+
+    # inference -----------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lease(self, name: str) -> AsyncIterator[Lease]:
+        """Hold ``name`` for one request. The model must be READY: loading is the gateway's call
+        (it decides what fits), so an unloaded model answers 503 ``model_not_ready``."""
+        entry = self.entry(name)
+        if entry.state is not S.READY or entry.draining:
+            raise ModelNotReady(
+                f"model {name} is {entry.state.value if not entry.draining else 'draining'}; load it first",
+                retry_after_s=1,
+            )
+        entry.leases += 1
+        entry.idle.clear()
+        self.metrics.in_flight.labels(self.family, name).set(entry.leases)
+        try:
+            yield Lease(self, entry)
+        finally:
+            entry.leases -= 1
+            entry.last_used = time.time()
+            entry.last_used_mono = time.monotonic()
+            self.metrics.in_flight.labels(self.family, name).set(entry.leases)
+            if entry.leases == 0:
+                entry.idle.set()
+
+    def _make_batcher(self, entry: ModelEntry) -> Batcher:
+        name = entry.spec.id
+        labels = (self.family, name)
+
+        async def run_batch(items: list[Any]) -> list[Any]:
+            worker = self._worker
+            if worker is None:
+                raise ModelNotReady(f"model {name} is not loaded", retry_after_s=1)
+            self.metrics.queue_depth.labels(*labels).set(entry.batcher.depth if entry.batcher else 0)
+            try:
+                reply = await worker.call("infer", {"model": name, "items": items}, timeout_s=self.settings.infer_timeout_s)
+            except WorkerDied as e:
+                raise Unavailable(f"the {self.family} worker died during inference; retry", retry_after_s=1, code="worker_died") from e
+            except asyncio.TimeoutError as e:
+                await self._restart_worker(f"inference on {name} exceeded {self.settings.infer_timeout_s:.0f} s")
+                raise Unavailable(f"inference on {name} timed out", retry_after_s=1, code="inference_timeout") from e
+            if reply["oom_events"]:
+                self.metrics.oom_events.labels(*labels).inc(reply["oom_events"])
+            return [self._outcome(name, o) for o in reply["outcomes"]]
+
+        def on_batch(size: int, seconds: float) -> None:
+            self.metrics.batch_size.labels(*labels).observe(size)
+            self.metrics.inference_seconds.labels(*labels).observe(seconds)
+            self.metrics.queue_depth.labels(*labels).set(entry.batcher.depth if entry.batcher else 0)
+
+        spec = entry.spec
+        return Batcher(name, run_batch, max_batch=spec.max_batch, max_wait_ms=spec.max_wait_ms,
+                       max_queue=self.settings.max_queue, on_batch=on_batch)
+
+    def _outcome(self, name: str, o: ItemOutcome) -> Any:
+        if o.ok:
+            self.metrics.requests.labels(self.family, name, "ok").inc()
+            return o.value
+        self.metrics.requests.labels(self.family, name, o.kind or "error").inc()
+        if o.kind == "out_of_memory":
+            return OutOfMemory(f"the input does not fit in {name}'s device memory even alone", retry_after_s=5)
+        return InferenceFailed(f"inference on {name} failed: {o.message}")
+
+    # unload --------------------------------------------------------------------------------------
+
+    async def unload(self, name: str, *, drain: bool = False, reason: str = "request") -> dict[str, Any]:
+        """Unload ``name`` and return once its memory is released, with what was freed."""
+        entry = self.entry(name)
+        while True:
+            if entry.state is S.LOADING and entry.load_task is not None:
+                await asyncio.shield(entry.load_task)
+                continue
+            if entry.state is S.UNLOADING and entry.unload_task is not None:
+                return await asyncio.shield(entry.unload_task)
+            if entry.state is S.UNLOADED:
+                return {"model": name, "state": entry.state.value, "freed_bytes": 0, "unload_s": 0.0, "worker_stopped": False}
+            if entry.state is S.FAILED:
+                self._transition(entry, S.UNLOADED, "failure cleared")
+                await self._stop_worker_if_empty()
+                return {"model": name, "state": entry.state.value, "freed_bytes": 0, "unload_s": 0.0, "worker_stopped": False}
+            break  # READY
+        if entry.leases and not drain:
+            raise ModelLeased(
+                f"model {name} has {entry.leases} request(s) in flight; retry later or pass drain=true",
+                param="drain",
+            )
+        if entry.leases:
+            entry.draining = True
+            try:
+                await asyncio.wait_for(entry.idle.wait(), self.settings.drain_timeout_s)
+            except asyncio.TimeoutError:
+                raise Conflict(f"model {name} still had requests in flight after {self.settings.drain_timeout_s:.0f} s of draining", code="drain_timeout")
+            finally:
+                entry.draining = False
+            if entry.state is not S.READY:  # someone else unloaded it, or the worker died, meanwhile
+                return await self.unload(name, drain=drain, reason=reason)
+        self._transition(entry, S.UNLOADING, reason)
+        entry.unload_task = asyncio.create_task(self._unload(entry, reason), name=f"unload-{name}")
+        return await asyncio.shield(entry.unload_task)
+
+    async def _unload(self, entry: ModelEntry, reason: str) -> dict[str, Any]:
+        name = entry.spec.id
+        t0 = time.perf_counter()
+        if entry.batcher is not None:
+            await entry.batcher.close()
+            entry.batcher = None
+        freed = 0
+        worker_stopped = False
+        worker = self._worker
+        try:
+            if worker is not None and not worker.dead:
+                others = [e for e in self.entries.values() if e is not entry and e.state in (S.READY, S.LOADING, S.UNLOADING)]
+                if others:
+                    reply = await worker.call("unload", {"model": name}, timeout_s=self.settings.load_timeout_s)
+                    freed = int(reply["freed_bytes"])
+                else:
+                    freed = await self._stop_worker(f"last model ({name}) unloaded")
+                    worker_stopped = True
+        except (WorkerDied, WorkerError) as e:
+            log.warning("model %s: unload met %s; the worker is gone, so is the model", name, e)
+        except asyncio.TimeoutError:
+            await self._restart_worker(f"unload of {name} timed out")
+        unload_s = time.perf_counter() - t0
+        entry.device = None
+        entry.memory_bytes = None
+        entry.loaded_at = None
+        self.metrics.memory.labels(self.family, name).set(0)
+        self.metrics.unload_seconds.labels(self.family, name).observe(unload_s)
+        self.metrics.unloads.labels(self.family, name, reason).inc()
+        if entry.state is S.UNLOADING:
+            self._transition(entry, S.UNLOADED, f"freed {freed / 2**20:.0f} MiB in {unload_s:.2f} s")
+        return {"model": name, "state": entry.state.value, "freed_bytes": freed, "unload_s": unload_s, "worker_stopped": worker_stopped}
+
+    # worker --------------------------------------------------------------------------------------
+
+    async def _stop_worker(self, why: str) -> int:
+        """End the worker and return the device bytes it held (measured before it ended)."""
+        worker = self._worker
+        if worker is None:
+            return 0
+        held = self.meter.process_bytes(worker.pid) if worker.pid else 0
+        self._worker = None
+        log.info("stopping the %s worker (pid %s): %s", self.family, worker.pid, why)
+        await worker.stop(timeout_s=10.0)
+        self.metrics.worker_up.labels(self.family).set(0)
+        self.metrics.worker_restarts.labels(self.family, "stopped").inc()
+        return held
+
+    async def _stop_worker_if_empty(self) -> None:
+        if not any(e.state in (S.READY, S.LOADING, S.UNLOADING) for e in self.entries.values()):
+            await self._stop_worker("no model resident")
+
+    async def _restart_worker(self, why: str) -> None:
+        """A hung worker: kill it; every model it held becomes FAILED through _on_worker_exit."""
+        worker = self._worker
+        if worker is not None:
+            log.error("killing the %s worker (pid %s): %s", self.family, worker.pid, why)
+            worker.kill()
+
+    def _on_worker_exit(self, worker: WorkerProcess, code: int | None) -> None:
+        if worker is not self._worker:
+            return  # an orderly stop already accounted for
+        self._worker = None
+        self.metrics.worker_up.labels(self.family).set(0)
+        self.metrics.worker_restarts.labels(self.family, "crashed").inc()
+        for entry in self.entries.values():
+            if entry.state in (S.READY, S.UNLOADING):
+                if entry.batcher is not None:
+                    asyncio.ensure_future(entry.batcher.close(
+                        Unavailable(f"the {self.family} worker died; retry", retry_after_s=1, code="worker_died")))
+                    entry.batcher = None
+                entry.memory_bytes = None
+                entry.device = None
+                self.metrics.memory.labels(self.family, entry.spec.id).set(0)
+                self._transition(entry, S.FAILED, f"worker process exited (code {code})")
+            # LOADING entries fail in _load, when their call raises WorkerDied.
+
+    # reaper --------------------------------------------------------------------------------------
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reaper_interval_s)
+            now = time.monotonic()
+            for entry in list(self.entries.values()):
+                ttl = entry.spec.ttl_s
+                if ttl is None or entry.state is not S.READY or entry.leases or entry.draining:
+                    continue
+                if now - entry.last_used_mono >= ttl:
+                    log.info("model %s idle for %.0f s (ttl_s %.0f): unloading", entry.spec.id, now - entry.last_used_mono, ttl)
+                    try:
+                        await self.unload(entry.spec.id, reason="ttl")
+                    except RoundhouseError as e:  # a lease arrived meanwhile: keep it
+                        log.info("model %s: ttl unload skipped: %s", entry.spec.id, e.message)
+                    except Exception:
+                        log.exception("model %s: ttl unload failed", entry.spec.id)
+
+    # views ---------------------------------------------------------------------------------------
+
+    def describe(self, entry: ModelEntry) -> dict[str, Any]:
+        s = entry.spec
+        return {
+            "id": s.id,
+            "family": s.family,
+            "backend": s.backend,
+            "source": s.source,
+            "state": entry.state.value,
+            "reason": entry.reason,
+            "device_requested": s.device,
+            "device": entry.device,
+            "memory_bytes": entry.memory_bytes,
+            "peak_memory_bytes": entry.peak_bytes,
+            "memory_estimate_bytes": s.memory_estimate_bytes,
+            "load_s": entry.load_s,
+            "warmup_s": entry.warmup_s,
+            "loaded_at": entry.loaded_at,
+            "last_used": entry.last_used,
+            "in_flight": entry.leases,
+            "queue_depth": entry.batcher.depth if entry.batcher else 0,
+            "ttl_s": s.ttl_s,
+            "pin": s.pin,
+            "priority": s.priority,
+            "group": s.group,
+            "max_batch": s.max_batch,
+        }
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [self.describe(e) for e in self.entries.values()]
+
+    @property
+    def worker_pid(self) -> int | None:
+        return self._worker.pid if self._worker is not None and not self._worker.dead else None
+

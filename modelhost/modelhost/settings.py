@@ -1,0 +1,28 @@
+"""Settings every model host shares. A family subclasses ``HostSettings`` and sets its own env
+prefix (``CAPTION_SVC_`` ...). Built once in ``main`` and passed down; never read at import time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class HostSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELHOST_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address the service listens on.")
+    port: int = Field(8101, description="Port the service listens on.")
+    catalog: Path = Field(Path("models.yaml"), description="Path of the model catalog (models.yaml).")
+    cache_dir: Path = Field(Path("~/.cache/roundhouse").expanduser(), description="Where downloaded weights are kept.")
+    gpu_index: int | None = Field(
+        None, description="GPU the worker measures with NVML; None = detect from the catalog's devices (cuda:N).")
+    max_upload_bytes: int = Field(25 * 1024 * 1024, gt=0, description="Largest accepted upload.")
+    max_queue: int = Field(256, ge=1, description="Items that may wait for one model before 429.")
+    worker_start_timeout_s: float = Field(60.0, gt=0, description="Longest wait for the worker process to start.")
+    load_timeout_s: float = Field(1800.0, gt=0, description="Longest load (includes a first download).")
+    infer_timeout_s: float = Field(600.0, gt=0, description="Longest single batch before the request fails.")
+    drain_timeout_s: float = Field(300.0, gt=0, description="Longest wait for leases to end on an unload with drain.")
+    reaper_interval_s: float = Field(1.0, gt=0, description="How often idle models are checked against their ttl_s.")
+    log_level: str = Field("INFO", description="Log level.")

@@ -1,0 +1,53 @@
+"""Test doubles for the model-host kit. They stand in for hardware (a device that runs out of
+memory, a GPU that is not usable) and for slow frameworks; the kit's own logic is always real.
+
+``ArithmeticBackend`` is a real Backend run in the real worker process: items are numbers and the
+"model" doubles them. It really allocates ``alloc_mb`` of memory while loaded, so the meter measures
+something real.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from modelhost.backend import Backend
+
+
+class ArithmeticBackend(Backend):
+    def load(self) -> str:
+        o = self.spec.options
+        if o.get("fail_load"):
+            raise RuntimeError("weights are corrupt")
+        time.sleep(float(o.get("load_delay_s", 0)))
+        self._ballast = bytearray(int(o.get("alloc_mb", 0)) * 1024 * 1024)
+        for i in range(0, len(self._ballast), 4096):  # touch every page so it is resident
+            self._ballast[i] = 1
+        self.batches: list[int] = []
+        # Stand-in for a machine without a usable GPU: a cuda ask runs on cpu, as torch would.
+        return "cpu"
+
+    def warmup(self) -> None:
+        if self.spec.options.get("fail_warmup"):
+            raise RuntimeError("warm-up produced NaN")
+        self.infer([1])
+
+    def infer(self, items: list) -> list:
+        o = self.spec.options
+        limit = o.get("oom_above_batch")
+        if limit is not None and len(items) > int(limit):
+            raise MemoryError(f"simulated device out of memory at batch {len(items)}")
+        if any(i == "oom" for i in items):
+            raise MemoryError("simulated: this item alone does not fit")
+        if any(i == "crash" for i in items):
+            os._exit(3)  # the worker process dies, as a segfaulting framework would
+        time.sleep(float(o.get("infer_delay_s", 0)))
+        out = []
+        for i in items:
+            if i == "bad":
+                raise ValueError("cannot double 'bad'")
+            out.append({"value": i * 2, "batch": len(items), "pid": os.getpid()})
+        return out
+
+    def close(self) -> None:
+        self._ballast = None
