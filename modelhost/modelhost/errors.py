@@ -47,6 +47,7 @@ class RoundhouseError(Exception):
         self.retry_after_s = retry_after_s
         if code is not None:
             self.code = code
+        self.src: str | None = None  # set when passing on another component's error unchanged
 
 
 class BadRequest(RoundhouseError):
@@ -147,7 +148,7 @@ def error_response(src: str, request_id: str, exc: RoundhouseError) -> JSONRespo
     headers = {REQUEST_ID_HEADER: request_id}
     if exc.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, int(round(exc.retry_after_s))))
-    body = envelope(src, request_id, type=exc.type, code=exc.code, message=exc.message, param=exc.param)
+    body = envelope(exc.src or src, request_id, type=exc.type, code=exc.code, message=exc.message, param=exc.param)
     return JSONResponse(body, status_code=exc.status, headers=headers)
 
 

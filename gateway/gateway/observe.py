@@ -1,0 +1,50 @@
+"""Request metrics and request ids as a plain ASGI middleware."""
+
+from __future__ import annotations
+
+import time
+
+from modelhost.errors import REQUEST_ID_HEADER, new_request_id
+
+from .metrics import GatewayMetrics
+
+_RID = REQUEST_ID_HEADER.lower().encode()
+
+
+class ObserveMiddleware:
+    def __init__(self, app, metrics: GatewayMetrics) -> None:  # noqa: ANN001 - ASGI app
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = None
+        for name, value in scope["headers"]:
+            if name == _RID:
+                rid = value.decode("latin-1")[:128]
+                break
+        rid = rid or new_request_id()
+        scope.setdefault("state", {})["request_id"] = rid
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message) -> None:  # noqa: ANN001
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                if not any(k == _RID for k, _ in headers):
+                    headers.append((_RID, rid.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "GET")
+            self.metrics.requests.labels(template, method, f"{status // 100}xx").inc()
+            self.metrics.latency.labels(template, method).observe(time.perf_counter() - t0)

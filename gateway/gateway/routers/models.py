@@ -1,0 +1,73 @@
+"""GET /v1/models (OpenAI-shaped) and the admin views of models."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+
+from modelhost.errors import RoundhouseError, request_id_of
+
+from ..schemas import AdminModel, AdminModels, ModelCard, ModelList
+from ..state import gw
+
+router = APIRouter()
+
+
+@router.get("/v1/models", response_model=ModelList, tags=["models"], summary="List catalog models (OpenAI-compatible)")
+async def list_models(request: Request) -> ModelList:
+    g = gw(request)
+    created = int(g.started_at)
+    return ModelList(data=[ModelCard(id=m.id, created=created, family=m.family, backend=m.backend) for m in g.catalog.models])
+
+
+@router.get("/admin/models", response_model=AdminModels, tags=["admin"], summary="Every model's state, memory and use (like `ollama ps`)")
+async def admin_models(request: Request) -> AdminModels:
+    g = gw(request)
+
+    async def fetch(family: str) -> tuple[str, dict[str, Any] | None, str | None]:
+        try:
+            return family, await g.clients[family].models(), None
+        except RoundhouseError as e:
+            g.metrics.upstream_errors.labels(g.clients[family].name, "models").inc()
+            return family, None, e.message
+
+    answers = await asyncio.gather(*(fetch(f) for f in g.clients))
+    live: dict[str, dict[str, Any]] = {}
+    services: dict[str, Any] = {}
+    for family, body, error in answers:
+        services[family] = {"url": g.clients[family].base_url, "reachable": body is not None, "error": error}
+        if body is not None:
+            services[family].update(worker_pid=body.get("worker_pid"), worker_memory_bytes=body.get("worker_memory_bytes"),
+                                    meter=body.get("meter"), device=body.get("device"))
+            for m in body.get("data", []):
+                live[m["id"]] = m
+    rows = []
+    for spec in g.catalog.models:
+        m = live.get(spec.id, {})
+        rows.append(AdminModel(
+            id=spec.id, family=spec.family,
+            service=g.clients[spec.family].name if spec.family in g.clients else "not configured",
+            state=m.get("state", "unknown"), reason=m.get("reason"), device=m.get("device"),
+            device_requested=spec.device, memory_bytes=m.get("memory_bytes"), peak_memory_bytes=m.get("peak_memory_bytes"),
+            memory_estimate_bytes=spec.memory_estimate_bytes, load_s=m.get("load_s"), last_used=m.get("last_used"),
+            in_flight=m.get("in_flight", 0), queue_depth=m.get("queue_depth", 0), ttl_s=spec.ttl_s, pin=spec.pin,
+            priority=spec.priority,
+        ))
+    return AdminModels(data=rows, services=services)
+
+
+@router.post("/admin/models/{model_id}/load", tags=["admin"], summary="Load a model now; returns when it is ready")
+async def admin_load(model_id: str, request: Request) -> dict[str, Any]:
+    g = gw(request)
+    return await g.access.load(model_id, request_id=request_id_of(request))
+
+
+@router.post("/admin/models/{model_id}/unload", tags=["admin"], summary="Unload a model; returns when its memory is released")
+async def admin_unload(
+    model_id: str, request: Request,
+    drain: bool = Query(False, description="Wait for requests in flight instead of answering 409."),
+) -> dict[str, Any]:
+    g = gw(request)
+    return await g.access.unload(model_id, drain=drain, request_id=request_id_of(request))
