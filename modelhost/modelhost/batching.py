@@ -46,6 +46,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closed = False
+        self._close_error: Exception | None = None
 
     @property
     def depth(self) -> int:
@@ -68,9 +69,17 @@ class Batcher:
         self._wakeup.set()
         return await fut
 
+    def _closed_error(self) -> Exception:
+        return self._close_error or Unavailable(f"model {self.name} was unloaded", retry_after_s=1, code="model_not_ready")
+
     async def _collect(self) -> None:
+        # Ends when close() cancels it, and also at the next check of _closed: a cancellation can be
+        # swallowed (asyncio.wait_for returns an outcome that completed in the same loop step as the
+        # cancel, as when the worker dies while close() runs), and close() awaits this task.
         while True:
             while not self._items:
+                if self._closed:
+                    return
                 self._wakeup.clear()
                 await self._wakeup.wait()
             if self.max_wait_s > 0 and len(self._items) < self.max_batch:
@@ -84,6 +93,8 @@ class Batcher:
                         await asyncio.wait_for(self._wakeup.wait(), remaining)
                     except asyncio.TimeoutError:
                         break
+            if self._closed:
+                return  # close() fails whatever still waits
             batch = []
             while self._items and len(batch) < self.max_batch:
                 item, fut = self._items.popleft()
@@ -97,7 +108,7 @@ class Batcher:
             except asyncio.CancelledError:
                 for _, fut in batch:
                     if not fut.done():
-                        fut.set_exception(Unavailable(f"model {self.name} was unloaded", retry_after_s=1, code="model_not_ready"))
+                        fut.set_exception(self._closed_error())
                 raise
             except Exception as e:  # the whole batch failed (e.g. the worker died)
                 outcomes = [e] * len(batch)
@@ -114,6 +125,7 @@ class Batcher:
     async def close(self, error: Exception | None = None) -> None:
         """Stop collecting; fail whatever still waits with ``error`` (503 by default)."""
         self._closed = True
+        self._close_error = error
         if self._task is not None:
             self._task.cancel()
             try:
@@ -121,7 +133,7 @@ class Batcher:
             except (asyncio.CancelledError, Exception):
                 pass
             self._task = None
-        err = error or Unavailable(f"model {self.name} was unloaded", retry_after_s=1, code="model_not_ready")
+        err = self._closed_error()
         while self._items:
             _, fut = self._items.popleft()
             if not fut.done():

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from typing import Any, Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,6 +32,8 @@ class RoundhouseError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str = "internal_error"
+    retry_after_s: float | None = None
+    """Seconds a client should wait before retrying (the Retry-After header); None = no header."""
 
     def __init__(
         self,
@@ -44,7 +46,8 @@ class RoundhouseError(Exception):
         super().__init__(message)
         self.message = message
         self.param = param
-        self.retry_after_s = retry_after_s
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
         if code is not None:
             self.code = code
         self.src: str | None = None  # set when passing on another component's error unchanged
@@ -88,10 +91,12 @@ class UnsupportedMediaType(RoundhouseError):
 
 class Overloaded(RoundhouseError):
     status, type, code = 429, "rate_limit_error", "overloaded"
+    retry_after_s = 1.0  # a 429 always says when to come back
 
 
 class Unavailable(RoundhouseError):
     status, type, code = 503, "unavailable_error", "unavailable"
+    retry_after_s = 1.0  # a 503 always says when to come back
 
 
 class ModelNotReady(Unavailable):
@@ -144,9 +149,12 @@ def envelope(
     }
 
 
-def error_response(src: str, request_id: str, exc: RoundhouseError) -> JSONResponse:
-    headers = {REQUEST_ID_HEADER: request_id}
-    if exc.retry_after_s is not None:
+def error_response(
+    src: str, request_id: str, exc: RoundhouseError, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The envelope for ``exc``; ``headers`` (e.g. an HTTPException's ``Allow``) are sent as well."""
+    headers = {**(headers or {}), REQUEST_ID_HEADER: request_id}
+    if exc.retry_after_s is not None and "Retry-After" not in headers:
         headers["Retry-After"] = str(max(1, int(round(exc.retry_after_s))))
     body = envelope(exc.src or src, request_id, type=exc.type, code=exc.code, message=exc.message, param=exc.param)
     return JSONResponse(body, status_code=exc.status, headers=headers)
@@ -198,7 +206,7 @@ def install_error_handlers(app: FastAPI, src: str) -> None:
         if exc.status_code == 405:
             err = BadRequest(f"method {request.method} not allowed on {request.url.path}", code="method_not_allowed")
             err.status = 405
-        return error_response(src, request_id_of(request), err)
+        return error_response(src, request_id_of(request), err, exc.headers)
 
     @app.exception_handler(Exception)
     async def _unknown(request: Request, exc: Exception) -> JSONResponse:

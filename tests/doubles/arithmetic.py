@@ -17,7 +17,9 @@ from modelhost.backend import Backend
 class ArithmeticBackend(Backend):
     def load(self) -> str:
         o = self.spec.options
-        if o.get("fail_load"):
+        # fail_load_while_exists: a path; loads fail while it exists (a broken disk, later mended).
+        broken = o.get("fail_load_while_exists")
+        if o.get("fail_load") or (broken and os.path.exists(broken)):
             raise RuntimeError("weights are corrupt")
         time.sleep(float(o.get("load_delay_s", 0)))
         self._ballast = bytearray(int(o.get("alloc_mb", 0)) * 1024 * 1024)

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# make dev: the gateway and the caption service as local processes, each in its own environment,
+# on CPU. Waits for both to be healthy (no fixed sleeps), captions a sample photo through the
+# gateway to show the stack works, then runs until Ctrl-C, which stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CATALOG=${CATALOG:-build/tiny-models/catalog.yaml}
+GW_PY=${GW_PY:-.venvs/gateway/bin/python}
+CAP_PY=${CAP_PY:-.venvs/caption-svc/bin/python}
+GATEWAY_PORT=${GATEWAY_PORT:-8080}
+CAPTION_PORT=${CAPTION_PORT:-8101}
+
+if [ ! -f "$CATALOG" ]; then
+  echo "catalog $CATALOG does not exist (run 'make tiny-models', or set CATALOG=models.yaml)" >&2
+  exit 1
+fi
+mkdir -p build/logs
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  echo; echo "stopping..."
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+CAPTION_SVC_CATALOG=$CATALOG CAPTION_SVC_PORT=$CAPTION_PORT "$CAP_PY" -m caption_svc &
+pids+=($!)
+GATEWAY_CATALOG=$CATALOG GATEWAY_PORT=$GATEWAY_PORT \
+GATEWAY_SERVICES="{\"caption\": \"http://127.0.0.1:$CAPTION_PORT\"}" "$GW_PY" -m gateway &
+pids+=($!)
+
+wait_ready() {  # url seconds
+  local deadline=$((SECONDS + $2))
+  until curl -sf "$1" >/dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then echo "$1 not ready after $2 s" >&2; exit 1; fi
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null || { echo "a process exited; see the log above" >&2; exit 1; }; done
+    sleep 0.2
+  done
+}
+wait_ready "http://127.0.0.1:$GATEWAY_PORT/health/ready" 60
+
+mkdir -p build
+"$CAP_PY" -c "from PIL import Image; Image.radial_gradient('L').resize((320, 240)).convert('RGB').save('build/sample.jpg')"
+echo
+echo "== Roundhouse is up: gateway http://127.0.0.1:$GATEWAY_PORT (docs at /docs), catalog $CATALOG"
+echo "== curl -F file=@build/sample.jpg 127.0.0.1:$GATEWAY_PORT/v1/images/captions"
+curl -sS -F file=@build/sample.jpg "127.0.0.1:$GATEWAY_PORT/v1/images/captions"
+echo; echo "== Ctrl-C stops both processes."
+wait -n "${pids[@]}"

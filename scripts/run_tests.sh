@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test tier in the environment it belongs to and prints one closing line for all of
+# them. Exits non-zero if any run failed (or collected nothing).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+GW_PY=${GW_PY:-.venvs/gateway/bin/python}
+CAP_PY=${CAP_PY:-.venvs/caption-svc/bin/python}
+MARKERS=${MARKERS:-"not compose and not gpu"}
+out=build/test-results
+rm -rf "$out" && mkdir -p "$out"
+status=0
+
+run() {  # name python paths...
+  local name=$1 py=$2; shift 2
+  echo "=== $name: $py -m pytest $* -m '$MARKERS'"
+  "$py" -m pytest "$@" -m "$MARKERS" --junitxml="$out/$name.xml" -q || status=1
+}
+
+run gateway "$GW_PY" modelhost/tests gateway/tests tests
+run caption-svc "$CAP_PY" caption-svc/tests
+
+"$GW_PY" tools/test_summary.py "$out"/*.xml || status=1
+exit $status

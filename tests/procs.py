@@ -1,0 +1,108 @@
+"""Real processes on loopback for the proc tier: start, wait for health by polling, stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENVS = ROOT / ".venvs"
+GATEWAY_PY = Path(os.environ.get("GW_PY", VENVS / "gateway" / "bin" / "python"))
+CAPTION_PY = Path(os.environ.get("CAP_PY", VENVS / "caption-svc" / "bin" / "python"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered:\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as e:
+            last = e
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout_s} s (last error: {last})")
+
+
+@dataclass
+class Proc:
+    name: str
+    proc: subprocess.Popen
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+    def log_tail(self, n: int = 4000) -> str:
+        return self.log.read_text()[-n:] if self.log.exists() else ""
+
+
+def start(name: str, argv: list[str], env: dict[str, str], port: int, logdir: Path, ready_path: str = "/health/ready",
+          timeout_s: float = 60) -> Proc:
+    """Start ``argv`` in its own process group (so its worker children stop with it)."""
+    log = logdir / f"{name}.log"
+    fh = open(log, "ab")
+    proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=fh, stderr=subprocess.STDOUT,
+                            cwd=ROOT, start_new_session=True)
+    p = Proc(name, proc, port, log)
+    try:
+        wait_http(p.url + ready_path, timeout_s, proc, log)
+    except Exception:
+        p.stop()
+        raise
+    return p
+
+
+def start_caption_svc(catalog: Path, logdir: Path, **settings: str) -> Proc:
+    port = free_port()
+    env = {"CAPTION_SVC_CATALOG": str(catalog), "CAPTION_SVC_PORT": str(port), "CAPTION_SVC_LOG_LEVEL": "INFO"}
+    env.update({f"CAPTION_SVC_{k.upper()}": v for k, v in settings.items()})
+    return start("caption-svc", [str(CAPTION_PY), "-m", "caption_svc"], env, port, logdir)
+
+
+def start_gateway(catalog: Path, services: dict[str, str], logdir: Path, name: str = "gateway", **settings: str) -> Proc:
+    import json
+
+    port = free_port()
+    env = {"GATEWAY_CATALOG": str(catalog), "GATEWAY_PORT": str(port), "GATEWAY_SERVICES": json.dumps(services)}
+    env.update({f"GATEWAY_{k.upper()}": v for k, v in settings.items()})
+    return start(name, [str(GATEWAY_PY), "-m", "gateway"], env, port, logdir)
+
+
+def build_tiny_models(out: Path) -> Path:
+    """Build the tiny caption models with the caption environment; returns the catalog path."""
+    subprocess.run([str(CAPTION_PY), str(ROOT / "tools" / "make_tiny_models.py"), str(out)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=sys.stderr, timeout=300)
+    return out / "catalog.yaml"
