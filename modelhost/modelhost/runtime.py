@@ -151,9 +151,12 @@ class ModelRuntime:
             if entry.batcher is not None:
                 await entry.batcher.close()
                 entry.batcher = None
-        if self._worker is not None:
-            await self._worker.stop()
-            self._worker = None
+        # Detach the worker before stopping it, as _stop_worker does: its exit is then an orderly
+        # stop, not a crash that fails every READY model and counts worker_exits{cause="crashed"}.
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            await worker.stop()
+            self.metrics.worker_up.labels(self.family).set(0)
 
     # the one place state changes ---------------------------------------------------------------
 
