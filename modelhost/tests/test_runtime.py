@@ -221,11 +221,10 @@ async def test_unload_with_drain_waits_for_lease_release_and_refuses_new_leases(
     assert result["state"] == "unloaded" and rt.entries["a"].state is S.UNLOADED
 
 
-async def test_unload_during_load_waits_for_the_load_then_unloads(make_runtime) -> None:
+async def test_unload_during_load_waits_for_the_load_then_unloads(make_runtime, wait_until) -> None:
     rt = make_runtime(spec("a", options={"load_delay_s": 0.3}))
     loading = asyncio.create_task(rt.ensure_ready("a"))
-    await asyncio.sleep(0)  # let the load begin: ensure_ready moves to LOADING before its first await
-    assert rt.entries["a"].state is S.LOADING
+    await wait_until(lambda: rt.entries["a"].state is S.LOADING, "the load begins")
     result = await asyncio.wait_for(rt.unload("a"), DEADLINE_S)
     await loading
     assert result["state"] == "unloaded" and rt.entries["a"].state is S.UNLOADED
@@ -356,3 +355,14 @@ async def test_worker_crash_fails_the_request_and_models_and_next_load_starts_a_
         lambda: [t.get_name() for t in asyncio.all_tasks() if t.get_name() == "batcher-a" and not t.done()] == ["batcher-a"],
         "only one batcher-a task is alive",
     )
+
+
+async def test_closing_the_runtime_ends_the_worker_without_counting_a_crash(make_runtime, wait_until) -> None:
+    rt = make_runtime(spec("a"))
+    await rt.ensure_ready("a")
+    worker = rt._worker  # its exit callback arrives from the reader thread, possibly after close() returns
+    await asyncio.wait_for(rt.close(), DEADLINE_S)
+    assert not psutil.pid_exists(worker.pid)
+    await wait_until(lambda: worker.dead, "the worker's exit has been handled")
+    assert sample(rt, "roundhouse_model_worker_exits_total", cause="crashed") == 0
+    assert transitions(rt, "a", S.READY, S.FAILED) == 0
