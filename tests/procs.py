@@ -96,7 +96,8 @@ def start_gateway(catalog: Path, services: dict[str, str], logdir: Path, name: s
     import json
 
     port = free_port()
-    env = {"GATEWAY_CATALOG": str(catalog), "GATEWAY_PORT": str(port), "GATEWAY_SERVICES": json.dumps(services)}
+    env = {"GATEWAY_CATALOG": str(catalog), "GATEWAY_PORT": str(port), "GATEWAY_SERVICES": json.dumps(services),
+           "GATEWAY_DATA_DIR": str(logdir / f"{name}-{port}-data")}
     env.update({f"GATEWAY_{k.upper()}": v for k, v in settings.items()})
     return start(name, [str(GATEWAY_PY), "-m", "gateway"], env, port, logdir)
 

@@ -1,24 +1,23 @@
 """The seam between public routes and family services: every model request passes through
-``ModelAccess.use(model_id)``.
+``ModelAccess.use(model_id, family, call)``.
 
-Today it loads a model on demand through the service's load endpoint (concurrent first requests
-for one model share one load call) and, when a service says a model is not ready (it was unloaded
-by its TTL reaper, or the service restarted), loads it again and retries once. The swap coordinator
-(a later issue) replaces this class behind the same ``use`` contract: it will decide *when* a load
-may happen and what must be evicted first.
+It asks the swap coordinator for the model (which loads it, evicting others if needed, and queues
+the request meanwhile), runs ``call`` against the model's service, and releases the model. When a
+service says a model is not ready (its TTL reaper unloaded it, or the service restarted), the
+coordinator is told, re-reads the service, and the request is tried once more.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from typing import Any, Awaitable, Callable, TypeVar
 
 from modelhost.catalog import Catalog, ModelSpec
 from modelhost.client import ModelHostClient, ServiceUnreachable, UpstreamEnvelope
-from modelhost.errors import ModelNotFound, RoundhouseError, Unavailable
+from modelhost.errors import ModelNotFound, Unavailable
 
+from .coordinator.loop import Coordinator
+from .coordinator.policy import INTERACTIVE
 from .metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
@@ -27,20 +26,13 @@ T = TypeVar("T")
 
 
 class ModelAccess:
-    def __init__(
-        self,
-        catalog: Catalog,
-        clients: dict[str, ModelHostClient],
-        metrics: GatewayMetrics,
-        *,
-        load_timeout_s: float,
-    ) -> None:
+    def __init__(self, catalog: Catalog, clients: dict[str, ModelHostClient], metrics: GatewayMetrics,
+                 coordinator: Coordinator, *, request_timeout_s: float) -> None:
         self.catalog = catalog
         self.clients = clients
         self.metrics = metrics
-        self.load_timeout_s = load_timeout_s
-        self._ready: set[str] = set()  # models we believe loaded; a 503 from the service corrects it
-        self._loading: dict[str, asyncio.Task] = {}
+        self.coordinator = coordinator
+        self.request_timeout_s = request_timeout_s
 
     def spec(self, model_id: str, family: str | None = None) -> ModelSpec:
         spec = self.catalog.get(model_id)
@@ -55,50 +47,43 @@ class ModelAccess:
             raise Unavailable(f"no {spec.family} service is configured (GATEWAY_SERVICES)", code="service_not_configured")
         return client
 
-    async def use(self, model_id: str, family: str, call: Callable[[ModelHostClient], Awaitable[T]]) -> T:
-        """Make sure ``model_id`` is loaded, then run ``call`` against its service."""
+    async def use(self, model_id: str, family: str, call: Callable[[ModelHostClient], Awaitable[T]],
+                  *, lane: str = INTERACTIVE, timeout_s: float | None = None) -> T:
+        """Hold ``model_id`` resident while ``call`` runs against its service."""
         spec = self.spec(model_id, family)
         client = self.client(spec)
-        if model_id not in self._ready:
-            await self.load(model_id)
-        try:
-            return await call(client)
-        except UpstreamEnvelope as e:
-            if e.code != "model_not_ready":
+        timeout = timeout_s or self.request_timeout_s
+        for attempt in (1, 2):
+            await self.coordinator.acquire(model_id, lane=lane, timeout_s=timeout)
+            try:
+                return await call(client)
+            except UpstreamEnvelope as e:
+                if e.code != "model_not_ready" or attempt == 2:
+                    raise
+                log.info("model %s was not ready at %s (%s); telling the coordinator and retrying", model_id, client.name, e.message)
+                self.coordinator.vanished(model_id)
+            except ServiceUnreachable:
+                self.metrics.upstream_errors.labels(client.name, "unreachable").inc()
+                self.coordinator.schedule_reconcile(family)
                 raise
-            log.info("model %s was not ready at %s (%s); loading it again", model_id, client.name, e.message)
-            self._ready.discard(model_id)
-            await self.load(model_id)
-            return await call(client)
-        except ServiceUnreachable:
-            self._ready.discard(model_id)
-            self.metrics.upstream_errors.labels(client.name, "unreachable").inc()
-            raise
+            finally:
+                self.coordinator.release(model_id)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def load(self, model_id: str, request_id: str | None = None) -> dict[str, Any]:
-        """Load through the service; concurrent callers share one call."""
+        """Load through the coordinator (it decides what to evict), then describe the model."""
         spec = self.spec(model_id)
-        task = self._loading.get(model_id)
-        if task is None:
-            task = asyncio.create_task(self._load(spec, request_id), name=f"gateway-load-{model_id}")
-            self._loading[model_id] = task
-            task.add_done_callback(lambda _t, m=model_id: self._loading.pop(m, None))
-        return await asyncio.shield(task)
-
-    async def _load(self, spec: ModelSpec, request_id: str | None) -> dict[str, Any]:
-        client = self.client(spec)
-        t0 = time.perf_counter()
+        await self.coordinator.acquire(model_id, lane=INTERACTIVE, timeout_s=self.request_timeout_s)
         try:
-            info = await client.load(spec.id, timeout_s=self.load_timeout_s, request_id=request_id)
-        except RoundhouseError:
-            self.metrics.model_loads.labels(spec.id, "failed").inc()
-            raise
-        self.metrics.model_loads.labels(spec.id, "loaded").inc()
-        self.metrics.model_load_seconds.labels(spec.id).observe(time.perf_counter() - t0)
-        self._ready.add(spec.id)
-        return info
+            body = await self.client(spec).models()
+        finally:
+            self.coordinator.release(model_id)
+        row = next((m for m in body.get("data", []) if m["id"] == model_id), {"id": model_id})
+        return {**row, **self.coordinator.model_state(model_id)}
 
     async def unload(self, model_id: str, *, drain: bool, request_id: str | None = None) -> dict[str, Any]:
+        """Unload at the service now (409 there if in use and not draining) and correct the ledger."""
         spec = self.spec(model_id)
-        self._ready.discard(model_id)
-        return await self.client(spec).unload(model_id, drain=drain, timeout_s=self.load_timeout_s, request_id=request_id)
+        reply = await self.client(spec).unload(model_id, drain=drain, timeout_s=self.request_timeout_s, request_id=request_id)
+        self.coordinator.vanished(model_id)
+        return reply

@@ -28,3 +28,24 @@ class GatewaySettings(BaseSettings):
     request_timeout_s: float = Field(300.0, gt=0, description="Longest wait for a service's answer to one request.")
     load_timeout_s: float = Field(1800.0, gt=0, description="Longest wait for a model load (includes a first download).")
     log_level: str = Field("INFO", description="Log level.")
+
+
+class CoordinatorSettings(BaseSettings):
+    """Swap-coordinator settings; every field can be set as GATEWAY_<FIELD>."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    memory_budget_mb: dict[str, int] = Field(
+        default_factory=dict,
+        description='Memory budget per device, as JSON: {"cpu": 8192, "cuda:0": 22000}. A GPU not named here gets '
+        'its NVML total minus gpu_reserve_mb; the CPU gets 75 % of the host memory.')
+    gpu_reserve_mb: int = Field(768, ge=0, description="Memory left free on each GPU for the desktop, drivers and fragmentation.")
+    max_wait_s: float = Field(30.0, gt=0, description="No request waits longer than this plus one swap for its model.")
+    interactive_patience_s: float = Field(0.0, ge=0, description="How long an interactive request lets a busy model keep the device.")
+    bulk_patience_s: float = Field(10.0, ge=0, description="How long bulk work lets a busy model keep the device.")
+    idle_grace_s: float = Field(0.5, ge=0, description="A model used within this many seconds counts as busy.")
+    swap_batch: int = Field(16, ge=1, description="This many waiting requests justify a swap before their patience runs out.")
+    max_queue: int = Field(512, ge=1, description="Requests that may wait for one model before 429.")
+    release_timeout_s: float = Field(15.0, gt=0, description="Longest wait for an eviction's memory to show as free.")
+    reconcile_interval_s: float | None = Field(15.0, gt=0, description="How often every service's models are re-read; None = only on start and errors.")
+    data_dir: Path = Field(Path("data"), description="Where the gateway keeps state (measured footprints).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -10,14 +11,19 @@ from typing import AsyncIterator
 import uvicorn
 from fastapi import FastAPI
 
-from modelhost.catalog import load_catalog
+from modelhost.catalog import Catalog, load_catalog
 from modelhost.client import ModelHostClient, new_session
 from modelhost.errors import install_error_handlers
 from modelhost.logs import setup_logging
+from modelhost.meter import HostMeter, MemoryMeter, NvmlMeter
 
 from .access import ModelAccess
 from .auth import ApiKeyMiddleware
-from .config import GatewaySettings
+from .config import CoordinatorSettings, GatewaySettings
+from .coordinator.effects import HttpEffects
+from .coordinator.footprints import FootprintStore
+from .coordinator.loop import Coordinator, device_key
+from .coordinator.policy import PolicyConfig
 from .metrics import GatewayMetrics
 from .observe import ObserveMiddleware
 from .routers import captions, health, models
@@ -28,8 +34,44 @@ log = logging.getLogger(__name__)
 SERVICE_NAMES = {"caption": "caption-svc", "face": "face-svc", "asr": "asr-svc", "tts": "tts-svc"}
 
 
-def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+def memory_budgets(catalog: Catalog, cs: CoordinatorSettings, meters: dict[str, MemoryMeter | None]) -> dict[str, int]:
+    """One budget per device the catalog uses: configured, else NVML total minus the reserve on a
+    GPU, else 75 % of host memory on the CPU."""
+    budgets: dict[str, int] = {}
+    for dev in sorted({device_key(m) for m in catalog.models}):
+        if dev in cs.memory_budget_mb:
+            budgets[dev] = cs.memory_budget_mb[dev] * 2**20
+        elif dev == "cpu":
+            budgets[dev] = int(HostMeter().device().total_bytes * 0.75)
+        else:
+            meter = meters.get(dev)
+            if meter is None:
+                raise RuntimeError(f"the catalog puts models on {dev} but NVML sees no such GPU; "
+                                   f'set GATEWAY_MEMORY_BUDGET_MB=\'{{"{dev}": <MiB>}}\' or use a CPU catalog')
+            budgets[dev] = max(0, meter.device().total_bytes - cs.gpu_reserve_mb * 2**20)
+    return budgets
+
+
+def open_meters(catalog: Catalog) -> dict[str, MemoryMeter | None]:
+    """NVML meters for the GPUs the catalog names (None where NVML cannot see one)."""
+    meters: dict[str, MemoryMeter | None] = {}
+    for dev in sorted({device_key(m) for m in catalog.models}):
+        if dev == "cpu":
+            meters[dev] = None
+            continue
+        try:
+            meters[dev] = NvmlMeter.open(int(dev.split(":")[1]))
+        except Exception as e:  # NVML's error family, or no library
+            log.warning("NVML cannot see %s (%s)", dev, e)
+            meters[dev] = None
+    return meters
+
+
+def create_app(settings: GatewaySettings | None = None, coordinator_settings: CoordinatorSettings | None = None,
+               *, meters: dict[str, MemoryMeter | None] | None = None) -> FastAPI:
+    """Build the gateway. ``meters`` is the hardware boundary (NVML per GPU); tests may pass their own."""
     settings = settings or GatewaySettings()
+    cs = coordinator_settings or CoordinatorSettings()
     catalog = load_catalog(settings.catalog)
     metrics = GatewayMetrics()
     missing = sorted(set(catalog.families) - set(settings.services))
@@ -41,13 +83,29 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         session = new_session()
         clients = {family: ModelHostClient(SERVICE_NAMES.get(family, f"{family}-svc"), url, session)
                    for family, url in settings.services.items()}
-        access = ModelAccess(catalog, clients, metrics, load_timeout_s=settings.load_timeout_s)
-        app.state.gateway = Gateway(settings, catalog, metrics, session, clients, access, time.time())
+        the_meters = meters if meters is not None else open_meters(catalog)
+        budgets = memory_budgets(catalog, cs, the_meters)
+        effects = HttpEffects(clients, the_meters, load_timeout_s=settings.load_timeout_s,
+                              release_timeout_s=cs.release_timeout_s)
+        policy = PolicyConfig(max_wait_s=cs.max_wait_s, interactive_patience_s=cs.interactive_patience_s,
+                              bulk_patience_s=cs.bulk_patience_s, idle_grace_s=cs.idle_grace_s, swap_batch=cs.swap_batch)
+        coordinator = Coordinator(catalog, effects, budgets, FootprintStore(cs.data_dir / "footprints.json"),
+                                  config=policy, max_queue=cs.max_queue, metrics=metrics)
+        await coordinator.reconcile_all()
+        reconciler = asyncio.create_task(_reconcile_forever(coordinator, cs.reconcile_interval_s)) \
+            if cs.reconcile_interval_s else None
+        access = ModelAccess(catalog, clients, metrics, coordinator, request_timeout_s=settings.request_timeout_s)
+        app.state.gateway = Gateway(settings, catalog, metrics, session, clients, access, time.time(),
+                                    coordinator, the_meters)
+        log.info("coordinator budgets: %s", {d: f"{b / 2**20:.0f} MiB" for d, b in budgets.items()})
         log.info("gateway on %s:%d: %d model(s), services %s, auth %s", settings.host, settings.port,
                  len(catalog.models), settings.services, "on" if settings.api_keys else "OFF (no GATEWAY_API_KEYS)")
         try:
             yield
         finally:
+            if reconciler is not None:
+                reconciler.cancel()
+            await coordinator.close()
             await session.close()
 
     app = FastAPI(
@@ -63,6 +121,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_middleware(ApiKeyMiddleware, keys=[k.get_secret_value() for k in settings.api_keys])
     app.add_middleware(ObserveMiddleware, metrics=metrics)
     return app
+
+
+async def _reconcile_forever(coordinator: Coordinator, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        await coordinator.reconcile_all()
 
 
 def main() -> None:

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 LOAD_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
+WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
+RELEASE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30)
 
 
 class GatewayMetrics:
@@ -25,3 +27,42 @@ class GatewayMetrics:
         self.model_load_seconds = Histogram(
             "roundhouse_gateway_model_load_seconds", "Time from asking a service to load a model until it was ready.",
             ["model"], buckets=LOAD_BUCKETS, registry=r)
+        # The swap coordinator.
+        self.loads = self.model_loads
+        self.load_seconds = self.model_load_seconds
+        self.swaps = Counter(
+            "roundhouse_coordinator_swaps_total", "Swaps committed (a model load started by the coordinator).",
+            ["device"], registry=r)
+        self.evictions = Counter(
+            "roundhouse_coordinator_evictions_total", "Models unloaded by the coordinator, by reason.",
+            ["model", "reason"], registry=r)
+        self.release_unverified = Counter(
+            "roundhouse_coordinator_release_unverified_total",
+            "Evictions whose release the meter did not confirm within the timeout.", ["model"], registry=r)
+        self.release_seconds = Histogram(
+            "roundhouse_coordinator_release_seconds", "Time from asking for an unload until the release was verified.",
+            ["model"], buckets=RELEASE_BUCKETS, registry=r)
+        self.queue_wait = Histogram(
+            "roundhouse_coordinator_queue_wait_seconds", "Time a request waited for its model to be resident.",
+            ["model", "lane"], buckets=WAIT_BUCKETS, registry=r)
+        self.rejections = Counter(
+            "roundhouse_coordinator_rejections_total", "Requests the coordinator refused, by kind.",
+            ["model", "kind"], registry=r)
+        self.queue_depth = Gauge(
+            "roundhouse_coordinator_queue_depth", "Requests waiting for their model.", ["model"], registry=r)
+        self.ledger_used = Gauge(
+            "roundhouse_coordinator_ledger_used_bytes", "Bytes the ledger charges (resident + loading + unverified).",
+            ["device"], registry=r)
+        self.ledger_budget = Gauge(
+            "roundhouse_coordinator_budget_bytes", "The device's memory budget.", ["device"], registry=r)
+        self.model_charged = Gauge(
+            "roundhouse_coordinator_model_charged_bytes", "Bytes the ledger charges a resident model (0 otherwise).",
+            ["device", "model"], registry=r)
+
+    def observe_core(self, core) -> None:  # noqa: ANN001 - a coordinator Core
+        self.ledger_used.labels(core.device).set(core.used_bytes())
+        self.ledger_budget.labels(core.device).set(core.budget_bytes)
+        for model, q in core.queues.items():
+            self.queue_depth.labels(model).set(len(q))
+            r = core.resident.get(model)
+            self.model_charged.labels(core.device, model).set(r.charged_bytes if r else 0)

@@ -48,10 +48,13 @@ class AdminModel(BaseModel):
     load_s: float | None = None
     last_used: float | None = None
     in_flight: int = 0
-    queue_depth: int = 0
+    queue_depth: int = Field(0, description="Requests waiting at the coordinator plus items waiting in the service's batcher.")
+    ledger_state: str = Field("unloaded", description="The coordinator's view: unloaded, loading, ready, draining, unloading.")
+    device_ledger: str = Field("cpu", description="The device whose memory budget the model is charged to.")
     ttl_s: float | None = None
     pin: bool = False
     priority: int = 0
+    group: str | None = None
 
 
 class AdminModels(BaseModel):

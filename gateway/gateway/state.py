@@ -9,9 +9,11 @@ from fastapi import Request
 
 from modelhost.catalog import Catalog
 from modelhost.client import ModelHostClient
+from modelhost.meter import MemoryMeter
 
 from .access import ModelAccess
 from .config import GatewaySettings
+from .coordinator.loop import Coordinator
 from .metrics import GatewayMetrics
 
 
@@ -24,6 +26,8 @@ class Gateway:
     clients: dict[str, ModelHostClient]
     access: ModelAccess
     started_at: float
+    coordinator: Coordinator
+    meters: dict[str, MemoryMeter | None]
 
 
 def gw(request: Request) -> Gateway:

@@ -46,14 +46,16 @@ async def admin_models(request: Request) -> AdminModels:
     rows = []
     for spec in g.catalog.models:
         m = live.get(spec.id, {})
+        ledger = g.coordinator.model_state(spec.id)
         rows.append(AdminModel(
             id=spec.id, family=spec.family,
             service=g.clients[spec.family].name if spec.family in g.clients else "not configured",
             state=m.get("state", "unknown"), reason=m.get("reason"), device=m.get("device"),
             device_requested=spec.device, memory_bytes=m.get("memory_bytes"), peak_memory_bytes=m.get("peak_memory_bytes"),
             memory_estimate_bytes=spec.memory_estimate_bytes, load_s=m.get("load_s"), last_used=m.get("last_used"),
-            in_flight=m.get("in_flight", 0), queue_depth=m.get("queue_depth", 0), ttl_s=spec.ttl_s, pin=spec.pin,
-            priority=spec.priority,
+            in_flight=m.get("in_flight", 0), queue_depth=ledger["queue_depth"] + m.get("queue_depth", 0),
+            ledger_state=ledger["ledger_state"], device_ledger=ledger["device_ledger"], ttl_s=spec.ttl_s,
+            pin=spec.pin, priority=spec.priority, group=spec.group,
         ))
     return AdminModels(data=rows, services=services)
 
@@ -71,3 +73,21 @@ async def admin_unload(
 ) -> dict[str, Any]:
     g = gw(request)
     return await g.access.unload(model_id, drain=drain, request_id=request_id_of(request))
+
+
+@router.get("/admin/gpu", tags=["admin"], summary="The coordinator's ledger per device, beside the meter's truth")
+async def admin_gpu(request: Request) -> dict[str, Any]:
+    g = gw(request)
+    view = g.coordinator.view()
+    for dev, ledger in view.items():
+        meter = g.meters.get(dev)
+        if meter is None:
+            from modelhost.meter import HostMeter
+
+            truth = HostMeter().device()
+            ledger["meter"] = {"kind": "host", "total_bytes": truth.total_bytes, "used_bytes": truth.used_bytes}
+        else:
+            truth = meter.device()
+            ledger["meter"] = {"kind": meter.kind, "total_bytes": truth.total_bytes, "used_bytes": truth.used_bytes,
+                               "free_bytes": truth.free_bytes}
+    return {"devices": view, "unverified_releases": g.coordinator.unverified_releases}

@@ -1,0 +1,306 @@
+"""Replaying request traces through the real ``Core`` under a virtual clock, and through two peer
+policies for comparison, with modelled load, unload and inference times.
+
+Used by the tests (the invariants on recorded and random traces) and by ``bench/scheduler.py``.
+Nothing here sleeps: time is a number that jumps from event to event.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import statistics
+from dataclasses import dataclass, field
+
+from .core import Core, Fail, Grant, Load, Unload, Wake
+from .policy import BULK, INTERACTIVE, ModelInfo, PolicyConfig
+
+
+@dataclass(frozen=True)
+class TraceRequest:
+    at: float
+    model: str
+    lane: str = BULK
+    timeout_s: float = 300.0
+
+
+@dataclass
+class SimModel:
+    footprint_bytes: int
+    load_s: float = 2.0
+    unload_s: float = 0.5
+    batch_s: float = 0.05  # one forward pass, whatever its size up to max_batch
+    max_batch: int = 8
+    pin: bool = False
+    priority: int = 0
+    group: str | None = None
+    fail_load: bool = False
+
+
+@dataclass
+class Outcome:
+    req_id: int
+    model: str
+    lane: str
+    arrived: float
+    granted: float | None = None
+    done: float | None = None
+    failed: str | None = None
+
+    @property
+    def wait_s(self) -> float | None:
+        return None if self.granted is None else self.granted - self.arrived
+
+
+@dataclass
+class SimResult:
+    policy: str
+    outcomes: list[Outcome]
+    swaps: int
+    max_used_bytes: int
+    events: int
+    double_loads: int = 0
+
+    def waits(self, lane: str | None = None) -> list[float]:
+        return [o.wait_s for o in self.outcomes if o.wait_s is not None and (lane is None or o.lane == lane)]
+
+    def pct(self, p: float, lane: str | None = None) -> float:
+        w = sorted(self.waits(lane))
+        if not w:
+            return 0.0
+        return w[min(len(w) - 1, int(round(p / 100 * (len(w) - 1))))]
+
+    @property
+    def swaps_per_100(self) -> float:
+        return 100.0 * self.swaps / max(1, len(self.outcomes))
+
+    def summary(self) -> dict:
+        return {"policy": self.policy, "requests": len(self.outcomes), "swaps": self.swaps,
+                "swaps_per_100": self.swaps_per_100, "p50": self.pct(50), "p99": self.pct(99),
+                "max": max(self.waits(), default=0.0), "failed": sum(1 for o in self.outcomes if o.failed),
+                "interactive_p95": self.pct(95, INTERACTIVE), "mean": statistics.fmean(self.waits()) if self.waits() else 0.0}
+
+
+class _ModelServer:
+    """A family service's batcher for one model: one batch at a time, up to max_batch."""
+
+    def __init__(self, model: str, spec: SimModel) -> None:
+        self.model = model
+        self.spec = spec
+        self.pending: collections.deque[int] = collections.deque()
+        self.busy_until: float | None = None
+
+
+def simulate_core(trace: list[TraceRequest], models: dict[str, SimModel], budget_bytes: int,
+                  config: PolicyConfig | None = None, *, check: bool = True, max_queue: int = 10_000) -> SimResult:
+    """Run ``trace`` through the real Core. ``check`` verifies the invariants after every event."""
+    infos = {m: ModelInfo(m, s.footprint_bytes, pin=s.pin, priority=s.priority, group=s.group,
+                          load_s=s.load_s, unload_s=s.unload_s) for m, s in models.items()}
+    core = Core("sim", budget_bytes, infos, config=config or PolicyConfig(), max_queue=max_queue)
+    seq = itertools.count()
+    heap: list[tuple[float, int, str, tuple]] = []
+    outcomes: dict[int, Outcome] = {}
+    servers = {m: _ModelServer(m, s) for m, s in models.items()}
+    loads_in_flight: set[str] = set()
+    double_loads = 0
+    max_used = 0
+    events = 0
+
+    def push(t: float, kind: str, *args) -> None:
+        heapq.heappush(heap, (t, next(seq), kind, args))
+
+    for i, r in enumerate(trace):
+        push(r.at, "arrive", i, r)
+
+    def apply(actions, now: float) -> None:
+        nonlocal double_loads
+        for a in actions:
+            if isinstance(a, Grant):
+                o = outcomes[a.req_id]
+                o.granted = now
+                servers[a.model].pending.append(a.req_id)
+                kick(a.model, now)
+            elif isinstance(a, Fail):
+                outcomes[a.req_id].failed = a.kind
+                outcomes[a.req_id].done = now
+            elif isinstance(a, Load):
+                if a.model in loads_in_flight or a.model in core.resident:
+                    double_loads += 1
+                loads_in_flight.add(a.model)
+                push(now + models[a.model].load_s, "load_done", a.model)
+            elif isinstance(a, Unload):
+                push(now + models[a.model].unload_s, "unload_done", a.model)
+            elif isinstance(a, Wake):
+                push(a.at, "tick")
+
+    def kick(model: str, now: float) -> None:
+        srv = servers[model]
+        if srv.busy_until is not None or not srv.pending:
+            return
+        batch = [srv.pending.popleft() for _ in range(min(len(srv.pending), srv.spec.max_batch))]
+        srv.busy_until = now + srv.spec.batch_s
+        push(srv.busy_until, "batch_done", model, tuple(batch))
+
+    while heap:
+        now, _, kind, args = heapq.heappop(heap)
+        events += 1
+        if events > 2_000_000:
+            raise RuntimeError("simulation did not settle (livelock?)")
+        if kind == "arrive":
+            i, r = args
+            outcomes[i] = Outcome(i, r.model, r.lane, now)
+            apply(core.arrive(i, r.model, now, lane=r.lane, timeout_s=r.timeout_s), now)
+        elif kind == "batch_done":
+            model, batch = args
+            servers[model].busy_until = None
+            for req_id in batch:
+                outcomes[req_id].done = now
+                apply(core.release(model, now), now)
+            kick(model, now)
+        elif kind == "load_done":
+            (model,) = args
+            loads_in_flight.discard(model)
+            spec = models[model]
+            apply(core.load_done(model, now, ok=not spec.fail_load, peak_bytes=spec.footprint_bytes,
+                                 load_s=spec.load_s, reason="simulated load failure"), now)
+        elif kind == "unload_done":
+            (model,) = args
+            apply(core.unload_done(model, now), now)
+        elif kind == "tick":
+            apply(core.tick(now), now)
+        if check:
+            core.check_invariants()
+        max_used = max(max_used, core.used_bytes())
+    return SimResult("roundhouse", [outcomes[i] for i in sorted(outcomes)], core.swaps, max_used, events, double_loads)
+
+
+def simulate_fifo(trace: list[TraceRequest], models: dict[str, SimModel], budget_bytes: int, *,
+                  group_same_model: bool = False) -> SimResult:
+    """The classic proxy policy (llama-swap's): requests in arrival order; a request for a model
+    that is not loaded waits for in-flight work to finish, evicts least recently used models until
+    it fits, and loads. With ``group_same_model``, a swap also pulls every queued request for the
+    new model forward (the common improvement)."""
+    queue: collections.deque[tuple[int, TraceRequest]] = collections.deque()
+    resident: dict[str, float] = {}  # model -> last used
+    outcomes = {i: Outcome(i, r.model, r.lane, r.at) for i, r in enumerate(trace)}
+    arrivals = collections.deque(enumerate(trace))
+    now = 0.0
+    swaps = 0
+    max_used = 0
+    in_flight_until = 0.0  # all dispatched work is done by then
+    server_free: dict[str, float] = {m: 0.0 for m in models}
+
+    def serve(batch: list[int], model: str, t: float) -> float:
+        # the model's batcher: consecutive batches of max_batch
+        spec = models[model]
+        start = max(t, server_free[model])
+        for k in range(0, len(batch), spec.max_batch):
+            for i in batch[k:k + spec.max_batch]:
+                outcomes[i].granted = t
+                outcomes[i].done = start + spec.batch_s
+            start += spec.batch_s
+        server_free[model] = start
+        resident[model] = t
+        return start
+
+    while arrivals or queue:
+        if not queue:
+            i, r = arrivals.popleft()
+            now = max(now, r.at)
+            queue.append((i, r))
+        i, r = queue.popleft()
+        # take in every arrival up to now
+        while arrivals and arrivals[0][1].at <= now:
+            queue.append(arrivals.popleft())
+        batch = [i]
+        if group_same_model:
+            keep = collections.deque()
+            for j, rr in queue:
+                if rr.model == r.model:
+                    batch.append(j)
+                else:
+                    keep.append((j, rr))
+            queue = keep
+        if r.model not in resident:
+            now = max(now, in_flight_until)  # drain in-flight work before swapping
+            spec = models[r.model]
+            while sum(models[m].footprint_bytes for m in resident) + spec.footprint_bytes > budget_bytes and resident:
+                victim = min(resident, key=resident.get)
+                del resident[victim]
+                now += models[victim].unload_s
+            now += spec.load_s
+            swaps += 1
+            # requests that arrived during the swap join the queue
+            while arrivals and arrivals[0][1].at <= now:
+                queue.append(arrivals.popleft())
+            if group_same_model:
+                keep = collections.deque()
+                for j, rr in queue:
+                    if rr.model == r.model:
+                        batch.append(j)
+                    else:
+                        keep.append((j, rr))
+                queue = keep
+        max_used = max(max_used, sum(models[m].footprint_bytes for m in resident) + models[r.model].footprint_bytes)
+        in_flight_until = max(in_flight_until, serve(batch, r.model, now))
+    name = "fifo+grouping" if group_same_model else "fifo"
+    return SimResult(name, [outcomes[i] for i in sorted(outcomes)], swaps, max_used, 0)
+
+
+# Traces -------------------------------------------------------------------------------------------
+
+
+def interleaved(n: int = 400, gap_s: float = 0.25, pattern: str = "ABAACABCABAD") -> list[TraceRequest]:
+    return [TraceRequest(i * gap_s, pattern[i % len(pattern)]) for i in range(n)]
+
+
+def zipf_poisson(n: int = 600, rate: float = 4.0, models: str = "ABCD", s: float = 1.1, seed: int = 7) -> list[TraceRequest]:
+    import random
+
+    rng = random.Random(seed)
+    weights = [1 / (k + 1) ** s for k in range(len(models))]
+    t = 0.0
+    out = []
+    for _ in range(n):
+        t += rng.expovariate(rate)
+        out.append(TraceRequest(t, rng.choices(models, weights)[0]))
+    return out
+
+
+def bursts(n_bursts: int = 30, size: int = 20, every_s: float = 4.0, models: str = "ABCD", seed: int = 3) -> list[TraceRequest]:
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for b in range(n_bursts):
+        m = rng.choice(models)
+        out.extend(TraceRequest(b * every_s + k * 0.01, m) for k in range(size))
+    return out
+
+
+def interactive_in_bulk(duration_s: float = 120.0, bulk_rate: float = 8.0, interactive_every_s: float = 6.0,
+                        seed: int = 5) -> list[TraceRequest]:
+    import random
+
+    rng = random.Random(seed)
+    out = [TraceRequest(i / bulk_rate, "A", BULK) for i in range(int(duration_s * bulk_rate))]
+    t = 1.0
+    while t < duration_s:
+        out.append(TraceRequest(t, rng.choice("BCD"), INTERACTIVE, timeout_s=60.0))
+        t += interactive_every_s
+    out.sort(key=lambda r: r.at)
+    return out
+
+
+@dataclass
+class Scenario:
+    name: str
+    trace: list[TraceRequest]
+    models: dict[str, SimModel] = field(default_factory=dict)
+    budget_bytes: int = 0
+
+
+def one_at_a_time(models: str = "ABCD", gib: int = 6) -> tuple[dict[str, SimModel], int]:
+    """Four models of 6 GiB on a 10 GiB budget: one fits at a time."""
+    return {m: SimModel(gib * 2**30) for m in models}, 10 * 2**30
