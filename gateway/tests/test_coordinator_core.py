@@ -1,0 +1,186 @@
+"""The coordinator's Core on recorded and random traces under a virtual clock (the same Core the
+gateway runs), checking its invariants after every event."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.coordinator import sim
+from gateway.coordinator.core import Core, Fail, Grant, InvariantBroken, Load, Unload
+from gateway.coordinator.policy import BULK, INTERACTIVE, ModelInfo, PolicyConfig
+from gateway.coordinator.sim import SimModel, TraceRequest
+
+pytestmark = pytest.mark.unit
+
+GiB = 2**30
+
+
+def core(budget=10 * GiB, **models: int) -> Core:
+    return Core("test", budget, {m: ModelInfo(m, b) for m, b in models.items()}, config=PolicyConfig())
+
+
+def test_requests_arriving_during_a_load_join_it() -> None:
+    c = core(A=4 * GiB)
+    acts = c.arrive(1, "A", 0.0)
+    assert [a for a in acts if isinstance(a, Load)] == [Load("A")]
+    for i in range(2, 6):
+        acts = c.arrive(i, "A", 0.1 * i)
+        assert not [a for a in acts if isinstance(a, (Load, Grant))]  # no second load, no early grant
+    acts = c.load_done("A", 2.0, ok=True, peak_bytes=3 * GiB)
+    assert sorted(a.req_id for a in acts if isinstance(a, Grant)) == [1, 2, 3, 4, 5]
+    assert c.resident["A"].charged_bytes == 3 * GiB  # measured, not the estimate
+
+
+def test_a_model_with_requests_in_flight_is_never_unloaded() -> None:
+    c = core(budget=6 * GiB, A=4 * GiB, B=4 * GiB)
+    c.arrive(1, "A", 0.0)
+    c.load_done("A", 2.0, ok=True, peak_bytes=4 * GiB)
+    assert c.arrive(2, "A", 2.1) == [Grant(2, "A")]
+    acts = c.arrive(3, "B", 2.2, lane=INTERACTIVE)  # wants A out at once
+    assert not [a for a in acts if isinstance(a, Unload)]
+    assert c.resident["A"].draining
+    assert c.arrive(4, "A", 2.3)[0:1] != [Grant(4, "A")]  # draining: no new grants
+    acts = c.release("A", 2.5)
+    assert not [a for a in acts if isinstance(a, Unload)]  # one lease still held
+    acts = c.release("A", 2.6)
+    assert Unload("A", "swap") in acts
+    acts = c.unload_done("A", 3.0)
+    assert Load("B") in acts
+
+
+def test_the_ledger_never_exceeds_the_budget_while_a_swap_is_in_flight() -> None:
+    c = core(budget=6 * GiB, A=4 * GiB, B=4 * GiB)
+    c.arrive(1, "A", 0.0)
+    c.load_done("A", 1.0, ok=True, peak_bytes=4 * GiB)
+    c.release("A", 1.1)
+    acts = c.arrive(2, "B", 5.0)
+    assert Unload("A", "swap") in acts and Load("B") not in acts  # load only after the release is verified
+    assert c.used_bytes() <= c.budget_bytes
+    acts = c.unload_done("A", 5.5)
+    assert Load("B") in acts and c.used_bytes() == 4 * GiB
+
+
+def test_a_failed_load_fails_its_waiters_and_the_next_request_retries() -> None:
+    c = core(A=4 * GiB)
+    c.arrive(1, "A", 0.0)
+    c.arrive(2, "A", 0.1)
+    acts = c.load_done("A", 1.0, ok=False, reason="weights are corrupt")
+    assert {(a.req_id, a.kind) for a in acts if isinstance(a, Fail)} == {(1, "load_failed"), (2, "load_failed")}
+    assert Load("A") in c.arrive(3, "A", 2.0)
+
+
+def test_full_queue_is_rejected_and_too_big_models_are_refused() -> None:
+    c = Core("t", 10 * GiB, {"A": ModelInfo("A", 4 * GiB), "X": ModelInfo("X", 11 * GiB)}, max_queue=2)
+    c.arrive(1, "A", 0)
+    c.arrive(2, "A", 0)
+    assert [a.kind for a in c.arrive(3, "A", 0) if isinstance(a, Fail)] == ["queue_full"]
+    assert [a.kind for a in c.arrive(4, "X", 0) if isinstance(a, Fail)] == ["too_large"]
+
+
+def test_a_request_that_cannot_be_ready_in_time_is_refused_at_once_and_waiting_ones_expire() -> None:
+    models = {"A": ModelInfo("A", 4 * GiB, load_s=20.0), "B": ModelInfo("B", 4 * GiB, load_s=1.0)}
+    c = Core("t", 6 * GiB, models)
+    assert [a.kind for a in c.arrive(1, "A", 0, timeout_s=5) if isinstance(a, Fail)] == ["not_ready_in_time"]
+    c.arrive(2, "B", 0, timeout_s=5)
+    c.load_done("B", 1.0, ok=True, peak_bytes=4 * GiB)
+    c.arrive(3, "B", 1.1)  # B stays busy
+    c.arrive(4, "A", 1.2, timeout_s=30)
+    acts = c.tick(31.5)
+    assert Fail(4, "A", "deadline", "A was not ready within the request's deadline") in acts
+
+
+def test_operator_unload_waits_for_in_flight_requests() -> None:
+    c = core(A=4 * GiB)
+    c.arrive(1, "A", 0)
+    c.load_done("A", 1, ok=True, peak_bytes=4 * GiB)
+    assert not [a for a in c.request_unload("A", 2) if isinstance(a, Unload)]
+    assert Unload("A", "request") in c.release("A", 3)
+
+
+def test_invariant_check_catches_a_lying_ledger() -> None:
+    c = core(budget=5 * GiB, A=4 * GiB)
+    c.arrive(1, "A", 0)
+    c.load_done("A", 1, ok=True, peak_bytes=6 * GiB)  # measured bigger than the whole budget
+    with pytest.raises(InvariantBroken):
+        c.check_invariants()
+
+
+# Recorded traces ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("trace_name", ["interleaved", "zipf_poisson", "bursts", "interactive_in_bulk"])
+def test_recorded_traces_keep_every_invariant_and_answer_everyone(trace_name: str) -> None:
+    models, budget = sim.one_at_a_time()
+    trace = getattr(sim, trace_name)()
+    config = PolicyConfig(max_wait_s=30)
+    res = sim.simulate_core(trace, models, budget, config)  # check=True: invariants after every event
+    assert len(res.outcomes) == len(trace)
+    assert all(o.granted is not None or o.failed for o in res.outcomes)
+    assert res.double_loads == 0
+    assert res.max_used_bytes <= budget
+    one_swap = max(m.load_s for m in models.values()) + max(m.unload_s for m in models.values())
+    assert max(res.waits()) <= config.max_wait_s + one_swap + 0.5  # + one drain of a 50 ms batch
+
+
+def test_interleaved_traffic_swaps_far_less_than_fifo() -> None:
+    models, budget = sim.one_at_a_time()
+    trace = sim.interleaved()
+    ours = sim.simulate_core(trace, models, budget, PolicyConfig(max_wait_s=30))
+    fifo = sim.simulate_fifo(trace, models, budget)
+    assert ours.swaps <= 0.4 * fifo.swaps
+
+
+def test_interactive_requests_are_not_stuck_behind_bulk_work() -> None:
+    models, budget = sim.one_at_a_time()
+    trace = sim.interactive_in_bulk()
+    ours = sim.simulate_core(trace, models, budget, PolicyConfig(max_wait_s=30))
+    fifo = sim.simulate_fifo(trace, models, budget)
+    assert ours.pct(95, INTERACTIVE) <= fifo.pct(95, INTERACTIVE)
+    one_swap = 2.5
+    # Patience 0: at worst the swap already in flight (it cannot be called back), then its own swap,
+    # plus the drain of one 50 ms batch.
+    assert max(ours.waits(INTERACTIVE)) <= 2 * one_swap + 0.1
+
+
+# Random traces -----------------------------------------------------------------------------------
+
+model_names = "ABCD"
+
+
+@st.composite
+def scenarios(draw):
+    n_models = draw(st.integers(2, 4))
+    names = model_names[:n_models]
+    budget = 10 * GiB
+    models = {m: SimModel(footprint_bytes=draw(st.integers(1, 10)) * GiB,
+                          load_s=draw(st.floats(0.5, 3.0)), unload_s=draw(st.floats(0.1, 1.0)),
+                          batch_s=draw(st.floats(0.01, 0.2)), max_batch=draw(st.integers(1, 8)),
+                          pin=False, priority=draw(st.integers(0, 2)),
+                          group=draw(st.sampled_from([None, None, "g"])),
+                          fail_load=draw(st.booleans()) and draw(st.booleans()) and draw(st.booleans()))
+              for m in names}
+    n = draw(st.integers(1, 120))
+    times = sorted(draw(st.lists(st.floats(0, 60), min_size=n, max_size=n)))
+    trace = [TraceRequest(t, draw(st.sampled_from(names)), draw(st.sampled_from([BULK, INTERACTIVE])),
+                          timeout_s=draw(st.sampled_from([300.0, 300.0, 20.0])))
+             for t in times]
+    return models, budget, trace
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_random_traces_never_break_the_budget_load_twice_or_leave_a_request_unanswered(scenario) -> None:
+    models, budget, trace = scenario
+    config = PolicyConfig(max_wait_s=30, bulk_patience_s=10, interactive_patience_s=0)
+    res = sim.simulate_core(trace, models, budget, config)  # raises InvariantBroken on any violation
+    assert res.max_used_bytes <= budget
+    assert res.double_loads == 0
+    for o in res.outcomes:
+        assert (o.granted is not None) != (o.failed is not None), o  # answered exactly once
+    one_swap = max(m.load_s for m in models.values()) + max(m.unload_s for m in models.values())
+    drain = max(m.batch_s for m in models.values()) * (1 + max(len(trace), 1))  # in-flight work finishing
+    for o in res.outcomes:
+        if o.granted is not None:
+            assert o.wait_s <= config.max_wait_s + one_swap + drain, (o, res.summary())
