@@ -199,7 +199,7 @@ async def test_unknown_route_and_bad_body_are_envelopes(client) -> None:
     assert body["error"]["param"] == "x"
 
 
-async def test_shutdown_ends_the_worker(app, tmp_path) -> None:
+async def test_shutdown_ends_the_worker(app) -> None:
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://arith-svc") as c:
             assert (await c.post("/v1/models/a/load")).status_code == 200

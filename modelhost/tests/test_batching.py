@@ -105,7 +105,7 @@ async def test_queue_bound_gives_overloaded(make_batcher, wait_until) -> None:
     assert info.value.retry_after_s is not None and info.value.retry_after_s > 0
     rec.gate.set()
     assert await asyncio.gather(in_flight, *waiting) == [2, 4, 6]
-    assert [batch for batch in rec.batches] == [[1], [2], [3]]  # the refused item never ran
+    assert rec.batches == [[1], [2], [3]]  # the refused item never ran
 
 
 async def test_cancelled_callers_item_is_dropped(make_batcher, wait_until) -> None:
