@@ -85,8 +85,21 @@ def start(name: str, argv: list[str], env: dict[str, str], port: int, logdir: Pa
     return p
 
 
+def wait_until(predicate, timeout_s: float, interval_s: float = 0.05) -> None:  # noqa: ANN001
+    """Poll ``predicate`` until it is true; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(interval_s)
+    raise TimeoutError(f"condition not met within {timeout_s} s")
+
+
 def start_caption_svc(catalog: Path, logdir: Path, **settings: str) -> Proc:
-    port = free_port()
+    port = int(settings.pop("port", 0)) or free_port()
     env = {"CAPTION_SVC_CATALOG": str(catalog), "CAPTION_SVC_PORT": str(port), "CAPTION_SVC_LOG_LEVEL": "INFO"}
     env.update({f"CAPTION_SVC_{k.upper()}": v for k, v in settings.items()})
     return start("caption-svc", [str(CAPTION_PY), "-m", "caption_svc"], env, port, logdir)

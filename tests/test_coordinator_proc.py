@@ -1,0 +1,129 @@
+"""The swap coordinator for real: the gateway and the caption service as processes, with a CPU
+budget that holds one tiny caption model at a time (the first model in a worker carries the
+imported framework, about 700 MiB), so interleaved requests force real swaps."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests import procs
+from tests.conftest import image_bytes
+
+pytestmark = pytest.mark.proc
+
+BUDGET_MB = 1100  # one worker with torch + one tiny model fits; two workers' worth does not
+
+
+def caption(url: str, model: str) -> httpx.Response:
+    return httpx.post(url + "/v1/images/captions", files={"file": ("a.png", image_bytes("PNG"))},
+                      data={"model": model}, timeout=180)
+
+
+def standalone_catalog(tiny_catalog: Path, out: Path) -> Path:
+    """The tiny catalog with estimates that do not fit twice in the budget, so the coordinator
+    never puts two models in one worker: each model then loads alone into a fresh worker and is
+    measured with the framework it imports (about 750 MiB), and each swap is real."""
+    raw = yaml.safe_load(tiny_catalog.read_text())
+    for m in raw["models"]:
+        m["source"] = str((tiny_catalog.parent / m["source"]).resolve())
+        m["memory_estimate_mb"] = 600
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "catalog.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture()
+def tight_stack(tiny_catalog: Path, logdir: Path, tmp_path: Path):
+    catalog = standalone_catalog(tiny_catalog, tmp_path / "catalog")
+    svc = procs.start_caption_svc(catalog, logdir)
+    gw = procs.start_gateway(catalog, {"caption": svc.url}, logdir, name="gateway-tight",
+                             memory_budget_mb=f'{{"cpu": {BUDGET_MB}}}', reconcile_interval_s="1",
+                             data_dir=str(tmp_path / "data"))
+    yield gw, svc
+    gw.stop()
+    svc.stop()
+
+
+def test_interleaved_requests_to_two_models_all_succeed_within_the_budget(tight_stack) -> None:
+    gw, svc = tight_stack
+    models = ["tiny-blip", "tiny-qwen25vl"]
+    # Measure both first, so the ledger knows their true footprints.
+    for m in models:
+        assert caption(gw.url, m).status_code == 200
+    order = [models[i % 2] for i in range(12)] + [models[0]] * 4 + [models[1]] * 4
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda m: caption(gw.url, m), order))
+    assert [r.status_code for r in responses] == [200] * len(order), [r.text for r in responses if r.status_code != 200]
+    assert [r.json()["model"] for r in responses] == order
+
+    view = httpx.get(gw.url + "/admin/gpu").json()
+    cpu = view["devices"]["cpu"]
+    assert cpu["used_bytes"] <= cpu["budget_bytes"] == BUDGET_MB * 2**20
+    assert cpu["footprints"]["tiny-blip"]["measured"] and cpu["footprints"]["tiny-qwen25vl"]["measured"]
+    assert len(cpu["resident"]) <= 1  # one at a time: the budget holds one worker
+    metrics = httpx.get(gw.url + "/metrics").text
+    swaps = sum(float(line.split()[-1]) for line in metrics.splitlines()
+                if line.startswith("roundhouse_coordinator_swaps_total{"))
+    assert 2 <= swaps < len(order)  # it swapped, but not on every model change
+    assert 'roundhouse_coordinator_release_unverified_total' not in metrics or \
+        all(line.endswith(" 0.0") for line in metrics.splitlines() if line.startswith("roundhouse_coordinator_release_unverified_total{"))
+    admin = httpx.get(gw.url + "/admin/models").json()
+    assert {m["ledger_state"] for m in admin["data"]} <= {"ready", "unloaded"}
+
+
+def test_footprints_are_remembered_across_a_gateway_restart(tiny_catalog: Path, logdir: Path, tmp_path: Path) -> None:
+    svc = procs.start_caption_svc(tiny_catalog, logdir)
+    data = tmp_path / "data"
+    try:
+        gw = procs.start_gateway(tiny_catalog, {"caption": svc.url}, logdir, name="gateway-mem1", data_dir=str(data))
+        try:
+            assert caption(gw.url, "tiny-blip2").status_code == 200
+            measured = httpx.get(gw.url + "/admin/gpu").json()["devices"]["cpu"]["footprints"]["tiny-blip2"]
+            assert measured["measured"]
+        finally:
+            gw.stop()
+        assert (data / "footprints.json").exists()
+        gw = procs.start_gateway(tiny_catalog, {"caption": svc.url}, logdir, name="gateway-mem2", data_dir=str(data))
+        try:
+            again = httpx.get(gw.url + "/admin/gpu").json()["devices"]["cpu"]
+            assert again["footprints"]["tiny-blip2"] == measured  # known before any load
+            assert "tiny-blip2" in again["resident"]  # reconciled from the service on start
+        finally:
+            gw.stop()
+    finally:
+        svc.stop()
+
+
+def test_a_service_killed_mid_swap_is_reconciled_and_the_next_request_succeeds(tiny_catalog: Path, logdir: Path, tmp_path: Path) -> None:
+    catalog = standalone_catalog(tiny_catalog, tmp_path / "catalog")
+    svc = procs.start_caption_svc(catalog, logdir)
+    port = svc.port
+    gw = procs.start_gateway(catalog, {"caption": svc.url}, logdir, name="gateway-kill",
+                             memory_budget_mb=f'{{"cpu": {BUDGET_MB}}}', data_dir=str(tmp_path / "data"),
+                             reconcile_interval_s="1")
+    try:
+        assert caption(gw.url, "tiny-blip").status_code == 200
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(caption, gw.url, "tiny-qwen25vl")  # forces a swap: unload blip, load qwen
+            # Kill the service (and its worker) while the swap is under way.
+            procs.wait_until(lambda: httpx.get(gw.url + "/admin/gpu").json()["devices"]["cpu"]["swap"] is not None, 30)
+            svc.stop(sig=signal.SIGKILL)
+            r = pending.result(timeout=120)
+        assert r.status_code in (500, 502, 503), r.text  # answered, not hung
+        # The ledger no longer claims anything is resident.
+        procs.wait_until(lambda: not httpx.get(gw.url + "/admin/gpu").json()["devices"]["cpu"]["resident"], 30)
+        svc = procs.start_caption_svc(catalog, logdir, port=str(port))
+        r = caption(gw.url, "tiny-qwen25vl")
+        assert r.status_code == 200, r.text
+        cpu = httpx.get(gw.url + "/admin/gpu").json()["devices"]["cpu"]
+        assert list(cpu["resident"]) == ["tiny-qwen25vl"] and cpu["used_bytes"] <= cpu["budget_bytes"]
+    finally:
+        gw.stop()
+        svc.stop()
