@@ -132,6 +132,7 @@ class ModelRuntime:
         self._worker: WorkerProcess | None = None
         self._worker_lock = asyncio.Lock()
         self._reaper: asyncio.Task | None = None
+        self._background: set[asyncio.Future] = set()
         metrics.worker_up.labels(family).set(0)
 
     # lifecycle of the runtime --------------------------------------------------------------------
@@ -441,8 +442,10 @@ class ModelRuntime:
         for entry in self.entries.values():
             if entry.state in (S.READY, S.UNLOADING):
                 if entry.batcher is not None:
-                    asyncio.ensure_future(entry.batcher.close(
+                    task = asyncio.ensure_future(entry.batcher.close(
                         Unavailable(f"the {self.family} worker died; retry", retry_after_s=1, code="worker_died")))
+                    self._background.add(task)  # keep a reference until it is done
+                    task.add_done_callback(self._background.discard)
                     entry.batcher = None
                 entry.memory_bytes = None
                 entry.device = None
