@@ -1,0 +1,1 @@
+"""Roundhouse text-to-speech service."""
