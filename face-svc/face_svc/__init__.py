@@ -1,0 +1,1 @@
+"""Roundhouse face service."""
