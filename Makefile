@@ -6,8 +6,12 @@ PYTHON ?= python3
 VENVS  := .venvs
 GW_PY  := $(VENVS)/gateway/bin/python
 CAP_PY := $(VENVS)/caption-svc/bin/python
+TTS_PY := $(VENVS)/tts-svc/bin/python
 # The caption environment's torch. Locally any CUDA 12/13 build runs on CPU too; the Dockerfile pins its own.
 CAPTION_TORCH ?= torch==2.14.1 torchvision==0.29.1
+# The tts environment's torch: coqui-tts 0.28 needs torchaudio, and torch 2.9.1 + torchaudio 2.9.1 +
+# torchcodec 0.8.1 is the one combination that installs and imports (shared/notes/speech-dependencies.md).
+TTS_TORCH ?= torch==2.9.1 torchaudio==2.9.1 torchcodec==0.8.1
 TINY    := build/tiny-models
 CATALOG ?= $(TINY)/catalog.yaml
 PIP     := -m pip install --quiet --disable-pip-version-check
@@ -32,22 +36,43 @@ $(VENVS)/caption-svc/.installed: modelhost/pyproject.toml caption-svc/pyproject.
 	$(CAP_PY) $(PIP) -e modelhost -e caption-svc pytest pytest-asyncio httpx
 	touch $@
 
-venvs: $(VENVS)/gateway/.installed $(VENVS)/caption-svc/.installed
+# The heaviest environment: about 6 min and 7.7 GB (torch 2.9.1 from PyPI is a CUDA build). Torch comes
+# first, then coqui-tts with the same pins repeated so pip never swaps torch, then the service. The stamp
+# is written only after the stack imports, so an interrupted or broken install is redone, not trusted;
+# pip skips what is already in place, so a rerun costs only what was missing.
+$(VENVS)/tts-svc/.installed: modelhost/pyproject.toml tts-svc/pyproject.toml
+	rm -f $@
+	test -x $(TTS_PY) || $(PYTHON) -m venv $(VENVS)/tts-svc
+	$(TTS_PY) $(PIP) torch==2.9.1 torchaudio==2.9.1
+	$(TTS_PY) $(PIP) $(TTS_TORCH) coqui-tts==0.28.0 six
+	$(TTS_PY) $(PIP) $(TTS_TORCH) -e modelhost -e 'tts-svc[test]'
+	$(TTS_PY) -c "import TTS.api, piper, av, espeakng_loader, onnx, soundfile, tts_svc.main"
+	touch $@
+
+venvs: $(VENVS)/gateway/.installed $(VENVS)/caption-svc/.installed $(VENVS)/tts-svc/.installed
 
 $(TINY)/catalog.yaml: tools/make_tiny_models.py $(VENVS)/caption-svc/.installed
 	$(CAP_PY) tools/make_tiny_models.py $(TINY)
 
-tiny-models: $(TINY)/catalog.yaml
+# Family builders merge their entries into the catalog that tools/make_tiny_models.py writes from scratch,
+# so each runs after it and again whenever it is rewritten (a builder that changes nothing leaves the file
+# untouched, so this settles).
+$(TINY)/tts/.built: tools/make_tiny_tts_models.py $(VENVS)/tts-svc/.installed $(TINY)/catalog.yaml
+	$(TTS_PY) tools/make_tiny_tts_models.py $(TINY)
+	touch $@
+
+tiny-models: $(TINY)/catalog.yaml $(TINY)/tts/.built
 
 dev: venvs tiny-models
-	CATALOG=$(CATALOG) GW_PY=$(GW_PY) CAP_PY=$(CAP_PY) scripts/dev.sh
+	CATALOG=$(CATALOG) GW_PY=$(GW_PY) CAP_PY=$(CAP_PY) TTS_PY=$(TTS_PY) scripts/dev.sh
 
 test: venvs tiny-models
-	GW_PY=$(GW_PY) CAP_PY=$(CAP_PY) scripts/run_tests.sh
+	GW_PY=$(GW_PY) CAP_PY=$(CAP_PY) TTS_PY=$(TTS_PY) scripts/run_tests.sh
 
 bench: venvs tiny-models
 	$(GW_PY) bench/gateway_overhead.py
 	$(GW_PY) bench/batching.py
+	$(TTS_PY) bench/tts.py
 
 clean:
 	rm -rf $(VENVS) build

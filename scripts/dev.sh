@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 CATALOG=${CATALOG:-build/tiny-models/catalog.yaml}
 GW_PY=${GW_PY:-.venvs/gateway/bin/python}
 CAP_PY=${CAP_PY:-.venvs/caption-svc/bin/python}
+TTS_PY=${TTS_PY:-.venvs/tts-svc/bin/python}
 GATEWAY_PORT=${GATEWAY_PORT:-8080}
 CAPTION_PORT=${CAPTION_PORT:-8101}
+TTS_PORT=${TTS_PORT:-8104}
 
 if [ ! -f "$CATALOG" ]; then
   echo "catalog $CATALOG does not exist (run 'make tiny-models', or set CATALOG=models.yaml)" >&2
@@ -26,8 +28,10 @@ trap cleanup EXIT INT TERM
 
 CAPTION_SVC_CATALOG=$CATALOG CAPTION_SVC_PORT=$CAPTION_PORT "$CAP_PY" -m caption_svc &
 pids+=($!)
+TTS_SVC_CATALOG=$CATALOG TTS_SVC_PORT=$TTS_PORT "$TTS_PY" -m tts_svc &
+pids+=($!)
 GATEWAY_CATALOG=$CATALOG GATEWAY_PORT=$GATEWAY_PORT \
-GATEWAY_SERVICES="{\"caption\": \"http://127.0.0.1:$CAPTION_PORT\"}" "$GW_PY" -m gateway &
+GATEWAY_SERVICES="{\"caption\": \"http://127.0.0.1:$CAPTION_PORT\", \"tts\": \"http://127.0.0.1:$TTS_PORT\"}" "$GW_PY" -m gateway &
 pids+=($!)
 
 wait_ready() {  # url seconds
@@ -39,6 +43,7 @@ wait_ready() {  # url seconds
   done
 }
 wait_ready "http://127.0.0.1:$GATEWAY_PORT/health/ready" 60
+wait_ready "http://127.0.0.1:$TTS_PORT/health/ready" 60
 
 mkdir -p build
 "$CAP_PY" -c "from PIL import Image; Image.radial_gradient('L').resize((320, 240)).convert('RGB').save('build/sample.jpg')"
@@ -46,5 +51,10 @@ echo
 echo "== Roundhouse is up: gateway http://127.0.0.1:$GATEWAY_PORT (docs at /docs), catalog $CATALOG"
 echo "== curl -F file=@build/sample.jpg 127.0.0.1:$GATEWAY_PORT/v1/images/captions"
 curl -sS -F file=@build/sample.jpg "127.0.0.1:$GATEWAY_PORT/v1/images/captions"
-echo; echo "== Ctrl-C stops both processes."
+echo
+echo "== curl 127.0.0.1:$GATEWAY_PORT/v1/audio/speech -H 'content-type: application/json' -d '{\"model\": \"flite\", \"voice\": \"slt\", \"input\": \"Hello there.\", \"response_format\": \"wav\"}' -o build/hello.wav"
+curl -sS "127.0.0.1:$GATEWAY_PORT/v1/audio/speech" -H 'content-type: application/json' \
+  -d '{"model": "flite", "voice": "slt", "input": "Hello there.", "response_format": "wav"}' -o build/hello.wav \
+  -w "build/hello.wav: %{size_download} bytes of %{content_type}\n"
+echo; echo "== Ctrl-C stops every process."
 wait -n "${pids[@]}"

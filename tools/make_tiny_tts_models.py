@@ -14,14 +14,17 @@ real voices ship with Debian's flite package and the espeakng-loader wheel. Noth
   needed; it makes noise of a length that follows the text.
 
 Runs with the tts-svc environment (onnx, torch, coqui-tts); a few seconds. Deterministic (fixed seeds).
-Idempotent: models are built beside their target and swapped in; the catalog merge replaces the tts
-entries and keeps every other family's entries, its ``defaults`` and the comments around them.
-tools/make_tiny_models.py (caption) writes catalog.yaml from scratch, so `make tiny-models` runs it first.
+Idempotent: models are built beside their target and swapped in, and not rebuilt while this script is
+unchanged (OUT_DIR/tts/build-info.json holds its hash; ``--force`` rebuilds); the catalog merge replaces
+the tts entries, keeps every other family's entries, its ``defaults`` and the comments around them, and
+leaves the file untouched when nothing changes. tools/make_tiny_models.py (caption) writes catalog.yaml
+from scratch, so `make tiny-models` runs it first.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -149,6 +152,8 @@ def merge_catalog(catalog: Path, entries: list[dict[str, Any]] = ENTRIES) -> str
     after = [m["id"] for m in (yaml.safe_load(merged) or {}).get("models") or []]
     if after != before + [e["id"] for e in entries]:
         raise SystemExit(f"{catalog}: the tts merge went wrong; ids before {before}, after {after}")
+    if catalog.exists() and catalog.read_text() == merged:
+        return "kept the tts entries in"
     tmp = catalog.with_name(f".{catalog.name}.tts-partial")
     tmp.write_text(merged)
     os.replace(tmp, catalog)
@@ -179,16 +184,27 @@ def _swap_in(build: Any, target: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", nargs="?", default="build/tiny-models", help="where to write (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="rebuild the models even if they are up to date")
     args = parser.parse_args(argv)
     out_dir = Path(args.out_dir)
     (out_dir / "tts").mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    for name, build in (("tiny-piper", build_tiny_piper), ("tiny-vits", build_tiny_vits)):
-        t = time.monotonic()
-        target = out_dir / "tts" / name
-        _swap_in(build, target)
-        size_kb = sum(f.stat().st_size for f in target.iterdir()) // 1024
-        print(f"built {target} ({size_kb} KB) in {time.monotonic() - t:.1f}s", flush=True)
+    info = out_dir / "tts" / "build-info.json"
+    stamp = {"builder_sha256": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}
+    builds = (("tiny-piper", build_tiny_piper, "tiny.onnx"), ("tiny-vits", build_tiny_vits, "model.pth"))
+    fresh = info.exists() and json.loads(info.read_text()) == stamp and all(
+        (out_dir / "tts" / name / weights).is_file() for name, _, weights in builds)
+    if fresh and not args.force:
+        print(f"the tiny tts models in {out_dir / 'tts'} are up to date", flush=True)
+    else:
+        info.unlink(missing_ok=True)
+        for name, build, _ in builds:
+            t = time.monotonic()
+            target = out_dir / "tts" / name
+            _swap_in(build, target)
+            size_kb = sum(f.stat().st_size for f in target.iterdir()) // 1024
+            print(f"built {target} ({size_kb} KB) in {time.monotonic() - t:.1f}s", flush=True)
+        info.write_text(json.dumps(stamp) + "\n")
     catalog = out_dir / "catalog.yaml"
     action = merge_catalog(catalog)
     print(f"{action} {catalog} ({', '.join(e['id'] for e in ENTRIES)}) in {time.monotonic() - t0:.1f}s total", flush=True)
