@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.middleware.base import BaseHTTPMiddleware
 
 from .catalog import Catalog
+from .cuda import check_cuda_driver
 from .errors import REQUEST_ID_HEADER, install_error_handlers, request_id_of
 from .meter import MemoryMeter, open_meter
 from .metrics import HostMetrics
@@ -76,7 +77,7 @@ def create_host_app(
     meter: MemoryMeter | None = None,
 ) -> FastAPI:
     """Build a family service. ``meter`` is the hardware boundary: tests may pass their own."""
-    own = catalog.family(family.name)
+    own = catalog.family(family.name).on_device(settings.force_device)
     gpu_index = _gpu_index(settings, own)
     metrics = HostMetrics(family.name)
     the_meter = meter or open_meter(prefer_gpu=gpu_index is not None, gpu_index=gpu_index or 0)
@@ -87,6 +88,7 @@ def create_host_app(
             family=family.name, catalog=own, backends=family.backends, settings=settings,
             meter=the_meter, metrics=metrics, gpu_index=gpu_index,
         )
+        check_cuda_driver(family.service, own)
         runtime.start()
         app.state.host = Host(family, settings, own, runtime, metrics, the_meter, time.time())
         log.info("%s ready: %d catalog model(s), measuring memory with %s",

@@ -78,6 +78,13 @@ class Catalog(BaseModel):
     def family(self, family: str) -> "Catalog":
         return Catalog(models=[m for m in self.models if m.family == family], path=self.path)
 
+    def on_device(self, device: str | None) -> "Catalog":
+        """Every model moved to ``device`` (``None``: unchanged). The CPU override of the compose
+        stack uses this so the GPU catalog runs as is on a host without a GPU."""
+        if device is None:
+            return self
+        return Catalog(models=[m.model_copy(update={"device": device}) for m in self.models], path=self.path)
+
     @property
     def families(self) -> list[str]:
         return sorted({m.family for m in self.models})
