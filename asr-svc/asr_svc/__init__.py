@@ -1,0 +1,1 @@
+"""Roundhouse speech-to-text service."""
