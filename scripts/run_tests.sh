@@ -5,6 +5,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 GW_PY=${GW_PY:-.venvs/gateway/bin/python}
 CAP_PY=${CAP_PY:-.venvs/caption-svc/bin/python}
+TTS_PY=${TTS_PY:-.venvs/tts-svc/bin/python}
+ASR_PY=${ASR_PY:-.venvs/asr-svc/bin/python}
 MARKERS=${MARKERS:-"not compose and not gpu"}
 out=build/test-results
 rm -rf "$out" && mkdir -p "$out"
@@ -18,6 +20,8 @@ run() {  # name python paths...
 
 run gateway "$GW_PY" modelhost/tests gateway/tests tests
 run caption-svc "$CAP_PY" caption-svc/tests
+run tts-svc "$TTS_PY" tts-svc/tests
+run asr-svc "$ASR_PY" asr-svc/tests
 
 "$GW_PY" tools/test_summary.py "$out"/*.xml || status=1
 exit $status

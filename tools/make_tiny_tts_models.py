@@ -136,8 +136,9 @@ def merge_catalog(catalog: Path, entries: list[dict[str, Any]] = ENTRIES) -> str
     text = catalog.read_text() if catalog.exists() else NEW_CATALOG
     text, replaced = re.subn(re.escape(BEGIN) + r".*?" + re.escape(END), "", text, flags=re.S)
     raw = yaml.safe_load(text) or {}
-    if not isinstance(raw, dict) or not isinstance(raw.get("models"), list):
+    if not isinstance(raw, dict) or "models" not in raw or not isinstance(raw["models"] or [], list):
         raise SystemExit(f"{catalog} is not a catalog (a mapping with a 'models:' list)")
+    raw["models"] = raw["models"] or []
     if any(isinstance(m, dict) and m.get("family") == FAMILY for m in raw["models"]) or _models_not_last(text):
         header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#")) if text.startswith("#") else ""
         raw["models"] = [m for m in raw["models"] if not (isinstance(m, dict) and m.get("family") == FAMILY)]

@@ -12,8 +12,9 @@ keeps its state across chunks, so sentence boundaries do not click.
     wav   RIFF/WAVE s16le; streamed, so its sizes are 0xFFFFFFFF        audio/wav
     pcm   raw s16le, no header (as OpenAI's ``pcm``)                    audio/pcm
 
-The streamed FLAC and WAV headers say "length unknown", as any piped encoder's do: PyAV/FFmpeg, browsers
-and soundfile (for WAV) read them to the end; ``soundfile.read`` of the FLAC needs ``blocks`` instead.
+The streamed FLAC and WAV headers say "length unknown", as any piped encoder's do. PyAV/FFmpeg and
+browsers read both to the end, soundfile (libsndfile) reads the WAV, the MP3 and the Opus, but refuses a
+FLAC whose STREAMINFO holds no total length: decode FLAC with PyAV/ffmpeg, or ask for WAV.
 
 An ``Encoder`` is not thread-safe; one request uses one, from one thread at a time.
 """
