@@ -9,5 +9,6 @@ for svc in "$@"; do
   echo "== wheelhouse/$svc"
   mkdir -p "wheelhouse/$svc"
   docker run --rm -v "$PWD:/src" -w /src "$BASE" sh -c \
-    "python3 -m venv /tmp/v && /tmp/v/bin/pip wheel --quiet -w wheelhouse/$svc -r $svc/requirements.image.txt ./modelhost ./$svc"
+    "python3 -m venv /tmp/v && /tmp/v/bin/pip wheel --quiet -w wheelhouse/$svc -r $svc/requirements.image.txt ./modelhost ./$svc \
+     && if [ -f $svc/requirements.nodeps.txt ]; then /tmp/v/bin/pip wheel --quiet --no-deps -w wheelhouse/$svc -r $svc/requirements.nodeps.txt; fi"
 done
