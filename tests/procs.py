@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VENVS = ROOT / ".venvs"
 GATEWAY_PY = Path(os.environ.get("GW_PY", VENVS / "gateway" / "bin" / "python"))
 CAPTION_PY = Path(os.environ.get("CAP_PY", VENVS / "caption-svc" / "bin" / "python"))
+FACE_PY = Path(os.environ.get("FACE_PY", VENVS / "face-svc" / "bin" / "python"))
 TTS_PY = Path(os.environ.get("TTS_PY", VENVS / "tts-svc" / "bin" / "python"))
 
 
@@ -111,6 +112,13 @@ def start_tts_svc(catalog: Path, logdir: Path, **settings: str) -> Proc:
     env = {"TTS_SVC_CATALOG": str(catalog), "TTS_SVC_PORT": str(port), "TTS_SVC_LOG_LEVEL": "INFO"}
     env.update({f"TTS_SVC_{k.upper()}": v for k, v in settings.items()})
     return start("tts-svc", [str(TTS_PY), "-m", "tts_svc"], env, port, logdir)
+
+
+def start_face_svc(catalog: Path, logdir: Path, **settings: str) -> Proc:
+    port = free_port()
+    env = {"FACE_SVC_CATALOG": str(catalog), "FACE_SVC_PORT": str(port), "FACE_SVC_LOG_LEVEL": "INFO"}
+    env.update({f"FACE_SVC_{k.upper()}": v for k, v in settings.items()})
+    return start("face-svc", [str(FACE_PY), "-m", "face_svc"], env, port, logdir)
 
 
 def start_gateway(catalog: Path, services: dict[str, str], logdir: Path, name: str = "gateway", **settings: str) -> Proc:

@@ -15,7 +15,7 @@ class GatewaySettings(BaseSettings):
     port: int = Field(8080, description="Port the gateway listens on.")
     catalog: Path = Field(Path("models.yaml"), description="Path of the model catalog (models.yaml).")
     services: dict[str, str] = Field(
-        default_factory=lambda: {"caption": "http://127.0.0.1:8101", "asr": "http://127.0.0.1:8103", "tts": "http://127.0.0.1:8104"},
+        default_factory=lambda: {"caption": "http://127.0.0.1:8101", "face": "http://127.0.0.1:8102", "asr": "http://127.0.0.1:8103", "tts": "http://127.0.0.1:8104"},
         description='Family service base URLs, as JSON: {"caption": "http://caption-svc:8101", ...}.',
     )
     api_keys: list[SecretStr] = Field(
@@ -27,6 +27,7 @@ class GatewaySettings(BaseSettings):
     default_caption_model: str | None = Field(None, description="Caption model used when a request names none; default: the catalog's first.")
     tts_max_input_chars: int = Field(4096, gt=0, description="Longest text for /v1/audio/speech in characters (413 above), as OpenAI's.")
     default_asr_model: str | None = Field(None, description="Speech-to-text model used when a request names none; default: the catalog's first.")
+    default_face_model: str | None = Field(None, description="Face model used when a request names none; default: the catalog's first.")
     transcription_timeout_s: float = Field(
         3600.0, gt=0, description="Longest wait for one transcription or translation (long audio on CPU takes a while).")
     request_timeout_s: float = Field(300.0, gt=0, description="Longest wait for a service's answer to one request.")

@@ -26,7 +26,7 @@ from .coordinator.loop import Coordinator, device_key
 from .coordinator.policy import PolicyConfig
 from .metrics import GatewayMetrics
 from .observe import ObserveMiddleware
-from .routers import audio_speech, audio_transcriptions, captions, health, models
+from .routers import audio_speech, audio_transcriptions, captions, faces, health, models
 from .state import Gateway
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,8 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
         lifespan=lifespan,
     )
     install_error_handlers(app, "gateway")
-    for router in (health.router, models.router, captions.router, audio_speech.router, audio_transcriptions.router):
+    for router in (health.router, models.router, captions.router, faces.router, audio_speech.router,
+                   audio_transcriptions.router):
         app.include_router(router)
     # Outermost last: ObserveMiddleware sees every answer, the 401s included.
     app.add_middleware(ApiKeyMiddleware, keys=[k.get_secret_value() for k in settings.api_keys])
