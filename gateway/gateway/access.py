@@ -9,12 +9,14 @@ coordinator is told, re-reads the service, and the request is tried once more.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any, Awaitable, Callable, TypeVar
 
 from modelhost.catalog import Catalog, ModelSpec
 from modelhost.client import ModelHostClient, ServiceUnreachable, UpstreamEnvelope
-from modelhost.errors import ModelNotFound, Unavailable
+from modelhost.errors import DeadlineExceeded, ModelNotFound, Unavailable, UpstreamError
 
 from .coordinator.loop import Coordinator
 from .coordinator.policy import INTERACTIVE
@@ -49,7 +51,23 @@ class ModelAccess:
 
     async def use(self, model_id: str, family: str, call: Callable[[ModelHostClient], Awaitable[T]],
                   *, lane: str = INTERACTIVE, timeout_s: float | None = None) -> T:
-        """Hold ``model_id`` resident while ``call`` runs against its service."""
+        """Hold ``model_id`` resident while ``call`` runs against its service; timed per family
+        (``roundhouse_gateway_model_request_seconds``: the wait for the model, then the answer)."""
+        self.spec(model_id, family)  # 404 before a metric label is made of an unknown id
+        t0 = time.perf_counter()
+        outcome = "error"
+        try:
+            result = await self._use(model_id, family, call, lane=lane, timeout_s=timeout_s)
+            outcome = "ok"
+            return result
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            self.metrics.model_request_seconds.labels(family, model_id, lane, outcome).observe(time.perf_counter() - t0)
+
+    async def _use(self, model_id: str, family: str, call: Callable[[ModelHostClient], Awaitable[T]],
+                   *, lane: str, timeout_s: float | None) -> T:
         spec = self.spec(model_id, family)
         client = self.client(spec)
         timeout = timeout_s or self.request_timeout_s
@@ -59,12 +77,18 @@ class ModelAccess:
                 return await call(client)
             except UpstreamEnvelope as e:
                 if e.code != "model_not_ready" or attempt == 2:
+                    if e.status >= 500:
+                        self.metrics.upstream_errors.labels(client.name, "status_5xx").inc()
                     raise
                 log.info("model %s was not ready at %s (%s); telling the coordinator and retrying", model_id, client.name, e.message)
                 self.coordinator.vanished(model_id)
             except ServiceUnreachable:
                 self.metrics.upstream_errors.labels(client.name, "unreachable").inc()
                 self.coordinator.schedule_reconcile(family)
+                raise
+            except (DeadlineExceeded, UpstreamError) as e:  # no answer in time, or one without an envelope
+                kind = "timeout" if isinstance(e, DeadlineExceeded) else "bad_response"
+                self.metrics.upstream_errors.labels(client.name, kind).inc()
                 raise
             finally:
                 self.coordinator.release(model_id)

@@ -1,11 +1,18 @@
 from __future__ import annotations
 
+from typing import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 LOAD_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 RELEASE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30)
+JOB_ITEM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+# Closed label sets, created at 0 by init_labels.
+UPSTREAM_ERROR_KINDS = ("unreachable", "timeout", "status_5xx", "bad_response", "models")
+EVICTION_REASONS = ("swap", "request", "reconcile")  # coordinator.core.Unload
+REJECTION_KINDS = ("queue_full", "not_ready_in_time", "too_large", "load_failed", "deadline")  # coordinator.core.Fail
 
 
 class GatewayMetrics:
@@ -58,6 +65,40 @@ class GatewayMetrics:
         self.model_charged = Gauge(
             "roundhouse_coordinator_model_charged_bytes", "Bytes the ledger charges a resident model (0 otherwise).",
             ["device", "model"], registry=r)
+        # Monitoring (dashboards and alerts in monitoring/).
+        self.model_request_seconds = Histogram(
+            "roundhouse_gateway_model_request_seconds",
+            "Time of one model request at the gateway: waiting for its model to be resident, then the service's answer.",
+            ["family", "model", "lane", "outcome"], buckets=LATENCY_BUCKETS, registry=r)
+        self.footprint = Gauge(
+            "roundhouse_coordinator_footprint_bytes",
+            "Bytes the ledger admits a model by: its measured peak once loaded, else the catalog's estimate.",
+            ["device", "model"], registry=r)
+
+        # Bulk jobs (gateway/jobs/).
+        self.items = Counter(
+            "roundhouse_jobs_items_total", "Job items finished, by task and outcome "
+            "(inferred, deduplicated: the same content was inferred before, error, cancelled).",
+            ["task", "outcome"], registry=r)
+        self.jobs_active = Gauge("roundhouse_jobs_active", "Jobs running now.", registry=r)
+        self.item_seconds = Histogram(
+            "roundhouse_jobs_item_seconds", "Time to finish one job item (read, hash, wait, infer), by task.",
+            ["task"], buckets=JOB_ITEM_BUCKETS, registry=r)
+
+    def init_labels(self, models: Iterable[str], services: Iterable[str]) -> None:
+        """Create the counters of closed label sets at 0, so a counter's first event shows in
+        rate()/increase() (a series that appears at 1 has no increase) and dashboards show 0s."""
+        for service in services:
+            for kind in UPSTREAM_ERROR_KINDS:
+                self.upstream_errors.labels(service, kind)
+        for model in models:
+            self.release_unverified.labels(model)
+            for outcome in ("loaded", "failed"):
+                self.loads.labels(model, outcome)
+            for reason in EVICTION_REASONS:
+                self.evictions.labels(model, reason)
+            for kind in REJECTION_KINDS:
+                self.rejections.labels(model, kind)
 
     def observe_core(self, core) -> None:  # noqa: ANN001 - a coordinator Core
         self.ledger_used.labels(core.device).set(core.used_bytes())
@@ -66,3 +107,4 @@ class GatewayMetrics:
             self.queue_depth.labels(model).set(len(q))
             r = core.resident.get(model)
             self.model_charged.labels(core.device, model).set(r.charged_bytes if r else 0)
+            self.footprint.labels(core.device, model).set(core.models[model].footprint_bytes)
