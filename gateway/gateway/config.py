@@ -56,3 +56,36 @@ class CoordinatorSettings(BaseSettings):
     release_timeout_s: float = Field(15.0, gt=0, description="Longest wait for an eviction's memory to show as free.")
     reconcile_interval_s: float | None = Field(15.0, gt=0, description="How often every service's models are re-read; None = only on start and errors.")
     data_dir: Path = Field(Path("data"), description="Where the gateway keeps state (measured footprints).")
+
+
+class JobSettings(BaseSettings):
+    """Bulk-job settings; every field can be set as GATEWAY_<FIELD>. The job database lives in the
+    coordinator's ``data_dir`` (GATEWAY_DATA_DIR)."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    library_roots: list[Path] = Field(
+        default_factory=list,
+        description='Folders jobs may read by path, as JSON: ["/photos", "/videos"]. A path or glob that resolves '
+        "(symlinks and '..' included) outside every root is refused with 403 and never read. Empty: jobs take uploads only.")
+    jobs_concurrency: int | None = Field(
+        None, ge=1, description="Items of one job in flight at once; default: the model's max_batch, so the "
+        "service's batcher fills one batch while interactive requests queue behind at most that one.")
+    jobs_parallel: int = Field(1, ge=1, description="Jobs run at once; more run one after another (fewest swaps).")
+    jobs_yield_s: float | None = Field(
+        0.25, ge=0, description="Bulk work pauses while interactive requests are in flight on the same device and "
+        "for this many seconds after the last one (None: never pause).")
+    jobs_max_items: int = Field(200_000, ge=1, description="Most items in one job (413 above).")
+    jobs_max_request_bytes: int = Field(
+        2 * 1024**3, gt=0, description="Largest POST /v1/jobs body (uploads); send bigger libraries in several requests or by path.")
+    jobs_max_file_bytes: int = Field(
+        8 * 1024**3, gt=0, description="Largest single input file (videos included); larger items end with an error.")
+    jobs_max_attempts: int = Field(
+        3, ge=1, description="Tries of an item whose service failed with a server error (5xx); 4xx errors are final at "
+        "once, and unavailability (429/503) only pauses the job.")
+    jobs_keyframes_per_minute: float = Field(
+        12.0, gt=0, description="Most keyframes taken from one minute of video (scene changes beyond are dropped).")
+    jobs_scene_threshold: float = Field(
+        0.3, gt=0, le=1, description="Scene-change score (0..1, a frame's difference from the last keyframe) that makes a keyframe.")
+    jobs_audio_chunk_s: float = Field(
+        600.0, gt=0, description="A video's audio is sent for transcription in pieces of at most this many seconds.")
