@@ -19,15 +19,17 @@ from modelhost.meter import HostMeter, MemoryMeter, NvmlMeter
 
 from .access import ModelAccess
 from .auth import ApiKeyMiddleware
-from .config import CoordinatorSettings, GatewaySettings
+from .config import CoordinatorSettings, GatewaySettings, JobSettings
 from .coordinator.effects import HttpEffects
 from .coordinator.footprints import FootprintStore
 from .coordinator.loop import Coordinator, device_key
 from .coordinator.policy import PolicyConfig
 from .gpu_metrics import GpuCollector
+from .jobs.service import Jobs
 from .metrics import GatewayMetrics
 from .observe import ObserveMiddleware
 from .routers import audio_speech, audio_transcriptions, captions, faces, health, models
+from .routers import jobs as jobs_router
 from .state import Gateway
 
 log = logging.getLogger(__name__)
@@ -69,10 +71,11 @@ def open_meters(catalog: Catalog) -> dict[str, MemoryMeter | None]:
 
 
 def create_app(settings: GatewaySettings | None = None, coordinator_settings: CoordinatorSettings | None = None,
-               *, meters: dict[str, MemoryMeter | None] | None = None) -> FastAPI:
+               *, meters: dict[str, MemoryMeter | None] | None = None, job_settings: JobSettings | None = None) -> FastAPI:
     """Build the gateway. ``meters`` is the hardware boundary (NVML per GPU); tests may pass their own."""
     settings = settings or GatewaySettings()
     cs = coordinator_settings or CoordinatorSettings()
+    js = job_settings or JobSettings()
     catalog = load_catalog(settings.catalog).on_device(settings.force_device)
     metrics = GatewayMetrics()
     metrics.init_labels([m.id for m in catalog.models], [SERVICE_NAMES.get(f, f"{f}-svc") for f in settings.services])
@@ -100,6 +103,10 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
         access = ModelAccess(catalog, clients, metrics, coordinator, request_timeout_s=settings.request_timeout_s)
         app.state.gateway = Gateway(settings, catalog, metrics, session, clients, access, time.time(),
                                     coordinator, the_meters)
+        # Bulk jobs: their database and uploads live beside the footprints, in the data directory.
+        jobs = Jobs.build(cs.data_dir, js, settings, access=access, catalog=catalog, coordinator=coordinator, metrics=metrics)
+        app.state.jobs = jobs
+        await jobs.start()
         log.info("coordinator budgets: %s", {d: f"{b / 2**20:.0f} MiB" for d, b in budgets.items()})
         log.info("gateway on %s:%d: %d model(s), services %s, auth %s", settings.host, settings.port,
                  len(catalog.models), settings.services, "on" if settings.api_keys else "OFF (no GATEWAY_API_KEYS)")
@@ -108,6 +115,7 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
         finally:
             if reconciler is not None:
                 reconciler.cancel()
+            await jobs.close()
             await coordinator.close()
             await session.close()
 
@@ -121,6 +129,7 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
     for router in (health.router, models.router, captions.router, faces.router, audio_speech.router,
                    audio_transcriptions.router):
         app.include_router(router)
+    app.include_router(jobs_router.router)
     # Outermost last: ObserveMiddleware sees every answer, the 401s included.
     app.add_middleware(ApiKeyMiddleware, keys=[k.get_secret_value() for k in settings.api_keys])
     app.add_middleware(ObserveMiddleware, metrics=metrics)

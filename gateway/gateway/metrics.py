@@ -8,6 +8,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 LOAD_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 RELEASE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30)
+JOB_ITEM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 # Closed label sets, created at 0 by init_labels.
 UPSTREAM_ERROR_KINDS = ("unreachable", "timeout", "status_5xx", "bad_response", "models")
 EVICTION_REASONS = ("swap", "request", "reconcile")  # coordinator.core.Unload
@@ -73,6 +74,16 @@ class GatewayMetrics:
             "roundhouse_coordinator_footprint_bytes",
             "Bytes the ledger admits a model by: its measured peak once loaded, else the catalog's estimate.",
             ["device", "model"], registry=r)
+
+        # Bulk jobs (gateway/jobs/).
+        self.items = Counter(
+            "roundhouse_jobs_items_total", "Job items finished, by task and outcome "
+            "(inferred, deduplicated: the same content was inferred before, error, cancelled).",
+            ["task", "outcome"], registry=r)
+        self.jobs_active = Gauge("roundhouse_jobs_active", "Jobs running now.", registry=r)
+        self.item_seconds = Histogram(
+            "roundhouse_jobs_item_seconds", "Time to finish one job item (read, hash, wait, infer), by task.",
+            ["task"], buckets=JOB_ITEM_BUCKETS, registry=r)
 
     def init_labels(self, models: Iterable[str], services: Iterable[str]) -> None:
         """Create the counters of closed label sets at 0, so a counter's first event shows in

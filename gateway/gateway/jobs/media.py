@@ -1,0 +1,184 @@
+"""Videos for jobs: keyframes at scene changes, and the audio track as 16 kHz mono WAV pieces.
+PyAV (FFmpeg's libraries, shipped in its wheel) decodes; these functions block and run in a thread.
+
+Keyframes, the algorithm: the video is sampled about ``samples_per_s`` times a second; each sample is
+reduced to a 64x36 grey thumbnail, and its score is the mean absolute difference from the last keyframe's
+thumbnail (0 = identical, 1 = black against white). The first frame is always a keyframe; a sample whose
+score reaches ``threshold`` is the first frame of a new scene and becomes one. Within each minute of video
+at most ``per_minute`` keyframes are kept: the first frame, then the highest scores. So a cut is found
+within one sample interval, a slow pan becomes a keyframe once it has drifted far enough, and a strobe
+cannot flood a job with thousands of frames.
+"""
+
+from __future__ import annotations
+
+import io
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+
+THUMB_W, THUMB_H = 64, 36
+
+
+class MediaError(Exception):
+    """A file PyAV cannot read as the job needs it: the item ends with this error."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(order=True)
+class Keyframe:
+    t_s: float
+    score: float = field(compare=False)
+    jpeg: bytes = field(compare=False, repr=False)
+
+
+@dataclass
+class VideoInfo:
+    duration_s: float | None
+    width: int
+    height: int
+    has_audio: bool
+
+
+def probe(path: str) -> VideoInfo:
+    try:
+        with av.open(path) as c:
+            vs = c.streams.video[0] if c.streams.video else None
+            if vs is None:
+                raise MediaError("no_video_stream", "the file has no video stream")
+            dur = float(c.duration / av.time_base) if c.duration else None
+            return VideoInfo(dur, vs.codec_context.width, vs.codec_context.height, bool(c.streams.audio))
+    except av.FFmpegError as e:
+        raise MediaError("unreadable_video", f"the video could not be read: {e}") from e
+
+
+def scene_score(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of two grey thumbnails, 0..1."""
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean() / 255.0)
+
+
+class KeyframePicker:
+    """The selection rule on its own (pure, fed thumbnails in time order; see the module's docstring)."""
+
+    def __init__(self, *, threshold: float, per_minute: float) -> None:
+        self.threshold = threshold
+        self.cap = max(1, int(per_minute))
+        self.last: np.ndarray | None = None
+        self.kept: dict[int, list[tuple[float, float, bool, object]]] = {}  # minute -> (t, score, first, payload)
+
+    def candidate(self, t_s: float, thumb: np.ndarray) -> float | None:
+        """The sample's score if it starts a scene (the first sample always does), else None."""
+        if self.last is None:
+            self.last = thumb
+            return 1.0
+        score = scene_score(thumb, self.last)
+        if score < self.threshold:
+            return None
+        self.last = thumb
+        return score
+
+    def wants(self, t_s: float, score: float) -> bool:
+        """Whether a candidate would be kept under the per-minute cap (ask before making its JPEG)."""
+        bucket = self.kept.get(int(t_s // 60), [])
+        if len(bucket) < self.cap:
+            return True
+        return any(not first and s < score for _, s, first, _ in bucket)
+
+    def keep(self, t_s: float, score: float, payload: object) -> None:
+        first = not self.kept_any()  # the video's first frame: never displaced by the cap
+        bucket = self.kept.setdefault(int(t_s // 60), [])
+        if len(bucket) >= self.cap:
+            worst = min((k for k in bucket if not k[2]), key=lambda k: k[1])
+            bucket.remove(worst)
+        bucket.append((t_s, score, first, payload))
+
+    def kept_any(self) -> bool:
+        return any(self.kept.values())
+
+    def keyframes(self) -> list[tuple[float, float, object]]:
+        return sorted((t, s, p) for b in self.kept.values() for t, s, _, p in b)
+
+
+def extract_keyframes(path: str, *, threshold: float, per_minute: float, samples_per_s: float = 4.0,
+                      max_side: int = 1280) -> tuple[VideoInfo, list[Keyframe]]:
+    """The video's keyframes as JPEGs with their timestamps (see the module's docstring)."""
+    info = probe(path)
+    picker = KeyframePicker(threshold=threshold, per_minute=per_minute)
+    next_t = 0.0
+    step = 1.0 / samples_per_s
+    try:
+        with av.open(path) as c:
+            vs = c.streams.video[0]
+            vs.thread_type = "AUTO"
+            for frame in c.decode(vs):
+                if frame.time is None:
+                    continue
+                t = float(frame.time)
+                if t + 1e-6 < next_t:
+                    continue
+                next_t = t + step
+                score = picker.candidate(t, frame.to_ndarray(format="gray", width=THUMB_W, height=THUMB_H))
+                if score is not None and picker.wants(t, score):
+                    picker.keep(t, score, _jpeg(frame, max_side))
+    except av.FFmpegError as e:
+        raise MediaError("unreadable_video", f"the video could not be decoded: {e}") from e
+    frames = [Keyframe(round(t, 3), round(s, 4), p) for t, s, p in picker.keyframes()]  # type: ignore[arg-type]
+    if not frames:
+        raise MediaError("no_frames", "no frame of the video could be decoded")
+    return info, frames
+
+
+def _jpeg(frame: av.VideoFrame, max_side: int) -> bytes:
+    im = frame.to_image()
+    if max(im.size) > max_side:
+        im.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def extract_audio(path: str, out_dir: Path, *, chunk_s: float, rate: int = 16000) -> list[tuple[float, Path]]:
+    """The first audio track as 16 kHz mono 16-bit WAV files of at most ``chunk_s`` seconds each:
+    [(offset_s, file)]. Empty when the file has no audio."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pieces: list[tuple[float, Path]] = []
+    per_chunk = int(chunk_s * rate) * 2  # bytes of s16 mono
+    buf = bytearray()
+    written = 0
+
+    def flush(final: bool) -> None:
+        nonlocal buf, written
+        while len(buf) >= per_chunk or (final and buf):
+            data, buf = bytes(buf[:per_chunk]), buf[per_chunk:]
+            f = out_dir / f"audio-{len(pieces):05d}.wav"
+            with wave.open(str(f), "wb") as w:
+                w.setnchannels(1)
+                w.setsampwidth(2)
+                w.setframerate(rate)
+                w.writeframes(data)
+            pieces.append((written / 2 / rate, f))
+            written += len(data)
+
+    try:
+        with av.open(path) as c:
+            if not c.streams.audio:
+                return []
+            stream = c.streams.audio[0]
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+            for frame in c.decode(stream):
+                for out in resampler.resample(frame):
+                    buf += out.to_ndarray().tobytes()
+                flush(False)
+            for out in resampler.resample(None):
+                buf += out.to_ndarray().tobytes()
+            flush(True)
+    except av.FFmpegError as e:
+        raise MediaError("unreadable_audio", f"the audio track could not be decoded: {e}") from e
+    return pieces

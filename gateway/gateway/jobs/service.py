@@ -1,0 +1,199 @@
+"""Jobs as the API sees them: building the store and runner, creating jobs from validated inputs,
+and the status view (counts, rate, ETA)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from modelhost.catalog import Catalog
+from modelhost.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+
+from ..access import ModelAccess
+from .inputs import BlobStore, Library, kind_of, sniff_kind
+from .runner import JobRunner, new_job_id
+from .store import ACTIVE_STATES, AsyncStore, NewItem
+from .tasks import TASKS, Task
+
+
+@dataclass
+class Upload:
+    filename: str
+    file: BinaryIO
+
+
+class Jobs:
+    def __init__(self, store: AsyncStore, runner: JobRunner, library: Library, blobs: BlobStore, catalog: Catalog,
+                 access: ModelAccess, settings: Any, gateway_settings: Any) -> None:
+        self.store = store
+        self.runner = runner
+        self.library = library
+        self.blobs = blobs
+        self.catalog = catalog
+        self.access = access
+        self.settings = settings
+        self.gateway_settings = gateway_settings
+
+    @classmethod
+    def build(cls, data_dir: Path, settings: Any, gateway_settings: Any, *, access: ModelAccess, catalog: Catalog,
+              coordinator: Any, metrics: Any) -> "Jobs":
+        root = data_dir / "jobs"
+        store = AsyncStore(root / "jobs.sqlite3")
+        library = Library(list(settings.library_roots))
+        blobs = BlobStore(root / "blobs")
+        runner = JobRunner(store, access, catalog, settings, coordinator=coordinator, metrics=metrics, blobs=blobs,
+                           library=library, scratch_dir=root / "tmp", request_timeout_s=gateway_settings.request_timeout_s,
+                           max_image_bytes=gateway_settings.max_upload_bytes, max_image_pixels=gateway_settings.max_image_pixels)
+        for task in TASKS:
+            for outcome in ("inferred", "deduplicated", "error", "cancelled"):
+                metrics.items.labels(task, outcome)
+        return cls(store, runner, library, blobs, catalog, access, settings, gateway_settings)
+
+    async def start(self) -> None:
+        await self.runner.start()
+
+    async def close(self) -> None:
+        await self.runner.close()
+        await asyncio.to_thread(self.store.close)
+
+    # submitting ----------------------------------------------------------------------------------
+
+    def task_class(self, name: Any) -> type[Task]:
+        if name not in TASKS:
+            raise BadRequest(f"task must be one of {sorted(TASKS)}", param="task", code="unknown_task")
+        return TASKS[name]
+
+    def default_model(self, cls: type[Task]) -> str:
+        configured = {"caption": self.gateway_settings.default_caption_model,
+                      "asr": getattr(self.gateway_settings, "default_asr_model", None),
+                      "face": getattr(self.gateway_settings, "default_face_model", None)}.get(cls.family)
+        if configured:
+            return configured
+        for m in self.catalog.models:
+            if m.family == cls.family:
+                return m.id
+        raise BadRequest(f"no {cls.family} model is in the catalog; name one with 'model'", param="model")
+
+    def prepare(self, task: Any, model: Any, options: dict[str, Any]) -> tuple[type[Task], str, dict[str, Any]]:
+        """Validate task, model and options (400/404/503) before anything is read or stored."""
+        cls = self.task_class(task)
+        if model is not None and not isinstance(model, str):
+            raise BadRequest("model must be a string", param="model")
+        model = model or self.default_model(cls)
+        spec = self.access.spec(model, cls.family)  # 404
+        self.access.client(spec)  # 503 when its service is not configured
+        return cls, model, cls.parse_params(options, spec)
+
+    def resolve_paths(self, cls: type[Task], paths: list[str], already: int = 0) -> list[NewItem]:
+        found = self.library.expand(paths, cls.kinds, max_items=self.settings.jobs_max_items - already)
+        return [NewItem(source=src, path=real, upload=False, kind=kind) for src, real, kind in found]
+
+    async def store_uploads(self, uploads: list[Upload]) -> list[NewItem]:
+        items = []
+        for up in uploads:
+            name = Path(up.filename or "upload").name or "upload"
+            digest, path, size = await asyncio.to_thread(self.blobs.put, up.file, max_bytes=self.settings.jobs_max_file_bytes)
+            kind = kind_of(name)
+            if kind == "other":
+                with open(path, "rb") as f:
+                    kind = sniff_kind(f.read(16))
+            items.append(NewItem(source=name, path=path, upload=True, kind=kind))
+        return items
+
+    async def create(self, cls: type[Task], model: str, params: dict[str, Any], paths: list[NewItem],
+                     uploads: list[Upload], *, open_: bool) -> dict[str, Any]:
+        if len(paths) + len(uploads) > self.settings.jobs_max_items:
+            raise PayloadTooLarge(f"a job holds at most {self.settings.jobs_max_items} items", code="too_many_items")
+        if not paths and not uploads and not open_:
+            raise BadRequest("the job names no input: upload files ('file') or name library paths ('paths')",
+                             param="paths", code="no_inputs")
+        job_id = new_job_id()
+        self.runner.uploads_in_progress += 1
+        try:
+            items = paths + await self.store_uploads(uploads)
+            await self.store.create_job(job_id, cls.name, model, params, items, open_=open_)
+        finally:
+            self.runner.uploads_in_progress -= 1
+        self.runner.kick()
+        return await self.status(job_id)
+
+    async def add_inputs(self, job_id: str, paths: list[str], uploads: list[Upload], *, close: bool) -> dict[str, Any]:
+        job = await self.get(job_id)
+        if not job["open"] or job["state"] not in ACTIVE_STATES:
+            raise Conflict(f"job {job_id} takes no more inputs (it is {job['state']}{'' if job['open'] else ', closed'})",
+                           code="job_closed")
+        cls = self.task_class(job["task"])
+        items = self.resolve_paths(cls, paths, job["n_total"]) if paths else []
+        if job["n_total"] + len(items) + len(uploads) > self.settings.jobs_max_items:
+            raise PayloadTooLarge(f"a job holds at most {self.settings.jobs_max_items} items", code="too_many_items")
+        self.runner.uploads_in_progress += 1
+        try:
+            items += await self.store_uploads(uploads)
+            if not await self.store.add_items(job_id, items, close=close):
+                raise Conflict(f"job {job_id} takes no more inputs", code="job_closed")
+        finally:
+            self.runner.uploads_in_progress -= 1
+        self.runner.wake(job_id)
+        self.runner.kick()
+        return await self.status(job_id)
+
+    # reading -------------------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> dict[str, Any]:
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}", param="job_id", code="job_not_found")
+        return job
+
+    async def status(self, job_id: str) -> dict[str, Any]:
+        return self.view(await self.get(job_id))
+
+    def view(self, job: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        finished = job["n_done"] + job["n_error"] + job["n_cancelled"]
+        pending = job["n_total"] - finished
+        live = self.runner.progress(job["id"])
+        rate = live.get("rate_per_s")
+        if rate is None and job["started_at"] and job["finished_at"] and job["finished_at"] > job["started_at"]:
+            rate = (job["n_done"] + job["n_error"]) / (job["finished_at"] - job["started_at"])
+        eta = pending / rate if rate and pending and job["state"] in ACTIVE_STATES else (0.0 if not pending else None)
+        out: dict[str, Any] = {
+            "id": job["id"], "object": "job", "task": job["task"], "model": job["model"], "options": job["params"],
+            "state": job["state"], "open": job["open"],
+            "created_at": job["created_at"], "started_at": job["started_at"], "finished_at": job["finished_at"],
+            "counts": {"total": job["n_total"], "pending": pending, "done": job["n_done"], "error": job["n_error"],
+                       "cancelled": job["n_cancelled"], "deduplicated": job["n_reused"]},
+            "progress": round(finished / job["n_total"], 4) if job["n_total"] else (1.0 if not job["open"] else 0.0),
+            "rate_per_s": round(rate, 3) if rate is not None else None,
+            "eta_s": round(eta, 1) if eta is not None else None,
+            "elapsed_s": round((job["finished_at"] or now) - job["started_at"], 3) if job["started_at"] else None,
+        }
+        if "waiting" in live:
+            out["waiting"] = live["waiting"]
+        if job["error"]:
+            out["error"] = job["error"]
+        if job["summary"]:
+            out["summary"] = job["summary"]
+        return out
+
+    async def list(self, state: str | None, limit: int) -> list[dict[str, Any]]:
+        return [self.view(j) for j in await self.store.list_jobs(state=state, limit=limit)]
+
+    def shaper(self, job: dict[str, Any]) -> Task | None:
+        """The job's task for shaping output (no catalog lookup: the model may have left the catalog)."""
+        cls = TASKS.get(job["task"])
+        return cls(job["model"], job["params"], None) if cls else None  # type: ignore[arg-type]
+
+    async def results(self, job: dict[str, Any], *, after: int, limit: int, embeddings: bool) -> list[dict[str, Any]]:
+        task = self.shaper(job)
+        rows = await self.store.results_page(job["id"], after_seq=after, limit=limit)
+        out = []
+        for r in rows:
+            people = r.pop("people")
+            if r["result"] is not None and task is not None:
+                r["result"] = task.public(r["result"], people, embeddings=embeddings)
+            out.append(r)
+        return out
