@@ -105,7 +105,7 @@ def _validated(g: Gateway, body: dict[str, Any]) -> dict[str, Any]:
     speed = body.get("speed", 1.0)
     speed = 1.0 if speed is None else speed
     if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not math.isfinite(speed):
-        raise BadRequest("speed must be a number", param="speed", code="speed_out_of_range")
+        raise BadRequest("speed must be a number", param="speed")
     if not MIN_SPEED <= speed <= MAX_SPEED:
         raise BadRequest(f"speed must be between {MIN_SPEED} and {MAX_SPEED}", param="speed", code="speed_out_of_range")
     if body.get("stream_format") not in (None, "audio"):
@@ -170,12 +170,19 @@ async def speech(request: Request) -> StreamingResponse:
     headers = {k: upstream.headers[k] for k in _RELAY_HEADERS if k in upstream.headers}
     media_type = headers.pop("content-type", "application/octet-stream")
 
+    finished = False
+
     async def relay() -> AsyncIterator[bytes]:
+        nonlocal finished
         async for chunk in upstream.content.iter_any():
             yield chunk
+        finished = True
 
     async def done() -> None:
-        upstream.release()
+        if finished:
+            upstream.release()
+        else:  # the client left, or the upstream failed: drop the connection, so the service stops too
+            upstream.close()
         relayed.set()
         try:
             await holder
