@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENVS  := .venvs
 GW_PY  := $(VENVS)/gateway/bin/python
 CAP_PY := $(VENVS)/caption-svc/bin/python
+FACE_PY := $(VENVS)/face-svc/bin/python
 TTS_PY := $(VENVS)/tts-svc/bin/python
 # The caption environment's torch. Locally any CUDA 12/13 build runs on CPU too; the Dockerfile pins its own.
 CAPTION_TORCH ?= torch==2.14.1 torchvision==0.29.1
@@ -51,6 +52,22 @@ $(VENVS)/tts-svc/.installed: modelhost/pyproject.toml tts-svc/pyproject.toml
 
 venvs: $(VENVS)/gateway/.installed $(VENVS)/caption-svc/.installed $(VENVS)/tts-svc/.installed
 
+# About 1.5 min and 0.8 GB (2.5 min with a cold pip cache: face-recognition-models is a 100 MB sdist). The
+# CPU onnxruntime (never beside onnxruntime-gpu: both install the one onnxruntime/ directory and the last
+# wins), the service with its dlib extra and test tools, then insightface's pure wheel with --no-deps: the
+# tests read its sample photos and compare our SCRFD/ArcFace arithmetic with its own, and its dependencies
+# would pull onnxruntime and opencv-python 5 in. The stamp is written only after the stack imports.
+FACE_ORT ?= onnxruntime==1.32.0
+$(VENVS)/face-svc/.installed: modelhost/pyproject.toml face-svc/pyproject.toml
+	rm -f $@
+	test -x $(FACE_PY) || $(PYTHON) -m venv $(VENVS)/face-svc
+	$(FACE_PY) $(PIP) $(FACE_ORT) -e modelhost -e 'face-svc[dlib,test]'
+	$(FACE_PY) $(PIP) --no-deps insightface==2.1
+	$(FACE_PY) -c "import onnxruntime, onnx, cv2, dlib, skimage, insightface, face_svc.main, face_svc.backends.insightface, face_svc.backends.dlib_resnet"
+	touch $@
+
+venvs: $(VENVS)/face-svc/.installed
+
 $(TINY)/catalog.yaml: tools/make_tiny_models.py $(VENVS)/caption-svc/.installed
 	$(CAP_PY) tools/make_tiny_models.py $(TINY)
 
@@ -60,6 +77,13 @@ $(TINY)/catalog.yaml: tools/make_tiny_models.py $(VENVS)/caption-svc/.installed
 $(TINY)/tts/.built: tools/make_tiny_tts_models.py $(VENVS)/tts-svc/.installed $(TINY)/catalog.yaml
 	$(TTS_PY) tools/make_tiny_tts_models.py $(TINY)
 	touch $@
+
+# The tiny insightface-format pack, and the face entries (it and dlib-resnet) merged into the catalog.
+$(TINY)/face/.built: tools/make_tiny_face_models.py $(VENVS)/face-svc/.installed $(TINY)/catalog.yaml
+	$(FACE_PY) tools/make_tiny_face_models.py $(TINY)
+	touch $@
+
+tiny-models: $(TINY)/face/.built
 
 tiny-models: $(TINY)/catalog.yaml $(TINY)/tts/.built
 

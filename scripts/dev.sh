@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 CATALOG=${CATALOG:-build/tiny-models/catalog.yaml}
 GW_PY=${GW_PY:-.venvs/gateway/bin/python}
 CAP_PY=${CAP_PY:-.venvs/caption-svc/bin/python}
+FACE_PY=${FACE_PY:-.venvs/face-svc/bin/python}
 TTS_PY=${TTS_PY:-.venvs/tts-svc/bin/python}
 GATEWAY_PORT=${GATEWAY_PORT:-8080}
 CAPTION_PORT=${CAPTION_PORT:-8101}
+FACE_PORT=${FACE_PORT:-8102}
 TTS_PORT=${TTS_PORT:-8104}
 
 if [ ! -f "$CATALOG" ]; then
@@ -28,10 +30,12 @@ trap cleanup EXIT INT TERM
 
 CAPTION_SVC_CATALOG=$CATALOG CAPTION_SVC_PORT=$CAPTION_PORT "$CAP_PY" -m caption_svc &
 pids+=($!)
+FACE_SVC_CATALOG=$CATALOG FACE_SVC_PORT=$FACE_PORT "$FACE_PY" -m face_svc &
+pids+=($!)
 TTS_SVC_CATALOG=$CATALOG TTS_SVC_PORT=$TTS_PORT "$TTS_PY" -m tts_svc &
 pids+=($!)
 GATEWAY_CATALOG=$CATALOG GATEWAY_PORT=$GATEWAY_PORT \
-GATEWAY_SERVICES="{\"caption\": \"http://127.0.0.1:$CAPTION_PORT\", \"tts\": \"http://127.0.0.1:$TTS_PORT\"}" "$GW_PY" -m gateway &
+GATEWAY_SERVICES="{\"caption\": \"http://127.0.0.1:$CAPTION_PORT\", \"face\": \"http://127.0.0.1:$FACE_PORT\", \"tts\": \"http://127.0.0.1:$TTS_PORT\"}" "$GW_PY" -m gateway &
 pids+=($!)
 
 wait_ready() {  # url seconds
@@ -43,6 +47,7 @@ wait_ready() {  # url seconds
   done
 }
 wait_ready "http://127.0.0.1:$GATEWAY_PORT/health/ready" 60
+wait_ready "http://127.0.0.1:$FACE_PORT/health/ready" 60
 wait_ready "http://127.0.0.1:$TTS_PORT/health/ready" 60
 
 mkdir -p build
@@ -56,5 +61,14 @@ echo "== curl 127.0.0.1:$GATEWAY_PORT/v1/audio/speech -H 'content-type: applicat
 curl -sS "127.0.0.1:$GATEWAY_PORT/v1/audio/speech" -H 'content-type: application/json' \
   -d '{"model": "flite", "voice": "slt", "input": "Hello there.", "response_format": "wav"}' -o build/hello.wav \
   -w "build/hello.wav: %{size_download} bytes of %{content_type}\n"
+echo
+# A real photo that ships in scikit-image, and a mirrored, cropped copy: dlib's real models find her face
+# and say the two are the same person.
+"$FACE_PY" -c "from PIL import Image; from skimage import data; a = Image.fromarray(data.astronaut()); a.save('build/astronaut.jpg', quality=95); a.transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((32, 40, 452, 400)).save('build/astronaut-flipped.jpg', quality=90)"
+echo "== curl -F file=@build/astronaut.jpg -F model=dlib-resnet 127.0.0.1:$GATEWAY_PORT/v1/faces/detect"
+curl -sS -F file=@build/astronaut.jpg -F model=dlib-resnet "127.0.0.1:$GATEWAY_PORT/v1/faces/detect"
+echo
+echo "== curl -F file_a=@build/astronaut.jpg -F file_b=@build/astronaut-flipped.jpg -F model=dlib-resnet 127.0.0.1:$GATEWAY_PORT/v1/faces/verify"
+curl -sS -F file_a=@build/astronaut.jpg -F file_b=@build/astronaut-flipped.jpg -F model=dlib-resnet "127.0.0.1:$GATEWAY_PORT/v1/faces/verify"
 echo; echo "== Ctrl-C stops every process."
 wait -n "${pids[@]}"

@@ -5,6 +5,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 GW_PY=${GW_PY:-.venvs/gateway/bin/python}
 CAP_PY=${CAP_PY:-.venvs/caption-svc/bin/python}
+FACE_PY=${FACE_PY:-.venvs/face-svc/bin/python}
 TTS_PY=${TTS_PY:-.venvs/tts-svc/bin/python}
 ASR_PY=${ASR_PY:-.venvs/asr-svc/bin/python}
 MARKERS=${MARKERS:-"not compose and not gpu"}
@@ -20,6 +21,7 @@ run() {  # name python paths...
 
 run gateway "$GW_PY" modelhost/tests gateway/tests tests
 run caption-svc "$CAP_PY" caption-svc/tests
+run face-svc "$FACE_PY" face-svc/tests
 run tts-svc "$TTS_PY" tts-svc/tests
 run asr-svc "$ASR_PY" asr-svc/tests
 

@@ -157,6 +157,8 @@ def merge_catalog(catalog: Path) -> str:
         action = "wrote"
     merged = text + BEGIN + FACE_ENTRIES + END
     _check(merged, before=text, path=catalog)
+    if catalog.exists() and catalog.read_text() == merged:
+        return "kept the face entries of"  # untouched: make's other catalog builders need not rerun
     tmp = catalog.with_name(f".{catalog.name}.partial")
     tmp.write_text(merged)
     tmp.replace(catalog)
