@@ -11,6 +11,7 @@ export BASE_IMAGE=$BASE ROUNDHOUSE_MODELS_DIR=./build/tiny-models ROUNDHOUSE_CAT
 export GATEWAY_PUBLISH=127.0.0.1:18080 COMPOSE_PROJECT_NAME=roundhouse-ci
 compose=(docker compose -f docker-compose.yml -f compose.cpu.yml)
 
+chmod -R a+rX build/tiny-models  # the containers run as a non-root user
 scripts/docker_setup.sh
 scripts/make_base_image.sh "$BASE"
 t0=$SECONDS
