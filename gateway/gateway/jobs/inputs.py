@@ -15,7 +15,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from modelhost.errors import BadRequest, Forbidden, PayloadTooLarge
 
@@ -128,14 +128,15 @@ def _glob_base(pattern: str) -> str:
     return str(Path(*base)) if base else "/"
 
 
-def _walk(folder: str) -> Iterator[str]:
-    """Every file under ``folder``, sorted; symlinked folders are not followed (they could lead anywhere,
-    or in circles), symlinked files are (and checked like any other path)."""
+def _walk(folder: str) -> list[str]:
+    """Every file under ``folder`` in path order; hidden files and folders are skipped; symlinked
+    folders are not followed (they could lead anywhere, or in circles), symlinked files are (and are
+    checked like any other path)."""
+    out = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                yield os.path.join(dirpath, name)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        out += [os.path.join(dirpath, name) for name in filenames if not name.startswith(".")]
+    return sorted(out)
 
 
 class BlobStore:

@@ -1,9 +1,10 @@
 """Videos for jobs: keyframes at scene changes, and the audio track as 16 kHz mono WAV pieces.
 PyAV (FFmpeg's libraries, shipped in its wheel) decodes; these functions block and run in a thread.
 
-Keyframes, the algorithm: the video is sampled about ``samples_per_s`` times a second; each sample is
-reduced to a 64x36 grey thumbnail, and its score is the mean absolute difference from the last keyframe's
-thumbnail (0 = identical, 1 = black against white). The first frame is always a keyframe; a sample whose
+Keyframes, the algorithm: the video is sampled up to ``samples_per_s`` (30) times a second; each sample is
+reduced to a 48x27 colour thumbnail, and its score is the mean absolute difference from the last scene
+start's thumbnail over all pixels and channels (0 = identical, 1 = black against white; colour, not grey,
+so a cut between two colours of the same brightness still counts). The first frame is always a keyframe; a sample whose
 score reaches ``threshold`` is the first frame of a new scene and becomes one. Within each minute of video
 at most ``per_minute`` keyframes are kept: the first frame, then the highest scores. So a cut is found
 within one sample interval, a slow pan becomes a keyframe once it has drifted far enough, and a strobe
@@ -20,7 +21,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-THUMB_W, THUMB_H = 64, 36
+THUMB_W, THUMB_H = 48, 27
 
 
 class MediaError(Exception):
@@ -60,7 +61,7 @@ def probe(path: str) -> VideoInfo:
 
 
 def scene_score(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean absolute difference of two grey thumbnails, 0..1."""
+    """Mean absolute difference of two thumbnails (any shape, 0..255 values), 0..1."""
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean() / 255.0)
 
 
@@ -106,7 +107,7 @@ class KeyframePicker:
         return sorted((t, s, p) for b in self.kept.values() for t, s, _, p in b)
 
 
-def extract_keyframes(path: str, *, threshold: float, per_minute: float, samples_per_s: float = 4.0,
+def extract_keyframes(path: str, *, threshold: float, per_minute: float, samples_per_s: float = 30.0,
                       max_side: int = 1280) -> tuple[VideoInfo, list[Keyframe]]:
     """The video's keyframes as JPEGs with their timestamps (see the module's docstring)."""
     info = probe(path)
@@ -124,7 +125,7 @@ def extract_keyframes(path: str, *, threshold: float, per_minute: float, samples
                 if t + 1e-6 < next_t:
                     continue
                 next_t = t + step
-                score = picker.candidate(t, frame.to_ndarray(format="gray", width=THUMB_W, height=THUMB_H))
+                score = picker.candidate(t, frame.to_ndarray(format="rgb24", width=THUMB_W, height=THUMB_H))
                 if score is not None and picker.wants(t, score):
                     picker.keep(t, score, _jpeg(frame, max_side))
     except av.FFmpegError as e:
