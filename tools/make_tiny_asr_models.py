@@ -7,6 +7,12 @@ width 64) and OUT_DIR/asr/tiny-faster-whisper/ (a CTranslate2 Whisper model: con
 vocabulary.json and tokenizer.json, converted from a random transformers Whisper), then puts the asr
 entries (those two, and the package-shipped pocketsphinx en-US model) into OUT_DIR/catalog.yaml.
 
+The weights are random except the decoder's final layer norm, which is set to a constant: its output, and
+so every step's logits, point at one word. Each 30 s window therefore decodes to " hello hello ..." (up to
+the catalog's max_new_tokens) on any audio, and the language detected is always the same one. That keeps
+the tests of everything around the model (segments, chunk offsets, words, response formats) deterministic;
+a fully random decoder often emits nothing but timestamps and end-of-text.
+
 Runs with the asr-svc environment (torch, openai-whisper, ctranslate2, and transformers from its
 ``build`` extra). Nothing is downloaded: whisper's tokenizer files ship in its wheel, and the Hugging
 Face tokenizer.json is converted from them in code (without it in the model directory faster-whisper
@@ -36,6 +42,9 @@ import yaml
 FAMILY = "asr"
 WHISPER_FILE = "tiny-whisper.pt"
 CT2_DIR = "tiny-faster-whisper"
+
+PARROT_TOKEN = 7751  # " hello" in Whisper's multilingual tokenizer
+PARROT_LOGIT = 30.0  # its logit; the other tokens' stay below about 16
 
 # The tiny models decode at most this many tokens per 30 s window: random weights never stop by themselves.
 # Random weights also fail every quality check, so the temperature fallback (six decodes of each window)
@@ -72,6 +81,7 @@ def build_tiny_whisper(path: Path) -> None:
     dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=2,
                            n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=2)
     model = Whisper(dims)
+    _parrot(model.decoder.token_embedding.weight, model.decoder.ln)
     tmp = path.with_suffix(".tmp")
     torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": model.state_dict()}, tmp)
     os.replace(tmp, path)
@@ -105,6 +115,7 @@ def build_tiny_ct2(out: Path, work: Path) -> None:
                         max_source_positions=1500, max_target_positions=448, pad_token_id=50257, bos_token_id=50257,
                         eos_token_id=50257, decoder_start_token_id=50258)
     model = WhisperForConditionalGeneration(cfg).eval()
+    _parrot(model.model.decoder.embed_tokens.weight, model.model.decoder.layer_norm)  # proj_out is tied to it
     model.generation_config = GenerationConfig(
         decoder_start_token_id=50258, eos_token_id=50257, pad_token_id=50257, bos_token_id=50257,
         suppress_tokens=[], begin_suppress_tokens=[220, 50257], no_timestamps_token_id=50363, is_multilingual=True,
@@ -119,6 +130,18 @@ def build_tiny_ct2(out: Path, work: Path) -> None:
         raise RuntimeError("the converted model has no tokenizer.json; faster-whisper would fetch one from the hub")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
+
+
+def _parrot(embedding, layer_norm) -> None:  # noqa: ANN001 - torch tensors/modules
+    """Make the decoder's last layer norm output a constant vector pointing at PARROT_TOKEN's embedding: the
+    logits are that vector times the (tied) embedding matrix, so the token gets PARROT_LOGIT and random
+    others about half of it at most (64-dimensional random vectors are nearly orthogonal)."""
+    import torch
+
+    with torch.no_grad():
+        e = embedding[PARROT_TOKEN]
+        layer_norm.weight.zero_()
+        layer_norm.bias.copy_(e * (PARROT_LOGIT / e.dot(e)))
 
 
 def merge_catalog(catalog: Path, entries: list[dict[str, Any]], family: str = FAMILY) -> bool:

@@ -112,7 +112,9 @@ class PocketsphinxTranscriber(Backend):
         ep = Endpointer(window=self.vad_window_s, vad_mode=self.vad_mode, sample_rate=SAMPLE_RATE)
         raw = audio.astype(np.int16, copy=False).tobytes()
         step = ep.frame_bytes
-        whole = len(raw) // step * step
+        # The stream must end with end_stream(), which takes 1 to frame_bytes bytes (not 0): keep the last
+        # partial frame for it, or the last whole frame when the audio is a whole number of frames.
+        whole = (len(raw) - 1) // step * step
         pad = int(self.vad_window_s * SAMPLE_RATE)
         regions: list[tuple[int, int]] = []
 
@@ -127,9 +129,10 @@ class PocketsphinxTranscriber(Backend):
 
         for i in range(0, whole, step):
             take(ep.process(raw[i:i + step]))
-        # Always end the stream, also on a whole number of frames: audio that ends mid-speech (as
-        # synthesised speech does) would otherwise lose its last utterance.
-        take(ep.end_stream(raw[whole:]))
+        # Always end the stream: audio that ends mid-speech (as synthesised speech does) would otherwise
+        # lose its last utterance.
+        if raw:
+            take(ep.end_stream(raw[whole:]))
         return regions
 
     def _decode(self, pcm: bytes) -> tuple[str, list[dict[str, Any]], float]:

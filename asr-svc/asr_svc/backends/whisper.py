@@ -67,9 +67,9 @@ class WhisperTranscriber(Backend):
 
         t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
         tone = (3000 * np.sin(2 * np.pi * 220 * t)).astype(np.int16)
-        # Word timestamps too: their alignment (numba) compiles on first use, which belongs in the load.
-        [result] = self.infer([TranscribeItem(audio=tone, language=None if self.model.is_multilingual else "en",
-                                              word_timestamps=True)])
+        # Without word timestamps: their alignment (numba) compiles on its first use, a few seconds that the
+        # first request asking for words pays, not every load.
+        [result] = self.infer([TranscribeItem(audio=tone, language=None if self.model.is_multilingual else "en")])
         if not isinstance(result["text"], str):
             raise RuntimeError(f"warm-up produced {result!r}, not a transcript")
 
