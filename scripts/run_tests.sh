@@ -25,5 +25,8 @@ run face-svc "$FACE_PY" face-svc/tests
 run tts-svc "$TTS_PY" tts-svc/tests
 run asr-svc "$ASR_PY" asr-svc/tests
 
+# promtool: the Prometheus config, rules and rule unit tests (monitoring/); one junit file beside the others.
+scripts/check_monitoring.sh "$out" || status=1
+
 "$GW_PY" tools/test_summary.py "$out"/*.xml || status=1
 exit $status
