@@ -68,7 +68,8 @@ async def speech(body: SpeechRequest, request: Request) -> StreamingResponse:
     if body.language and voices.languages and body.language not in voices.languages:
         raise BadRequest(f"language must be one of {', '.join(voices.languages)}", param="language",
                          code="unsupported_language")
-    sentences = split_sentences(body.input, max_chars=settings.max_sentence_chars)
+    spec = h.runtime.entry(body.model).spec
+    sentences = split_sentences(body.input, max_chars=int(spec.options.get("max_sentence_chars", settings.max_sentence_chars)))
 
     resources = contextlib.AsyncExitStack()
     try:
