@@ -1,0 +1,249 @@
+"""Bulk jobs through a real gateway driving the real caption service (tiny BLIP), both processes on
+loopback: library folders and uploads, deduplication, the library boundary, cancel, server-sent
+progress, a generated video, resuming after ``kill -9``, and the ``roundhouse`` command line."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from tests import procs
+from tests.jobs_fixtures import (all_results, kill9, make_video, photo, photos, roundhouse, sse_events,
+                                 start_jobs_gateway, wait_job)
+
+pytestmark = pytest.mark.proc
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("library")
+    (tmp_path_factory.getbasetemp() / "private").mkdir(exist_ok=True)
+    (tmp_path_factory.getbasetemp() / "private" / "secret.jpg").write_bytes(photo(999))
+    return root
+
+
+@pytest.fixture(scope="module")
+def jobs_gateway(tiny_catalog: Path, caption_svc: procs.Proc, logdir: Path, library: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[procs.Proc]:
+    p = start_jobs_gateway(tiny_catalog, {"caption": caption_svc.url}, logdir, roots=[library],
+                           data_dir=tmp_path_factory.mktemp("jobs-data"))
+    yield p
+    p.stop()
+
+
+def submit(gw: procs.Proc, **body) -> dict:
+    r = httpx.post(gw.url + "/v1/jobs", json=body, timeout=60)
+    assert r.status_code == 201, r.text
+    assert r.headers["location"] == f"/v1/jobs/{r.json()['id']}"
+    return r.json()
+
+
+def assert_one_outcome_per_item(gw: procs.Proc, job: dict) -> list[dict]:
+    rows = all_results(gw.url, job["id"])
+    assert [r["seq"] for r in rows] == list(range(job["counts"]["total"]))
+    c = job["counts"]
+    assert c["pending"] == 0 and c["done"] + c["error"] + c["cancelled"] == c["total"]
+    return rows
+
+
+def test_caption_job_over_a_folder_captions_every_photo_and_the_same_photo_once(jobs_gateway: procs.Proc, library: Path) -> None:
+    folder = library / "holiday"
+    photos(folder, 6)
+    (folder / "copy-a.jpg").write_bytes((folder / "img0001.jpg").read_bytes())
+    (folder / "sub").mkdir()
+    (folder / "sub" / "copy-b.jpg").write_bytes((folder / "img0001.jpg").read_bytes())
+    (folder / "notes.txt").write_text("not a photo")
+    job = submit(jobs_gateway, task="caption", paths=["holiday"])
+    assert job["state"] in ("queued", "running") and job["counts"]["total"] == 8
+    done = wait_job(jobs_gateway.url, job["id"])
+    assert done["state"] == "completed", done
+    assert done["counts"]["done"] == 8 and done["counts"]["deduplicated"] == 2
+    assert done["rate_per_s"] > 0 and done["eta_s"] == 0.0
+    rows = assert_one_outcome_per_item(jobs_gateway, done)
+    by_name = {Path(r["source"]).name: r for r in rows}
+    same = [by_name[n] for n in ("img0001.jpg", "copy-a.jpg", "copy-b.jpg")]
+    assert len({r["sha256"] for r in same}) == 1 and len({r["result"]["caption"] for r in same}) == 1
+    assert sum(r["reused"] for r in same) == 2
+    assert all(r["result"]["caption"].strip() for r in rows)
+
+    # The same photos again: every result is already known, nothing is inferred.
+    again = wait_job(jobs_gateway.url, submit(jobs_gateway, task="caption", paths=["holiday/*.jpg"])["id"])
+    assert again["counts"]["done"] == 7 and again["counts"]["deduplicated"] == 7
+
+    # The exports: JSON lines and CSV, one row per photo.
+    lines = httpx.get(f"{jobs_gateway.url}/v1/jobs/{done['id']}/results", params={"format": "jsonl"}).text.splitlines()
+    assert [json.loads(x)["seq"] for x in lines] == list(range(8))
+    table = list(csv.DictReader(io.StringIO(httpx.get(f"{jobs_gateway.url}/v1/jobs/{done['id']}/results",
+                                                      params={"format": "csv"}).text)))
+    assert len(table) == 8 and all(row["caption"] for row in table) and table[0]["state"] == "done"
+    assert {j["id"] for j in httpx.get(jobs_gateway.url + "/v1/jobs").json()["data"]} >= {done["id"], again["id"]}
+
+
+def test_uploaded_files_each_end_with_a_result_or_an_error(jobs_gateway: procs.Proc) -> None:
+    files = [("file", ("a.jpg", photo(101))), ("file", ("b.jpg", photo(102))), ("file", ("broken.png", b"not an image")),
+             ("file", ("song.mp3", b"ID3 no audio really"))]
+    r = httpx.post(jobs_gateway.url + "/v1/jobs", files=files, data={"task": "caption", "max_new_tokens": "4"}, timeout=60)
+    assert r.status_code == 201, r.text
+    assert r.json()["options"] == {"max_new_tokens": 4}
+    job = wait_job(jobs_gateway.url, r.json()["id"])
+    rows = assert_one_outcome_per_item(jobs_gateway, job)
+    assert [r["state"] for r in rows] == ["done", "done", "error", "error"]
+    assert [r["source"] for r in rows] == ["a.jpg", "b.jpg", "broken.png", "song.mp3"]
+    assert rows[2]["error"]["code"] == "unsupported_media_type"
+    assert rows[3]["error"]["code"] == "unsupported_input"
+    assert all(1 <= r["result"]["tokens"] <= 4 for r in rows[:2])
+
+
+@pytest.mark.parametrize("spec", ["/etc/passwd", "../private/secret.jpg", "holiday/../../private", "{base}/private/*.jpg",
+                                  "link-out/secret.jpg", "{root}-evil"])
+def test_paths_outside_the_library_are_refused_with_403_and_no_job(jobs_gateway: procs.Proc, library: Path, spec: str) -> None:
+    base = library.parent
+    if not (library / "link-out").exists():
+        (library / "link-out").symlink_to(base / "private", target_is_directory=True)
+    (base / f"{library.name}-evil").mkdir(exist_ok=True)
+    before = len(httpx.get(jobs_gateway.url + "/v1/jobs", params={"limit": "1000"}).json()["data"])
+    r = httpx.post(jobs_gateway.url + "/v1/jobs", json={"task": "caption", "paths": [spec.format(base=base, root=library)]})
+    assert r.status_code == 403, r.text
+    assert r.json()["error"]["code"] == "outside_library" and r.json()["src"] == "gateway"
+    assert len(httpx.get(jobs_gateway.url + "/v1/jobs", params={"limit": "1000"}).json()["data"]) == before
+
+
+@pytest.mark.parametrize("body,status,code", [
+    ({"task": "paint", "paths": ["x"]}, 400, "unknown_task"),
+    ({"task": "caption", "model": "no-such-model", "paths": ["x"]}, 404, "model_not_found"),
+    ({"task": "caption"}, 400, "no_inputs"),
+    ({"task": "caption", "paths": ["nowhere/at/all.jpg"]}, 400, "path_not_found"),
+    ({"task": "caption", "paths": ["x"], "options": {"colour": "red"}}, 400, "bad_request"),
+    ({"task": "caption", "paths": ["x"], "options": {"max_new_tokens": 0}}, 400, "bad_request"),
+    ({"task": "transcribe", "paths": ["x"]}, 400, "bad_request"),  # no asr model in this catalog
+])
+def test_bad_job_requests_get_their_envelope(jobs_gateway: procs.Proc, body: dict, status: int, code: str) -> None:
+    r = httpx.post(jobs_gateway.url + "/v1/jobs", json=body)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code
+
+
+def test_unknown_jobs_are_404(jobs_gateway: procs.Proc) -> None:
+    for method, path in [("GET", "/v1/jobs/job_nope"), ("GET", "/v1/jobs/job_nope/results"),
+                         ("GET", "/v1/jobs/job_nope/events"), ("DELETE", "/v1/jobs/job_nope")]:
+        r = httpx.request(method, jobs_gateway.url + path)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "job_not_found", (method, path, r.text)
+
+
+def test_cancel_stops_the_job_and_records_every_other_item_as_cancelled(jobs_gateway: procs.Proc, library: Path) -> None:
+    photos(library / "big", 60, start=1000)
+    job = submit(jobs_gateway, task="caption", paths=["big"])
+    procs.wait_until(lambda: httpx.get(f"{jobs_gateway.url}/v1/jobs/{job['id']}").json()["counts"]["done"] >= 1, 60)
+    r = httpx.delete(f"{jobs_gateway.url}/v1/jobs/{job['id']}", timeout=30)
+    assert r.status_code == 200, r.text
+    cancelled = r.json()
+    assert cancelled["state"] == "cancelled" and cancelled["counts"]["cancelled"] > 0
+    rows = assert_one_outcome_per_item(jobs_gateway, cancelled)
+    assert {r["state"] for r in rows} <= {"done", "cancelled"}
+    assert httpx.get(f"{jobs_gateway.url}/v1/jobs/{job['id']}").json()["counts"] == cancelled["counts"]
+    assert httpx.delete(f"{jobs_gateway.url}/v1/jobs/{job['id']}").status_code == 200  # idempotent
+    done = wait_job(jobs_gateway.url, submit(jobs_gateway, task="caption", paths=["holiday/img0000.jpg"])["id"])
+    assert httpx.delete(f"{jobs_gateway.url}/v1/jobs/{done['id']}").json()["error"]["code"] == "job_finished"
+
+
+def test_events_stream_progress_until_the_job_ends(jobs_gateway: procs.Proc, library: Path) -> None:
+    photos(library / "events", 24, start=2000)
+    job = submit(jobs_gateway, task="caption", paths=["events"])
+    events = list(sse_events(jobs_gateway.url, job["id"]))
+    kinds = [e for e, _ in events]
+    assert kinds[-1] == "end" and set(kinds[:-1]) == {"progress"}
+    finished = [d["counts"]["total"] - d["counts"]["pending"] for _, d in events]
+    assert finished == sorted(finished) and finished[-1] == 24
+    assert len(set(finished)) >= 2, "no progress between the first and the last event"
+    assert events[-1][1]["state"] == "completed"
+
+
+def test_a_video_is_captioned_at_its_scene_changes(jobs_gateway: procs.Proc, library: Path) -> None:
+    (library / "videos").mkdir()
+    make_video(library / "videos" / "party.mp4", [(255, 0, 0), (0, 255, 0), (0, 0, 255)], scene_s=1.0)
+    webm = make_video(library.parent / "upload.webm", [(20, 20, 20), (240, 240, 240)], scene_s=1.5)
+    r = httpx.post(jobs_gateway.url + "/v1/jobs", data={"task": "caption", "path": "videos"},
+                   files=[("file", ("clip.webm", webm.read_bytes()))], timeout=60)
+    assert r.status_code == 201, r.text
+    job = wait_job(jobs_gateway.url, r.json()["id"])
+    rows = assert_one_outcome_per_item(jobs_gateway, job)
+    assert [r["kind"] for r in rows] == ["video", "video"] and all(r["state"] == "done" for r in rows)
+    party = next(r for r in rows if r["source"].endswith("party.mp4"))["result"]
+    assert [k["t_s"] for k in party["keyframes"]] == [0.0, 1.0, 2.0]
+    assert all(k["caption"].strip() for k in party["keyframes"]) and abs(party["duration_s"] - 3.0) < 0.1
+    clip = next(r for r in rows if r["source"] == "clip.webm")["result"]
+    assert [k["t_s"] for k in clip["keyframes"]] == [0.0, 1.5]
+    table = list(csv.DictReader(io.StringIO(httpx.get(f"{jobs_gateway.url}/v1/jobs/{job['id']}/results",
+                                                      params={"format": "csv"}).text)))
+    assert [row["t_s"] for row in table if row["source"].endswith("party.mp4")] == ["0.0", "1.0", "2.0"]
+
+
+def test_killing_the_gateway_mid_job_loses_nothing_and_doubles_nothing(
+        tiny_catalog: Path, caption_svc: procs.Proc, logdir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "library"
+    photos(root / "many", 40, start=3000)
+    (root / "many" / "again.jpg").write_bytes((root / "many" / "img3005.jpg").read_bytes())
+    data = tmp_path / "data"
+    gw = start_jobs_gateway(tiny_catalog, {"caption": caption_svc.url}, logdir, roots=[root], data_dir=data,
+                            name="gateway-kill", jobs_concurrency="2")
+    try:
+        job = submit(gw, task="caption", paths=["many"])
+        procs.wait_until(lambda: httpx.get(f"{gw.url}/v1/jobs/{job['id']}").json()["counts"]["done"] >= 3, 60)
+        kill9(gw)
+        gw = start_jobs_gateway(tiny_catalog, {"caption": caption_svc.url}, logdir, roots=[root], data_dir=data,
+                                name="gateway-kill", jobs_concurrency="2")
+        mid = httpx.get(f"{gw.url}/v1/jobs/{job['id']}").json()
+        assert 3 <= mid["counts"]["done"] < 41 and mid["state"] in ("queued", "running")
+        done = wait_job(gw.url, job["id"])
+        assert done["state"] == "completed"
+        assert done["counts"]["done"] == 41 and done["counts"]["error"] == 0 and done["counts"]["deduplicated"] == 1
+        rows = assert_one_outcome_per_item(gw, done)
+        assert len({r["source"] for r in rows}) == 41 and all(r["result"]["caption"] for r in rows)
+        assert not list((data / "jobs" / "tmp").iterdir())
+    finally:
+        gw.stop()
+
+
+def test_cli_submits_a_local_folder_shows_progress_and_gets_results(jobs_gateway: procs.Proc, tmp_path: Path) -> None:
+    photos(tmp_path / "photos", 12, start=4000)
+    (tmp_path / "photos" / "readme.txt").write_text("skipped")
+    p = roundhouse("jobs", "submit", "--task", "caption", "--chunk-files", "5", str(tmp_path / "photos"), url=jobs_gateway.url)
+    assert p.returncode == 0, p.stderr
+    job_id = p.stdout.strip().splitlines()[-1]
+    assert job_id.startswith("job_")
+    assert "12/12" in p.stderr and "completed" in p.stderr and "#" * 30 in p.stderr
+    status = json.loads(roundhouse("jobs", "status", job_id, url=jobs_gateway.url).stdout)
+    assert status["counts"]["done"] == 12 and not status["open"]
+    out = tmp_path / "results.csv"
+    assert roundhouse("jobs", "results", job_id, "--format", "csv", "-o", str(out), url=jobs_gateway.url).returncode == 0
+    table = list(csv.DictReader(out.open()))
+    assert sorted(r["source"] for r in table) == [f"img{i:04d}.jpg" for i in range(4000, 4012)]
+    lines = roundhouse("jobs", "results", job_id, url=jobs_gateway.url).stdout.splitlines()
+    assert len(lines) == 12 and all(json.loads(x)["result"]["caption"] for x in lines)
+    assert job_id in roundhouse("jobs", "list", url=jobs_gateway.url).stdout
+
+
+def test_cli_names_server_paths_and_cancels(jobs_gateway: procs.Proc, library: Path) -> None:
+    photos(library / "cli-big", 60, start=5000)
+    p = roundhouse("jobs", "submit", "--task", "caption", "--path", "cli-big", "--no-wait", url=jobs_gateway.url)
+    assert p.returncode == 0, p.stderr
+    job_id = p.stdout.strip()
+    c = roundhouse("jobs", "cancel", job_id, url=jobs_gateway.url)
+    assert c.returncode == 0 and "cancelled" in c.stderr, c.stderr
+    assert httpx.get(f"{jobs_gateway.url}/v1/jobs/{job_id}").json()["state"] == "cancelled"
+    bad = roundhouse("jobs", "submit", "--task", "caption", "--path", "/etc", url=jobs_gateway.url)
+    assert bad.returncode == 2 and "403 outside_library" in bad.stderr
+    assert roundhouse("jobs", "status", "job_nope", url=jobs_gateway.url).returncode == 2
+
+
+def test_job_metrics_are_exported(jobs_gateway: procs.Proc) -> None:
+    text = httpx.get(jobs_gateway.url + "/metrics").text
+    assert 'roundhouse_jobs_items_total{outcome="inferred",task="caption"}' in text
+    assert "roundhouse_jobs_active " in text and "roundhouse_jobs_item_seconds_bucket" in text
