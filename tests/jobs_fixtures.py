@@ -39,10 +39,11 @@ def photos(folder: Path, n: int, *, start: int = 0, prefix: str = "img") -> list
     return out
 
 
-def make_video(path: Path, colours: list[tuple[int, int, int]], *, scene_s: float = 1.0, fps: int = 10,
+def make_video(path: Path, colours: list[Any], *, scene_s: float = 1.0, fps: int = 10,
                size: tuple[int, int] = (96, 64), tone_hz: float | None = 440.0) -> Path:
-    """A video of solid-colour scenes of ``scene_s`` seconds each (a cut at every change), with a sine
-    tone as its audio track. The container follows the suffix: .mp4/.mov/.mkv (H.264 + AAC) or .webm (VP8 + Opus)."""
+    """A video of scenes of ``scene_s`` seconds each (a cut at every change): a solid colour (an RGB tuple)
+    or a still photo (a path, resized to ``size``) per scene, with a sine tone as its audio track. The
+    container follows the suffix: .mp4/.mov/.mkv (H.264 + AAC) or .webm (VP8 + Opus)."""
     import av
 
     webm = path.suffix == ".webm"
@@ -56,8 +57,11 @@ def make_video(path: Path, colours: list[tuple[int, int, int]], *, scene_s: floa
             a.layout = "mono"
         n = int(scene_s * fps)
         for c in colours:
-            frame_array = np.zeros((size[1], size[0], 3), dtype=np.uint8)
-            frame_array[:] = c
+            if isinstance(c, (str, Path)):
+                frame_array = np.asarray(Image.open(c).convert("RGB").resize(size))
+            else:
+                frame_array = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+                frame_array[:] = c
             for _ in range(n):
                 for packet in v.encode(av.VideoFrame.from_ndarray(frame_array, format="rgb24")):
                     out.mux(packet)
