@@ -87,15 +87,16 @@ class Processes:
     def _stop_one(name: str, proc: subprocess.Popen, log: IO[bytes]) -> None:
         try:
             if proc.poll() is None:
+                # The leader first, so a service can stop its own children (a model worker) in order.
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)  # its own group: the pid is the pgid
+                    proc.send_signal(signal.SIGTERM)
                 try:
                     proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
+                        os.killpg(proc.pid, signal.SIGKILL)  # its own group: the pid is the pgid
                     proc.wait(timeout=10)
-            # A child that exited may have left members of its group (a worker process) behind.
+            # Whatever is left of its group (a worker that outlived the service) goes too.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
         finally:
