@@ -73,8 +73,12 @@ class JobSettings(BaseSettings):
         "service's batcher fills one batch while interactive requests queue behind at most that one.")
     jobs_parallel: int = Field(1, ge=1, description="Jobs run at once; more run one after another (fewest swaps).")
     jobs_yield_s: float | None = Field(
-        0.25, ge=0, description="Bulk work pauses while interactive requests are in flight on the same device and "
-        "for this many seconds after the last one (None: never pause).")
+        3.0, ge=0, description="Bulk work pauses while interactive requests are in flight on the same device and "
+        "for this many seconds after the last one, so a person's burst of requests is not queued behind job batches "
+        "(None or 0: never pause).")
+    jobs_max_yield_s: float | None = Field(
+        60.0, gt=0, description="After pausing this long without a break, a job sends one batch anyway: endless "
+        "interactive traffic slows bulk work but never stops it (None: pause for as long as it lasts).")
     jobs_max_items: int = Field(200_000, ge=1, description="Most items in one job (413 above).")
     jobs_max_request_bytes: int = Field(
         2 * 1024**3, gt=0, description="Largest POST /v1/jobs body (uploads); send bigger libraries in several requests or by path.")

@@ -86,19 +86,29 @@ def new_job_id() -> str:
 
 
 class InteractiveGate:
-    """Bulk calls step aside while interactive requests are in flight (or waiting) on their device.
+    """Bulk calls step aside while interactive requests are in flight (or waiting) on their device, and
+    for ``yield_s`` after the last one: a person clicking through photos sends requests a second or two
+    apart, and each one that lands behind a bulk batch waits for the whole batch. So the job waits for a
+    quiet spell, and an interactive session pays for at most the batch in flight when it began.
 
-    The coordinator's Core counts every request between ``acquire`` and ``release`` per device. The
-    runner counts its own (``mine``) from just before ``ModelAccess.use`` to just after it returns; both
-    change only in synchronous code around those calls, so "the Core counts more than mine" means
-    someone else's request, i.e. interactive traffic."""
+    Starvation guard: after ``max_yield_s`` of continuous yielding, the calls waiting here go through once
+    (one batch), so a never-ending stream of interactive traffic slows a job down but never stops it.
 
-    def __init__(self, coordinator: Coordinator, yield_s: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+    How interactive traffic is seen: the coordinator's Core counts every request between ``acquire`` and
+    ``release`` per device. The runner counts its own (``mine``) from just before ``ModelAccess.use`` to
+    just after it returns; both change only in synchronous code around those calls, so "the Core counts
+    more than mine" means someone else's request, i.e. interactive traffic."""
+
+    def __init__(self, coordinator: Coordinator, yield_s: float | None, max_yield_s: float | None = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.coordinator = coordinator
         self.yield_s = yield_s
+        self.max_yield_s = max_yield_s
         self.clock = clock
         self.mine: collections.Counter[str] = collections.Counter()
         self.last_seen: dict[str, float] = {}
+        self.held_since: dict[str, float] = {}
+        self.open_until: dict[str, float] = {}
 
     def others_active(self, dev: str) -> bool:
         core = self.coordinator.cores.get(dev)
@@ -107,8 +117,11 @@ class InteractiveGate:
         total = sum(r.in_flight for r in core.resident.values()) + sum(len(q) for q in core.queues.values())
         return total > self.mine[dev]
 
+    def yielding(self, dev: str) -> bool:
+        return dev in self.held_since
+
     async def clear(self, dev: str) -> None:
-        if self.yield_s is None:
+        if not self.yield_s:
             return
         while True:
             now = self.clock()
@@ -116,6 +129,14 @@ class InteractiveGate:
                 self.last_seen[dev] = now
             wait = self.last_seen.get(dev, -math.inf) + self.yield_s - now
             if wait <= 0:
+                self.held_since.pop(dev, None)
+                return
+            if now < self.open_until.get(dev, -math.inf):
+                return
+            held = self.held_since.setdefault(dev, now)
+            if self.max_yield_s is not None and now - held >= self.max_yield_s:
+                self.open_until[dev] = now + 0.05  # every call waiting now goes through: one batch
+                self.held_since[dev] = now
                 return
             await asyncio.sleep(min(wait, 0.01))
 
@@ -162,7 +183,7 @@ class JobRunner:
         self.request_timeout_s = request_timeout_s
         self.max_image_bytes = max_image_bytes
         self.max_image_pixels = max_image_pixels
-        self.gate = InteractiveGate(coordinator, settings.jobs_yield_s)
+        self.gate = InteractiveGate(coordinator, settings.jobs_yield_s, settings.jobs_max_yield_s)
         self.runs: dict[str, JobRun] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._kick = asyncio.Event()
@@ -217,7 +238,8 @@ class JobRunner:
         if run is None:
             return {}
         now = time.monotonic()
-        out: dict[str, Any] = {"rate_per_s": run.rate(now), "concurrency": run.concurrency}
+        out: dict[str, Any] = {"rate_per_s": run.rate(now), "concurrency": run.concurrency,
+                               "yielding": self.gate.yielding(run.device)}
         if run.waiting and run.pause_until > now:
             out["waiting"] = {"reason": run.waiting, "retry_in_s": round(run.pause_until - now, 2)}
         return out

@@ -173,6 +173,8 @@ class Jobs:
         }
         if "waiting" in live:
             out["waiting"] = live["waiting"]
+        if live:
+            out["yielding"] = live["yielding"]  # paused for interactive requests on its device
         if job["error"]:
             out["error"] = job["error"]
         if job["summary"]:
