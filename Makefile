@@ -8,6 +8,7 @@ GW_PY  := $(VENVS)/gateway/bin/python
 CAP_PY := $(VENVS)/caption-svc/bin/python
 FACE_PY := $(VENVS)/face-svc/bin/python
 TTS_PY := $(VENVS)/tts-svc/bin/python
+ASR_PY := $(VENVS)/asr-svc/bin/python
 # The caption environment's torch. Locally any CUDA 12/13 build runs on CPU too; the Dockerfile pins its own.
 CAPTION_TORCH ?= torch==2.14.1 torchvision==0.29.1
 # The tts environment's torch: coqui-tts 0.28 needs torchaudio, and torch 2.9.1 + torchaudio 2.9.1 +
@@ -50,7 +51,20 @@ $(VENVS)/tts-svc/.installed: modelhost/pyproject.toml tts-svc/pyproject.toml
 	$(TTS_PY) -c "import TTS.api, piper, av, espeakng_loader, onnx, soundfile, tts_svc.main"
 	touch $@
 
-venvs: $(VENVS)/gateway/.installed $(VENVS)/caption-svc/.installed $(VENVS)/tts-svc/.installed
+# About 3 min and 1.8 GB: torch 2.13.0 (the CPU build), then openai-whisper with --no-deps (its one other
+# dependency is triton, about 1 GB and dead weight on CPU; the real ones are in asr-svc/pyproject.toml, so
+# pip reports triton as "not installed" once, harmlessly), then the service with transformers, which only
+# tools/make_tiny_asr_models.py uses. The stamp is written only after the stack imports.
+$(VENVS)/asr-svc/.installed: modelhost/pyproject.toml asr-svc/pyproject.toml
+	rm -f $@
+	test -x $(ASR_PY) || $(PYTHON) -m venv $(VENVS)/asr-svc
+	$(ASR_PY) $(PIP) torch==2.13.0
+	$(ASR_PY) $(PIP) --no-deps openai-whisper==20250625
+	$(ASR_PY) $(PIP) torch==2.13.0 -e modelhost -e 'asr-svc[build,test]'
+	$(ASR_PY) -c "import whisper, faster_whisper, ctranslate2, pocketsphinx, av, transformers, asr_svc.main"
+	touch $@
+
+venvs: $(VENVS)/gateway/.installed $(VENVS)/caption-svc/.installed $(VENVS)/tts-svc/.installed $(VENVS)/asr-svc/.installed
 
 # About 1.5 min and 0.8 GB (2.5 min with a cold pip cache: face-recognition-models is a 100 MB sdist). The
 # CPU onnxruntime (never beside onnxruntime-gpu: both install the one onnxruntime/ directory and the last
@@ -85,18 +99,23 @@ $(TINY)/face/.built: tools/make_tiny_face_models.py $(VENVS)/face-svc/.installed
 
 tiny-models: $(TINY)/face/.built
 
-tiny-models: $(TINY)/catalog.yaml $(TINY)/tts/.built
+$(TINY)/asr/.built: tools/make_tiny_asr_models.py $(VENVS)/asr-svc/.installed $(TINY)/catalog.yaml
+	$(ASR_PY) tools/make_tiny_asr_models.py $(TINY)
+	touch $@
+
+tiny-models: $(TINY)/catalog.yaml $(TINY)/tts/.built $(TINY)/asr/.built
 
 dev: venvs tiny-models
-	CATALOG=$(CATALOG) GW_PY=$(GW_PY) CAP_PY=$(CAP_PY) TTS_PY=$(TTS_PY) scripts/dev.sh
+	CATALOG=$(CATALOG) GW_PY=$(GW_PY) CAP_PY=$(CAP_PY) TTS_PY=$(TTS_PY) ASR_PY=$(ASR_PY) scripts/dev.sh
 
 test: venvs tiny-models
-	GW_PY=$(GW_PY) CAP_PY=$(CAP_PY) TTS_PY=$(TTS_PY) scripts/run_tests.sh
+	GW_PY=$(GW_PY) CAP_PY=$(CAP_PY) TTS_PY=$(TTS_PY) ASR_PY=$(ASR_PY) scripts/run_tests.sh
 
 bench: venvs tiny-models
 	$(GW_PY) bench/gateway_overhead.py
 	$(GW_PY) bench/batching.py
 	$(TTS_PY) bench/tts.py
+	$(ASR_PY) bench/asr.py
 
 clean:
 	rm -rf $(VENVS) build

@@ -124,10 +124,13 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
         version="0.1.0",
         description="Many model families on one GPU box: captions, faces, speech-to-text, text-to-speech.",
         lifespan=lifespan,
+        # The gateway exports its own Prometheus metrics; FastAPI's OpenTelemetry probe costs every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app, "gateway")
-    for router in (health.router, models.router, captions.router, faces.router, audio_speech.router,
-                   audio_transcriptions.router):
+    # The inference routes first: they are the hot path, matched on every request.
+    for router in (captions.router, faces.router, audio_speech.router, audio_transcriptions.router,
+                   models.router, health.router):
         app.include_router(router)
     app.include_router(jobs_router.router)
     # Outermost last: ObserveMiddleware sees every answer, the 401s included.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from typing import Any
 
 import aiohttp
@@ -41,6 +42,27 @@ class ServiceUnreachable(Unavailable):
     code = "service_unavailable"
 
 
+def multipart(fields: dict[str, str | None], files: list[tuple[str, str, bytes]]) -> tuple[bytes, str]:
+    """A multipart/form-data body built in one piece, and its Content-Type.
+
+    aiohttp's FormData writes a small body in many small writes (many TCP segments with NODELAY)
+    and costs about a tenth of a millisecond of CPU per request; the gateway forwards every upload,
+    so it builds the body once. ``None`` fields are left out."""
+    boundary = "roundhouse" + uuid.uuid4().hex
+    b = boundary.encode()
+    parts: list[bytes] = []
+    for name, value in fields.items():
+        if value is None:
+            continue
+        parts += [b"--", b, b'\r\nContent-Disposition: form-data; name="', name.encode(), b'"\r\n\r\n',
+                  str(value).encode(), b"\r\n"]
+    for name, filename, data in files:
+        parts += [b"--", b, b'\r\nContent-Disposition: form-data; name="', name.encode(), b'"; filename="',
+                  filename.encode(), b'"\r\nContent-Type: application/octet-stream\r\n\r\n', data, b"\r\n"]
+    parts += [b"--", b, b"--\r\n"]
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
 class ModelHostClient:
     def __init__(self, name: str, base_url: str, session: aiohttp.ClientSession) -> None:
         self.name = name
@@ -57,8 +79,11 @@ class ModelHostClient:
         json_body: Any = None,
         data: Any = None,
         params: dict[str, str] | None = None,
+        content_type: str | None = None,
     ) -> Any:
-        headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+        headers: dict[str, str] | None = {REQUEST_ID_HEADER: request_id} if request_id else None
+        if content_type is not None:
+            headers = {**(headers or {}), "Content-Type": content_type}
         url = self.base_url + path
         try:
             async with self._session.request(

@@ -208,7 +208,8 @@ class ModelRuntime:
     async def _ensure_worker(self) -> WorkerProcess:
         async with self._worker_lock:
             if self._worker is None or self._worker.dead:
-                worker = WorkerProcess(gpu_index=self._gpu_index, on_exit=self._on_worker_exit)
+                worker = WorkerProcess(gpu_index=self._gpu_index, on_exit=self._on_worker_exit,
+                                       threads=self.settings.worker_threads)
                 await worker.start(self.settings.worker_start_timeout_s)
                 self._worker = worker
                 self.metrics.worker_up.labels(self.family).set(1)

@@ -25,6 +25,9 @@ class HostSettings(BaseSettings):
     infer_timeout_s: float = Field(600.0, gt=0, description="Longest single batch before the request fails.")
     drain_timeout_s: float = Field(300.0, gt=0, description="Longest wait for leases to end on an unload with drain.")
     reaper_interval_s: float = Field(1.0, gt=0, description="How often idle models are checked against their ttl_s.")
+    worker_threads: int | None = Field(
+        None, ge=1, description="CPU threads for the frameworks in the worker (OMP/MKL); None = one fewer than "
+        "the cores, leaving one to the HTTP process.")
     force_device: str | None = Field(
         None, description="Run every catalog model on this device (e.g. cpu), whatever the catalog says.")
     log_level: str = Field("INFO", description="Log level.")

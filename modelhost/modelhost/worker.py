@@ -302,8 +302,10 @@ class WorkerProcess:
     """The parent's handle on one worker child. All methods are called from the event loop;
     replies arrive on a reader thread and resolve futures on the loop."""
 
-    def __init__(self, *, gpu_index: int | None, on_exit: Callable[["WorkerProcess", int | None], None]) -> None:
+    def __init__(self, *, gpu_index: int | None, on_exit: Callable[["WorkerProcess", int | None], None],
+                 threads: int | None = None) -> None:
         self._gpu_index = gpu_index
+        self._threads = threads if threads is not None else max(1, (os.cpu_count() or 2) - 1)
         self._on_exit = on_exit
         self._proc: subprocess.Popen | None = None
         self._conn: Connection | None = None
@@ -326,7 +328,12 @@ class WorkerProcess:
         path = os.pathsep.join(p for p in sys.path if p)
         args = [sys.executable, "-m", "modelhost.worker", str(child_fd),
                 "host" if self._gpu_index is None else str(self._gpu_index), path]
-        self._proc = subprocess.Popen(args, pass_fds=(child_fd,), close_fds=True)
+        env = dict(os.environ)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            # An operator's explicit setting wins; otherwise the frameworks must not take every core
+            # from the HTTP process that feeds them (on 2 cores: 29 ms per item instead of 650 ms).
+            env.setdefault(var, str(self._threads))
+        self._proc = subprocess.Popen(args, pass_fds=(child_fd,), close_fds=True, env=env)
         child_sock.close()
         self._conn = Connection(parent_sock.detach())
         self._hello = self._loop.create_future()

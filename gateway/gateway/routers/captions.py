@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
 
-from modelhost.client import ModelHostClient
+from modelhost.client import ModelHostClient, multipart
 from modelhost.errors import BadRequest, UnsupportedMediaType, request_id_of
 
 from ..bodies import FORM_OVERHEAD_BYTES, decode_base64_field, parse_json_object, read_body
@@ -94,14 +93,13 @@ async def caption(request: Request) -> Any:
                 param="file" if ctype == "multipart/form-data" else "image")
     rid = request_id_of(request)
 
+    body, content_type = multipart(
+        {"model": model, "prompt": fields["prompt"] or None,
+         "max_new_tokens": None if max_new_tokens is None else str(max_new_tokens)},
+        [("file", "image", data)])
+
     async def call(client: ModelHostClient) -> Any:
-        form = aiohttp.FormData()
-        form.add_field("file", data, filename="image", content_type="application/octet-stream")
-        form.add_field("model", model)
-        if fields["prompt"]:
-            form.add_field("prompt", fields["prompt"])
-        if max_new_tokens is not None:
-            form.add_field("max_new_tokens", str(max_new_tokens))
-        return await client.request("POST", "/v1/captions", data=form, timeout_s=g.settings.request_timeout_s, request_id=rid)
+        return await client.request("POST", "/v1/captions", data=body, content_type=content_type,
+                                    timeout_s=g.settings.request_timeout_s, request_id=rid)
 
     return await g.access.use(model, FAMILY, call)
