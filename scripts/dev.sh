@@ -9,10 +9,12 @@ GW_PY=${GW_PY:-.venvs/gateway/bin/python}
 CAP_PY=${CAP_PY:-.venvs/caption-svc/bin/python}
 FACE_PY=${FACE_PY:-.venvs/face-svc/bin/python}
 TTS_PY=${TTS_PY:-.venvs/tts-svc/bin/python}
+ASR_PY=${ASR_PY:-.venvs/asr-svc/bin/python}
 GATEWAY_PORT=${GATEWAY_PORT:-8080}
 CAPTION_PORT=${CAPTION_PORT:-8101}
 FACE_PORT=${FACE_PORT:-8102}
 TTS_PORT=${TTS_PORT:-8104}
+ASR_PORT=${ASR_PORT:-8103}
 
 if [ ! -f "$CATALOG" ]; then
   echo "catalog $CATALOG does not exist (run 'make tiny-models', or set CATALOG=models.yaml)" >&2
@@ -34,8 +36,10 @@ FACE_SVC_CATALOG=$CATALOG FACE_SVC_PORT=$FACE_PORT "$FACE_PY" -m face_svc &
 pids+=($!)
 TTS_SVC_CATALOG=$CATALOG TTS_SVC_PORT=$TTS_PORT "$TTS_PY" -m tts_svc &
 pids+=($!)
+ASR_SVC_CATALOG=$CATALOG ASR_SVC_PORT=$ASR_PORT "$ASR_PY" -m asr_svc &
+pids+=($!)
 GATEWAY_CATALOG=$CATALOG GATEWAY_PORT=$GATEWAY_PORT \
-GATEWAY_SERVICES="{\"caption\": \"http://127.0.0.1:$CAPTION_PORT\", \"face\": \"http://127.0.0.1:$FACE_PORT\", \"tts\": \"http://127.0.0.1:$TTS_PORT\"}" "$GW_PY" -m gateway &
+GATEWAY_SERVICES="{\"caption\": \"http://127.0.0.1:$CAPTION_PORT\", \"face\": \"http://127.0.0.1:$FACE_PORT\", \"tts\": \"http://127.0.0.1:$TTS_PORT\", \"asr\": \"http://127.0.0.1:$ASR_PORT\"}" "$GW_PY" -m gateway &
 pids+=($!)
 
 wait_ready() {  # url seconds
@@ -49,6 +53,7 @@ wait_ready() {  # url seconds
 wait_ready "http://127.0.0.1:$GATEWAY_PORT/health/ready" 60
 wait_ready "http://127.0.0.1:$FACE_PORT/health/ready" 60
 wait_ready "http://127.0.0.1:$TTS_PORT/health/ready" 60
+wait_ready "http://127.0.0.1:$ASR_PORT/health/ready" 60
 
 mkdir -p build
 "$CAP_PY" -c "from PIL import Image; Image.radial_gradient('L').resize((320, 240)).convert('RGB').save('build/sample.jpg')"
@@ -61,6 +66,9 @@ echo "== curl 127.0.0.1:$GATEWAY_PORT/v1/audio/speech -H 'content-type: applicat
 curl -sS "127.0.0.1:$GATEWAY_PORT/v1/audio/speech" -H 'content-type: application/json' \
   -d '{"model": "flite", "voice": "slt", "input": "Hello there.", "response_format": "wav"}' -o build/hello.wav \
   -w "build/hello.wav: %{size_download} bytes of %{content_type}\n"
+echo
+echo "== curl -F file=@build/hello.wav -F model=pocketsphinx-en-us -F response_format=text 127.0.0.1:$GATEWAY_PORT/v1/audio/transcriptions"
+curl -sS -F file=@build/hello.wav -F model=pocketsphinx-en-us -F response_format=text "127.0.0.1:$GATEWAY_PORT/v1/audio/transcriptions"
 echo
 # A real photo that ships in scikit-image, and a mirrored, cropped copy: dlib's real models find her face
 # and say the two are the same person.

@@ -19,6 +19,7 @@ GATEWAY_PY = Path(os.environ.get("GW_PY", VENVS / "gateway" / "bin" / "python"))
 CAPTION_PY = Path(os.environ.get("CAP_PY", VENVS / "caption-svc" / "bin" / "python"))
 FACE_PY = Path(os.environ.get("FACE_PY", VENVS / "face-svc" / "bin" / "python"))
 TTS_PY = Path(os.environ.get("TTS_PY", VENVS / "tts-svc" / "bin" / "python"))
+ASR_PY = Path(os.environ.get("ASR_PY", VENVS / "asr-svc" / "bin" / "python"))
 
 
 def free_port() -> int:
@@ -112,6 +113,13 @@ def start_tts_svc(catalog: Path, logdir: Path, **settings: str) -> Proc:
     env = {"TTS_SVC_CATALOG": str(catalog), "TTS_SVC_PORT": str(port), "TTS_SVC_LOG_LEVEL": "INFO"}
     env.update({f"TTS_SVC_{k.upper()}": v for k, v in settings.items()})
     return start("tts-svc", [str(TTS_PY), "-m", "tts_svc"], env, port, logdir)
+
+
+def start_asr_svc(catalog: Path, logdir: Path, **settings: str) -> Proc:
+    port = free_port()
+    env = {"ASR_SVC_CATALOG": str(catalog), "ASR_SVC_PORT": str(port), "ASR_SVC_LOG_LEVEL": "INFO"}
+    env.update({f"ASR_SVC_{k.upper()}": v for k, v in settings.items()})
+    return start("asr-svc", [str(ASR_PY), "-m", "asr_svc"], env, port, logdir)
 
 
 def start_face_svc(catalog: Path, logdir: Path, **settings: str) -> Proc:

@@ -90,6 +90,13 @@ def build_tiny_whisper(path: Path) -> None:
 def build_tiny_ct2(out: Path, work: Path) -> None:
     """whisper's multilingual.tiktoken → a Hugging Face tokenizer.json → a random transformers Whisper →
     CTranslate2 (float32 on disk; the catalog's dtype picks the compute type at load)."""
+    build_ct2_whisper(out, work, d_model=64, layers=2, heads=2, parrot=True, quantization="float32")
+
+
+def build_ct2_whisper(out: Path, work: Path, *, d_model: int, layers: int, heads: int, parrot: bool,
+                      quantization: str) -> None:
+    """A CTranslate2 Whisper with random weights, of any size (80 mel bins, multilingual): the tiny test
+    model, and the full-size architectures bench/asr.py measures on a GPU."""
     import ctranslate2
     import torch
     import whisper.tokenizer as wt
@@ -110,12 +117,14 @@ def build_tiny_ct2(out: Path, work: Path) -> None:
         raise RuntimeError("the converted tokenizer does not have Whisper's special token ids")
     PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                             unk_token="<|endoftext|>", pad_token="<|endoftext|>").save_pretrained(hf)
-    cfg = WhisperConfig(vocab_size=51865, num_mel_bins=80, d_model=64, encoder_layers=2, decoder_layers=2,
-                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
+    cfg = WhisperConfig(vocab_size=51865, num_mel_bins=80, d_model=d_model, encoder_layers=layers, decoder_layers=layers,
+                        encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=2 * d_model
+                        if d_model < 128 else 4 * d_model, decoder_ffn_dim=2 * d_model if d_model < 128 else 4 * d_model,
                         max_source_positions=1500, max_target_positions=448, pad_token_id=50257, bos_token_id=50257,
                         eos_token_id=50257, decoder_start_token_id=50258)
     model = WhisperForConditionalGeneration(cfg).eval()
-    _parrot(model.model.decoder.embed_tokens.weight, model.model.decoder.layer_norm)  # proj_out is tied to it
+    if parrot:
+        _parrot(model.model.decoder.embed_tokens.weight, model.model.decoder.layer_norm)  # proj_out is tied to it
     model.generation_config = GenerationConfig(
         decoder_start_token_id=50258, eos_token_id=50257, pad_token_id=50257, bos_token_id=50257,
         suppress_tokens=[], begin_suppress_tokens=[220, 50257], no_timestamps_token_id=50363, is_multilingual=True,
@@ -123,9 +132,10 @@ def build_tiny_ct2(out: Path, work: Path) -> None:
         task_to_id={"transcribe": 50359, "translate": 50358},
     )
     model.save_pretrained(hf)
+    del model
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    ctranslate2.converters.TransformersConverter(str(hf), copy_files=["tokenizer.json"]).convert(str(tmp), quantization="float32")
+    ctranslate2.converters.TransformersConverter(str(hf), copy_files=["tokenizer.json"]).convert(str(tmp), quantization=quantization)
     if not (tmp / "tokenizer.json").is_file():
         raise RuntimeError("the converted model has no tokenizer.json; faster-whisper would fetch one from the hub")
     shutil.rmtree(out, ignore_errors=True)
