@@ -49,7 +49,7 @@ ENTRIES: list[dict[str, Any]] = [
      "options": {"voice": "tiny", "language": "en-us"}},
     {"id": "tiny-vits", "family": FAMILY, "backend": "coqui", "source": "./tts/tiny-vits/model.pth",
      "device": "cpu", "dtype": "float32", "memory_estimate_mb": 256, "ttl_s": None, "max_batch": 1, "max_wait_ms": 0,
-     "options": {"voice": "tiny", "language": "en"}},
+     "options": {"voice": "tiny", "language": "en", "torch_threads": 1}},
     {"id": "flite", "family": FAMILY, "backend": "flite", "source": "flite",
      "device": "cpu", "dtype": "float32", "memory_estimate_mb": 16, "ttl_s": None, "max_batch": 1, "max_wait_ms": 0},
     {"id": "espeak-ng", "family": FAMILY, "backend": "espeak", "source": "espeakng-loader",

@@ -18,6 +18,10 @@ architectures ignore it natively, so the backend time-stretches their output ins
 
 Sentences are split by the service; Coqui's own splitter is turned off (``split_sentences=False``) so one
 item is one forward pass.
+
+Option ``torch_threads``: torch's intra-op threads in the worker (default: torch's own, one per core). On
+a small CPU shared with the service's HTTP process and the gateway, 1 is steadier: with 2 threads on 2
+busy cores one tiny-VITS sentence took 0.1 to 1.3 s, with 1 thread 0.17 to 0.26 s (bench/README.md).
 """
 
 from __future__ import annotations
@@ -56,6 +60,11 @@ class CoquiSynthesizer(Backend):
         # Coqui logs every sentence's text and timings at INFO: keep its warnings only.
         logging.getLogger("TTS").setLevel(logging.WARNING)
 
+        threads = self.spec.options.get("torch_threads")
+        if threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
         device = torch_device(self.spec)
         source = self.spec.source
         if source.startswith("tts_models/"):

@@ -6,7 +6,9 @@ Catalog: ``source`` is a local ``.onnx`` (its ``.onnx.json`` beside it) or a voi
 repository. ``device: cuda:N`` runs the ONNX session with the CUDA provider (onnxruntime-gpu); the
 device reported is read back from the session's providers, so a CPU-only onnxruntime is reported
 honestly. Options: ``voice`` (the id of a single-speaker voice, default ``default``), ``noise_scale``,
-``noise_w_scale``. Multi-speaker voices list their speakers as voices.
+``noise_w_scale``, ``threads`` (onnxruntime's intra-op threads, without spin-waiting; default: its own, one
+per core, spinning: fastest on an idle machine, worst on a small one shared with the HTTP process and the
+gateway). Multi-speaker voices list their speakers as voices.
 
 Speed is Piper's own ``length_scale`` (the voice's own scale / speed).
 """
@@ -40,6 +42,16 @@ class PiperSynthesizer(Backend):
         if not model.exists():
             self._download(model)
         self.voice = PiperVoice.load(model, use_cuda=self.spec.wants_gpu, download_dir=model.parent)
+        threads = self.spec.options.get("threads")
+        if threads:  # the same session, made again with bounded threads (PiperVoice.load takes no options)
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self.voice.session = onnxruntime.InferenceSession(
+                str(model), sess_options=options, providers=self.voice.session.get_providers())
         speaker_map = self.voice.config.speaker_id_map or {}
         ids = [v.id for v in voices_for(self.spec, self.cache_dir)]
         self.speakers = {v: (speaker_map[v] if len(speaker_map) > 1 else None) for v in ids}
