@@ -69,8 +69,8 @@ class JobSettings(BaseSettings):
         description='Folders jobs may read by path, as JSON: ["/photos", "/videos"]. A path or glob that resolves '
         "(symlinks and '..' included) outside every root is refused with 403 and never read. Empty: jobs take uploads only.")
     jobs_concurrency: int | None = Field(
-        None, ge=1, description="Items of one job in flight at once; default: the model's max_batch, so the "
-        "service's batcher fills one batch while interactive requests queue behind at most that one.")
+        None, ge=1, description="Items of one job in flight at once; default: twice the model's max_batch, so one "
+        "batch runs while the next one fills in the service's batcher.")
     jobs_parallel: int = Field(1, ge=1, description="Jobs run at once; more run one after another (fewest swaps).")
     jobs_yield_s: float | None = Field(
         3.0, ge=0, description="Bulk work pauses while interactive requests are in flight on the same device and "

@@ -8,8 +8,9 @@ and otherwise asks the task adapter, whose every service call goes through ``Ite
 
 ``infer`` is where a job is a good neighbour:
 
-- at most ``concurrency`` calls of one job are in flight (default: the model's ``max_batch``): enough
-  to fill the service's batcher, few enough that an interactive request waits behind one batch at most;
+- at most ``concurrency`` calls of one job are in flight (default: twice the model's ``max_batch``): one
+  batch running and the next one waiting in the service's batcher, so the model never idles between
+  batches while the gateway turns answers into new requests;
 - before each call it steps aside while interactive requests are in flight on the same device, and for
   ``jobs_yield_s`` after the last one (``InteractiveGate``);
 - calls go through ``ModelAccess.use(..., lane=BULK)``, so a model swap for a job waits for the bulk
@@ -273,7 +274,7 @@ class JobRunner:
             asyncio.create_task(self._fail(job["id"], JobFatal(e.code, e.message)))
             return
         spec = task.spec
-        concurrency = self.settings.jobs_concurrency or max(1, spec.max_batch or 1)
+        concurrency = self.settings.jobs_concurrency or 2 * max(1, spec.max_batch or 1)
         run = JobRun(job["id"], task, self.coordinator.device_of.get(spec.id, "cpu"), concurrency,
                      asyncio.Semaphore(concurrency))
         self.runs[job["id"]] = run
@@ -426,15 +427,11 @@ class JobRunner:
         prefix = task.key_prefix()
         try:
             if item.kind == "image":
-                data = await asyncio.to_thread(self._read, item, self.max_image_bytes)
-                sha = await asyncio.to_thread(_sha_bytes, data)
+                data, sha, problem = await asyncio.to_thread(self._read_image, item)
 
                 async def compute() -> Any:
-                    try:
-                        await asyncio.to_thread(check_image, data, max_bytes=self.max_image_bytes,
-                                                max_pixels=self.max_image_pixels)
-                    except RoundhouseError as e:
-                        raise ItemFailed(e.code, e.message)
+                    if problem is not None:
+                        raise problem
                     return await task.image(ctx, data)
             else:
                 sha = await asyncio.to_thread(self._hash, item)
@@ -453,6 +450,16 @@ class JobRunner:
             if e.status == 403:
                 raise ItemFailed("outside_library", e.message)
             raise
+
+    def _read_image(self, item: Item) -> tuple[bytes, str, ItemFailed | None]:
+        """Read, hash and check an image in one trip to a thread: (bytes, sha256, why it cannot be sent)."""
+        data = self._read(item, self.max_image_bytes)
+        sha = hashlib.sha256(data).hexdigest()
+        try:
+            check_image(data, max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels)
+        except RoundhouseError as e:
+            return data, sha, ItemFailed(e.code, e.message)
+        return data, sha, None
 
     def _read(self, item: Item, max_bytes: int) -> bytes:
         with self._open(item) as f:
@@ -580,7 +587,4 @@ class ItemContext:
     def scratch(self) -> Path:
         return Path(tempfile.mkdtemp(dir=self.runner.scratch_dir))
 
-
-def _sha_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
