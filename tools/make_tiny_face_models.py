@@ -79,24 +79,29 @@ def build_detector(path: Path) -> None:
     outputs: dict[str, list] = {"score": [], "bbox": [], "kps": []}
     # The template scaled to a 64 px face whose top-left is 24 px up and left of the anchor centre, in strides.
     kps_layout = ((np.array(ARCFACE_TEMPLATE) * 64 / 112 - 24) / 16).astype(np.float32).ravel()
+    # The one head that looks at pixels: the mean of the normalised pixels of each 64x64 window on the
+    # stride-16 grid (a window with zero padding of 24; cell i covers 16i-24..16i+40), computed in two cheap
+    # average pools (8x8 cells, then 8x8 cells of those with stride 2 and padding 3: the same window).
+    nodes += [helper.make_node("AveragePool", ["input.1"], ["cells8"], kernel_shape=[8, 8], strides=[8, 8]),
+              helper.make_node("AveragePool", ["cells8"], ["window64"], kernel_shape=[8, 8], strides=[2, 2],
+                               pads=[3, 3, 3, 3], count_include_pad=1)]
     for s in (8, 16, 32):
-        # Only the stride-16 score head looks at pixels: 40 x (mean of the normalised pixels of a 64x64
-        # window (pad 24) - 0.75). Every other head is a 1x1 convolution with zero weights (a constant: the
-        # box and landmark layout, or a score that never passes), which keeps the model cheap to run.
+        # Every head is a 1x1 convolution: the live score is 40 x (window mean - 0.75), the channels
+        # averaged; the others have zero weights (a constant: the box and landmark layout, or a score that
+        # never passes).
         live = s == 16
-        k = 64 if live else 1
         heads = {
-            "score": (np.full((2, 3, k, k), 40.0 / (3 * k * k), np.float32) if live else np.zeros((2, 3, 1, 1), np.float32),
-                      np.full((2,), -30.0 if live else -20.0, np.float32), 1, [24, 24, 24, 24] if live else [0, 0, 0, 0]),
+            "score": (np.full((2, 3, 1, 1), 40.0 / 3, np.float32) if live else np.zeros((2, 3, 1, 1), np.float32),
+                      np.full((2,), -30.0 if live else -20.0, np.float32), 1),
             # left, top, right, bottom distances: a 64 px box whose top-left is 24 px up and left of the centre
-            "bbox": (np.zeros((8, 3, 1, 1), np.float32), np.tile(np.array([1.5, 1.5, 2.5, 2.5], np.float32), 2), 4, [0, 0, 0, 0]),
-            "kps": (np.zeros((20, 3, 1, 1), np.float32), np.tile(kps_layout, 2), 10, [0, 0, 0, 0]),
+            "bbox": (np.zeros((8, 3, 1, 1), np.float32), np.tile(np.array([1.5, 1.5, 2.5, 2.5], np.float32), 2), 4),
+            "kps": (np.zeros((20, 3, 1, 1), np.float32), np.tile(kps_layout, 2), 10),
         }
-        for name, (W, B, width, pads) in heads.items():
-            kernel = W.shape[-1]
+        for name, (W, B, width) in heads.items():
+            source, stride = ("window64", 1) if live and name == "score" else ("input.1", s)
             inits += [nph.from_array(W, f"{name}{s}_w"), nph.from_array(B, f"{name}{s}_b")]
-            nodes.append(helper.make_node("Conv", ["input.1", f"{name}{s}_w", f"{name}{s}_b"], [f"{name}{s}_c"],
-                                          kernel_shape=[kernel, kernel], strides=[s, s], pads=pads))
+            nodes.append(helper.make_node("Conv", [source, f"{name}{s}_w", f"{name}{s}_b"], [f"{name}{s}_c"],
+                                          kernel_shape=[1, 1], strides=[stride, stride]))
             src = f"{name}{s}_c"
             if name == "score":
                 nodes.append(helper.make_node("Sigmoid", [src], [f"{name}{s}_sig"]))

@@ -119,3 +119,4 @@ def is_out_of_memory(exc: BaseException) -> bool:
         return False
     text = str(exc)
     return any(s in text for s in ("Failed to allocate memory", "out of memory", "ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED"))
+

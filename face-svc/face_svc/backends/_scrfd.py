@@ -60,8 +60,10 @@ class ScrfdDetector:
         scale = new_h / h
         canvas = np.zeros((in_h, in_w, 3), dtype=np.uint8)
         canvas[:new_h, :new_w] = cv2.resize(image, (new_w, new_h)) if (new_w, new_h) != (w, h) else image
-        blob = ((canvas.astype(np.float32) - INPUT_MEAN) / INPUT_STD).transpose(2, 0, 1)[None]
-        outs = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(blob)}, self.run_options)
+        blob = canvas.transpose(2, 0, 1)[None].astype(np.float32, order="C")  # NCHW
+        blob -= INPUT_MEAN
+        blob /= INPUT_STD
+        outs = self.session.run(self.output_names, {self.input_name: blob}, self.run_options)
 
         scores_l, boxes_l, kps_l = [], [], []
         fmc = len(self.strides)

@@ -37,6 +37,7 @@ from modelhost.catalog import ModelSpec
 
 from ..items import (DetectItem, DetectResult, EmbedItem, EmbedResult, Face, centre_inside, iou, keep_largest,
                      l2_normalise)
+from ._memory import pin_mmap_threshold
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class DlibFaceAnalyzer(Backend):
         if self.spec.dtype != "float32":
             raise ValueError(f"model {self.spec.id!r}: dtype {self.spec.dtype!r} is not supported by the dlib backend "
                              "(use float32)")
+        pin_mmap_threshold()
         directory = models_dir(self.spec.source)
         paths = {k: directory / f for k, f in FILES.items()}
         missing = [str(p) for k, p in paths.items() if not p.is_file() and (k != "cnn" or self.kind == "cnn")]

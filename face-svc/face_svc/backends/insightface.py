@@ -34,6 +34,7 @@ from ..items import (DetectItem, DetectResult, EmbedItem, EmbedResult, Face, cen
                      l2_normalise)
 from . import _ort, _packs
 from ._align import norm_crop
+from ._memory import pin_mmap_threshold
 from ._arcface import ArcFaceRecognizer, normalisation
 from ._scrfd import ScrfdDetector
 
@@ -60,6 +61,7 @@ class InsightFaceAnalyzer(Backend):
         if self.spec.dtype != "float32":
             raise ValueError(f"model {self.spec.id!r}: dtype {self.spec.dtype!r} is not supported by the insightface "
                              "backend (ONNX models run in the precision they were exported in; use float32)")
+        pin_mmap_threshold()
         pack = _packs.resolve(self.spec, self.cache_dir)
         factory = _ort.SessionFactory(self.spec)
         det_session = factory.open(str(pack.detector))
