@@ -4,7 +4,7 @@ Memory settings, and why (peers that run face models for days report memory that
 an allocation fails; each setting below removes one cause):
 
 * ``enable_mem_pattern = False``: ONNX Runtime plans and caches one memory pattern per distinct set of
-  input shapes, and never drops them. Recognition runs with as many faces as a batch holds (1, 2, ...
+  input shapes, and keeps them for the session's life. Recognition runs with as many faces as a batch holds (1, 2, ...
   ``rec_batch``), so every new count would add a pattern.
 * ``enable_cpu_mem_arena`` (catalog option ``cpu_mem_arena``, default ``false``): the CPU arena keeps the
   most a run ever needed, and fragments under varying shapes. Off, tensors are plain allocations
@@ -17,6 +17,12 @@ an allocation fails; each setting below removes one cause):
   each arena that exists (the GPU's; the CPU's when enabled): after every run, the arena returns the
   chunks it grew by, so the next batch shape cannot strand the last one's.
 * CUDA provider ``gpu_mem_limit`` (option ``gpu_mem_limit_mb``, default none): a hard cap on the arena.
+* (Not ONNX Runtime's, but the same failure: _memory.py fixes glibc's mmap threshold in the worker, so
+  large per-request buffers do not pile up in the heap.)
+
+CPU use: idle intra-op threads do not spin (option ``intra_op_spinning``, default ``false``): spinning
+takes CPU from the HTTP process and the other services on the box; ``threads`` sets the intra-op thread
+count (default: ONNX Runtime's, one per core).
 
 The device reported is read back from the session (``get_providers()``), never from what was asked:
 ONNX Runtime silently falls back to the CPU provider when the CUDA provider cannot load (missing CUDA
@@ -61,7 +67,6 @@ class SessionFactory:
                     "device_id": self.index,
                     "arena_extend_strategy": "kSameAsRequested",
                     "cudnn_conv_algo_search": str(options.get("cudnn_conv_algo_search", "HEURISTIC")),
-                    "do_copy_in_default_stream": True,
                 }
                 if options.get("gpu_mem_limit_mb") is not None:
                     cuda["gpu_mem_limit"] = int(options["gpu_mem_limit_mb"]) * 1024 * 1024
