@@ -114,6 +114,7 @@ test: venvs tiny-models
 bench: venvs tiny-models
 	$(GW_PY) bench/gateway_overhead.py
 	$(GW_PY) bench/batching.py
+	$(GW_PY) bench/jobs.py
 	$(TTS_PY) bench/tts.py
 	$(ASR_PY) bench/asr.py
 
