@@ -127,3 +127,48 @@ def test_a_service_killed_mid_swap_is_reconciled_and_the_next_request_succeeds(t
     finally:
         gw.stop()
         svc.stop()
+
+
+def test_two_families_share_one_budget_one_at_a_time(tmp_path: Path, logdir: Path) -> None:
+    """Caption and speech-to-text, each a real service with its own worker, under a CPU budget that
+    holds one of the two workers: interleaved requests to both all succeed, the ledger never passes
+    the budget, and the swaps are verified releases (no unverified ones)."""
+    from tests.asr_fixtures import build_tiny_asr_models, flite_wav
+
+    models_dir = tmp_path / "models"
+    procs.build_tiny_models(models_dir)
+    catalog = build_tiny_asr_models(models_dir)
+    raw = yaml.safe_load(catalog.read_text())
+    for m in raw["models"]:
+        m["memory_estimate_mb"] = 600  # until measured: never two workers at once
+    catalog.write_text(yaml.safe_dump(raw))
+    asr_model = next(m["id"] for m in raw["models"] if m["family"] == "asr" and m["backend"] == "whisper")
+
+    cap = procs.start_caption_svc(catalog, logdir)
+    asr = procs.start_asr_svc(catalog, logdir)
+    gw = procs.start_gateway(catalog, {"caption": cap.url, "asr": asr.url}, logdir, name="gateway-two-families",
+                             memory_budget_mb='{"cpu": 1000}', data_dir=str(tmp_path / "data"))
+    speech = flite_wav("one two three four five")
+
+    def transcribe() -> httpx.Response:
+        return httpx.post(gw.url + "/v1/audio/transcriptions", files={"file": ("s.wav", speech, "audio/wav")},
+                          data={"model": asr_model}, timeout=180)
+
+    try:
+        order = ["caption", "asr", "caption", "caption", "asr", "caption", "asr", "asr"]
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            responses = list(pool.map(lambda kind: caption(gw.url, "tiny-blip") if kind == "caption" else transcribe(), order))
+        assert [r.status_code for r in responses] == [200] * len(order), [r.text for r in responses if r.status_code != 200]
+        cpu = httpx.get(gw.url + "/admin/gpu").json()["devices"]["cpu"]
+        assert cpu["used_bytes"] <= cpu["budget_bytes"]
+        assert len(cpu["resident"]) == 1
+        assert cpu["footprints"]["tiny-blip"]["measured"] and cpu["footprints"][asr_model]["measured"]
+        assert cpu["swaps"] >= 2
+        assert httpx.get(gw.url + "/admin/gpu").json()["unverified_releases"] == 0
+        # Each service really let go: at most one worker is alive.
+        services = httpx.get(gw.url + "/admin/models").json()["services"]
+        assert sum(1 for s in services.values() if s.get("worker_pid")) <= 1
+    finally:
+        gw.stop()
+        cap.stop()
+        asr.stop()

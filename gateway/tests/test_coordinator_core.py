@@ -184,3 +184,17 @@ def test_random_traces_never_break_the_budget_load_twice_or_leave_a_request_unan
     for o in res.outcomes:
         if o.granted is not None:
             assert o.wait_s <= config.max_wait_s + one_swap + drain, (o, res.summary())
+
+
+def test_a_first_measurement_over_the_estimate_evicts_others_back_inside_the_budget() -> None:
+    c = core(budget=10 * GiB, A=4 * GiB, B=4 * GiB)
+    c.arrive(1, "A", 0)
+    c.load_done("A", 1, ok=True, peak_bytes=4 * GiB)
+    c.release("A", 1.1)
+    c.arrive(2, "B", 5)  # estimate 4 GiB fits beside A
+    acts = c.load_done("B", 6, ok=True, peak_bytes=7 * GiB)  # but B really needs 7
+    assert Grant(2, "B") in acts  # B's waiters are served
+    assert Unload("A", "over_budget") in acts  # and A goes at once (idle)
+    c.unload_done("A", 6.5)
+    assert c.used_bytes() == 7 * GiB <= c.budget_bytes
+    c.check_invariants()

@@ -9,7 +9,9 @@ are the two worlds, so the same code is tested on recorded traces and runs for r
 Invariants (checked by ``check_invariants`` after every event in the tests):
 
 1. The ledger never exceeds the budget: resident charges + the load in flight + releases not yet
-   verified ≤ budget. A load starts only after its evictions are verified released.
+   verified ≤ budget. A load starts only after its evictions are verified released. The one way
+   past it is a first measurement bigger than the estimate a model was admitted with: the ledger
+   then charges the truth and at once drains and evicts others until it is back inside.
 2. At most one swap is in flight per device; a model is never loaded twice (a model is resident,
    loading, or neither — never both), and requests arriving during its load join it.
 3. A model with requests in flight is never unloaded; a victim is drained first (no new grants,
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 
 from .policy import (
     BULK,
+    choose_victims,
     ModelInfo,
     PolicyConfig,
     Resident,
@@ -93,7 +96,8 @@ class Core:
         self.loading_bytes = 0
         self.unloading: dict[str, int] = {}  # model -> charged bytes until its release is verified
         self.swap: SwapPlan | None = None
-        self.pending_unloads: set[str] = set()  # asked for by an operator
+        self.pending_unloads: dict[str, str] = {}  # model -> reason: asked for by an operator, or over_budget
+        self.over_budget_evictions = 0
         self.swaps = 0  # committed swaps (loads started), for metrics and the benchmark
         self.evictions: collections.Counter[str] = collections.Counter()
 
@@ -176,11 +180,18 @@ class Core:
             if load_s is not None:
                 info.load_s = load_s
             self.resident[model] = Resident(charged_bytes=charged, last_used=now, loaded_at=now)
-            if self.used_bytes() > self.budget_bytes:
-                # Measured bigger than estimated: the ledger must not lie. Keep it, but evict it
-                # again at the next step unless it now fits (the next plan sees the true numbers).
-                log.warning("%s: %s measured %.0f MiB, over the budget's room; it will be swapped out first",
-                            self.device, model, charged / 2**20)
+            over = self.used_bytes() - self.budget_bytes
+            if over > 0:
+                # Its first measurement came out bigger than the estimate it was admitted with. The
+                # ledger charges the truth, so it is over the budget: evict others at once (drained
+                # first, as always) until it is back inside. Its own waiters are served meanwhile.
+                victims = choose_victims(self.snapshot(now), over, model, allow_busy=True) or ()
+                log.warning("%s: %s measured %.0f MiB, %.0f MiB over the budget; evicting %s", self.device, model,
+                            charged / 2**20, over / 2**20, list(victims) or "nothing (all pinned)")
+                for victim in victims:
+                    self.resident[victim].draining = True
+                    self.pending_unloads[victim] = "over_budget"
+                    self.over_budget_evictions += 1
         else:
             for w in self.queues[model]:
                 actions.append(Fail(w.req_id, model, "load_failed", reason or f"{model} failed to load"))
@@ -221,7 +232,7 @@ class Core:
         r = self.resident.get(model)
         if r is not None:
             r.draining = True
-            self.pending_unloads.add(model)
+            self.pending_unloads[model] = "request"
         return self._step(now)
 
     def vanished(self, model: str, now: float) -> list[Action]:
@@ -260,17 +271,17 @@ class Core:
                 r.in_flight += 1
                 r.last_used = now
                 actions.append(Grant(w.req_id, model))
-        # 2. Operator unloads: once drained, whatever the swap state (they only free memory).
-        for model in list(self.pending_unloads):
+        # 2. Operator and over-budget unloads: once drained, whatever the swap state (they only free memory).
+        for model, reason in list(self.pending_unloads.items()):
             r = self.resident.get(model)
             if r is None:
-                self.pending_unloads.discard(model)
+                del self.pending_unloads[model]
             elif r.in_flight == 0 and model not in (self.swap.evict if self.swap else ()):
-                self.pending_unloads.discard(model)
+                del self.pending_unloads[model]
                 self.resident.pop(model)
                 self.unloading[model] = r.charged_bytes
-                self.evictions["request"] += 1
-                actions.append(Unload(model, "request"))
+                self.evictions[reason] += 1
+                actions.append(Unload(model, reason))
         # 3. Start a swap when none is in flight.
         if self.swap is None and self.loading is None and not self.unloading:
             plan = plan_swap(self.snapshot(now))
