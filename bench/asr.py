@@ -7,11 +7,13 @@ through the gateway, in one run.
 The clip: ``--sentences`` sentences spoken by flite (Debian), 0.6 s of silence between them (about 20 s).
 For each model of the catalog's asr family (the tiny Whisper models and pocketsphinx):
 
-* in-process: the backend class loaded in this process, warmed up, then ``infer`` on the clip
-  ``--repeats`` times: the model's own cost, nothing else;
+* in-process: the backend class loaded in this process, warmed up, then ``infer`` on the clip: the model's
+  own cost, nothing else (with as many framework threads as the service's worker gets);
 * gateway: asr-svc (its own environment, its worker process) and a gateway in front of it, started here on
-  loopback; ``POST /v1/audio/transcriptions`` with the clip as a WAV upload, one warm-up request (which
-  loads the model), then ``--repeats`` requests: upload, decode, the worker hop, formatting, two HTTP hops.
+  loopback; ``POST /v1/audio/transcriptions`` with the clip as a WAV upload, after one warm-up request (which
+  loads the model): upload, decode, the worker hop, formatting, two HTTP hops.
+
+The two paths run ``--repeats`` times each, in turn, so that a slow spell of the shared CPUs falls on both.
 
 RTF = median wall time / clip duration; below 1 is faster than real time. The difference between the two
 columns is what the service and the gateway add per request. pocketsphinx's word error rate on the clip is
@@ -27,10 +29,18 @@ Figures are printed, never asserted; the exit status is non-zero only if the run
 
 from __future__ import annotations
 
+import os
+
+# The same CPU threads for the frameworks in this process as the service's worker gets (modelhost leaves one
+# core to the HTTP process), set before numpy and torch are imported: in-process and via-gateway figures
+# then differ by the service and the gateway, not by thread counts.
+_THREADS = os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) - 1)))
+for _var in ("MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, _THREADS)
+
 import argparse
 import json
 import math
-import os
 import shutil
 import statistics
 import subprocess
@@ -102,48 +112,51 @@ def word_error_rate(reference: list[str], hypothesis: list[str]) -> float:
     return d[len(hypothesis)] / max(1, len(reference))
 
 
-# in-process --------------------------------------------------------------------------------------
+# in-process and through the gateway, interleaved ------------------------------------------------
 
 
-def in_process(spec, clip: np.ndarray, repeats: int) -> tuple[list[float], dict, float]:  # noqa: ANN001
+def load_backend(spec):  # noqa: ANN001, ANN201 - ModelSpec, Backend
     from asr_svc.backends import BACKENDS
-    from asr_svc.items import TranscribeItem
     from modelhost.backend import import_backend
 
     backend = import_backend(BACKENDS[spec.backend])(spec, cache_dir=str(ROOT / "build" / "cache"))
     t0 = time.perf_counter()
     backend.load()
     backend.warmup()
-    load_s = time.perf_counter() - t0
+    return backend, time.perf_counter() - t0
+
+
+def gateway_once(port: int, body: bytes, headers: dict[str, str], model: str) -> tuple[float, dict]:
+    t = time.perf_counter()
+    status, raw = http_call(port, "POST", "/v1/audio/transcriptions", body, headers, timeout_s=600)
+    elapsed = time.perf_counter() - t
+    if status != 200:
+        raise RuntimeError(f"{model}: gateway answered {status}: {raw[:300]!r}")
+    return elapsed, json.loads(raw)
+
+
+def measure(spec, clip: np.ndarray, audio: bytes, port: int, repeats: int) -> dict:  # noqa: ANN001
+    """Both paths, run by run in turn, so that a slow spell of the shared CPUs falls on both."""
+    from asr_svc.items import TranscribeItem
+
+    body, ctype = multipart({"model": spec.id, "language": "en", "response_format": "verbose_json"}, "clip.wav", audio)
+    headers = {"Content-Type": ctype}
+    backend, load_s = load_backend(spec)
     item = TranscribeItem(audio=clip, language="en")
-    times, result = [], {}
+    local, remote = [], []
     try:
+        backend.infer([item])  # warm both paths: the first request through the gateway loads the model
+        gateway_once(port, body, headers, spec.id)
         for _ in range(repeats):
             t = time.perf_counter()
-            [result] = backend.infer([item])
-            times.append(time.perf_counter() - t)
+            [local_result] = backend.infer([item])
+            local.append(time.perf_counter() - t)
+            elapsed, remote_result = gateway_once(port, body, headers, spec.id)
+            remote.append(elapsed)
     finally:
         backend.close()
-    return times, result, load_s
-
-
-# through the gateway -------------------------------------------------------------------------------
-
-
-def through_gateway(port: int, model: str, audio: bytes, repeats: int) -> tuple[list[float], dict]:
-    body, ctype = multipart({"model": model, "language": "en", "response_format": "verbose_json"}, "clip.wav", audio)
-    headers = {"Content-Type": ctype}
-    times, result = [], {}
-    for i in range(repeats + 1):
-        t = time.perf_counter()
-        status, raw = http_call(port, "POST", "/v1/audio/transcriptions", body, headers, timeout_s=600)
-        elapsed = time.perf_counter() - t
-        if status != 200:
-            raise RuntimeError(f"{model}: gateway answered {status}: {raw[:300]!r}")
-        result = json.loads(raw)
-        if i:  # the first request loads the model
-            times.append(elapsed)
-    return times, result
+    return {"local": statistics.median(local), "remote": statistics.median(remote), "load_s": load_s,
+            "text": local_result["text"], "same": remote_result["text"] == local_result["text"]}
 
 
 def run_tiny(args: argparse.Namespace) -> int:
@@ -158,7 +171,8 @@ def run_tiny(args: argparse.Namespace) -> int:
     clip_s = len(clip) / SR
     audio = wav_bytes(clip)
     print(f"# asr bench on {machine()}")
-    print(f"# clip: {len(said)} flite sentences, {clip_s:.1f} s; {args.repeats} timed runs per path (median)")
+    print(f"# clip: {len(said)} flite sentences, {clip_s:.1f} s; {args.repeats} timed runs per path, interleaved "
+          f"(median); {_THREADS} framework thread(s) in-process and in the worker")
     rows = []
     log_dir = Path(tempfile.mkdtemp(prefix="asr-bench-"))
     try:
@@ -173,11 +187,9 @@ def run_tiny(args: argparse.Namespace) -> int:
             wait_ready(procs, "asr-svc", svc_port, "/health/ready")
             wait_ready(procs, "gateway", gw_port, "/health/live")
             for spec in models:
-                local, local_result, load_s = in_process(spec, clip, args.repeats)
-                remote, remote_result = through_gateway(gw_port, spec.id, audio, args.repeats)
-                wer = word_error_rate(" ".join(said).split(), local_result["text"].split())
-                rows.append((spec.id, spec.backend, statistics.median(local), statistics.median(remote), load_s,
-                             wer, remote_result["text"] == local_result["text"]))
+                m = measure(spec, clip, audio, gw_port, args.repeats)
+                wer = word_error_rate(" ".join(said).split(), m["text"].split())
+                rows.append((spec.id, spec.backend, m["local"], m["remote"], m["load_s"], wer, m["same"]))
             procs.check_alive()
     finally:
         if args.keep_logs:
