@@ -66,7 +66,6 @@ class SpeechStream:
             item = SpeechItem(text=sentence.text, voice=self._voice, speed=self._speed, language=self._language)
             self._pending.append(asyncio.ensure_future(self._lease.infer(item)))
             in_flight += 1
-        # Pauses queued after the last submitted sentence need no model work: keep them in order.
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """Encoded bytes, in order; the last chunk completes the file. Cancels what is left on exit."""

@@ -4,7 +4,7 @@ for ``GET /v1/audio/voices`` and checks a request's voice before any synthesis).
 Per backend:
 
 * ``flite``: the voices compiled into the flite binary (``flite -lv``), less ``awb_time`` (it speaks
-  only clock times).
+  only clock times); slt first.
 * ``espeak``: every language voice in the espeak-ng data that ships with ``espeakng-loader``; the id is
   the voice file's name, lower-cased (``en-us``, ``de``, ``cmn``).
 * ``piper``: the speakers of a multi-speaker voice (``speaker_id_map`` in its ``.onnx.json``), else one
@@ -58,8 +58,14 @@ def _single(spec: ModelSpec) -> list[Voice]:
     return [Voice(id=str(spec.options.get("voice", "default")), language=spec.options.get("language"))]
 
 
+# The 16 kHz clustergen voices first (the first voice is the default), the 8 kHz diphone voice last.
+FLITE_ORDER = ("slt", "rms", "awb", "kal16", "kal")
+
+
 def _flite(spec: ModelSpec) -> list[Voice]:
-    return [Voice(id=v, language="en") for v in flite_voices(spec.source)]
+    names = flite_voices(spec.source)
+    ordered = [n for n in FLITE_ORDER if n in names] + [n for n in names if n not in FLITE_ORDER]
+    return [Voice(id=v, language="en") for v in ordered]
 
 
 @functools.lru_cache(maxsize=8)

@@ -43,7 +43,7 @@ class FliteSynthesizer(Backend):
         return "cpu"
 
     def warmup(self) -> None:
-        [audio] = self.infer([SpeechItem(text="Hello.", voice=self.voices[-1])])
+        [audio] = self.infer([SpeechItem(text="Hello.", voice="slt" if "slt" in self.voices else self.voices[0])])
         if audio.duration_s <= 0:
             raise RuntimeError("flite produced no audio for 'Hello.'")
 
