@@ -125,9 +125,16 @@ def sse_events(url: str, job_id: str, timeout_s: float = 120) -> Iterator[tuple[
 
 
 def start_jobs_gateway(catalog: Path, services: dict[str, str], logdir: Path, *, roots: list[Path], data_dir: Path,
-                       name: str = "gateway-jobs", **settings: str) -> procs.Proc:
-    return procs.start_gateway(catalog, services, logdir, name=name, library_roots=json.dumps([str(r) for r in roots]),
-                               data_dir=str(data_dir), **settings)
+                       name: str = "gateway-jobs", ready_path: str = "/health/ready", **settings: str) -> procs.Proc:
+    """A gateway with library roots and its own data directory. ``ready_path="/health/live"`` for one whose
+    services are meant to be down (its readiness would never pass)."""
+    settings = {"library_roots": json.dumps([str(r) for r in roots]), "data_dir": str(data_dir), **settings}
+    if ready_path == "/health/ready":
+        return procs.start_gateway(catalog, services, logdir, name=name, **settings)
+    port = procs.free_port()
+    env = {"GATEWAY_CATALOG": str(catalog), "GATEWAY_PORT": str(port), "GATEWAY_SERVICES": json.dumps(services),
+           **{f"GATEWAY_{k.upper()}": v for k, v in settings.items()}}
+    return procs.start(name, [str(procs.GATEWAY_PY), "-m", "gateway"], env, port, logdir, ready_path=ready_path)
 
 
 def kill9(p: procs.Proc) -> None:

@@ -138,7 +138,7 @@ def test_unknown_jobs_are_404(jobs_gateway: procs.Proc) -> None:
 
 
 def test_cancel_stops_the_job_and_records_every_other_item_as_cancelled(jobs_gateway: procs.Proc, library: Path) -> None:
-    photos(library / "big", 60, start=1000)
+    photos(library / "big", 500, start=10_000)
     job = submit(jobs_gateway, task="caption", paths=["big"])
     procs.wait_until(lambda: httpx.get(f"{jobs_gateway.url}/v1/jobs/{job['id']}").json()["counts"]["done"] >= 1, 60)
     r = httpx.delete(f"{jobs_gateway.url}/v1/jobs/{job['id']}", timeout=30)
@@ -149,7 +149,7 @@ def test_cancel_stops_the_job_and_records_every_other_item_as_cancelled(jobs_gat
     assert {r["state"] for r in rows} <= {"done", "cancelled"}
     assert httpx.get(f"{jobs_gateway.url}/v1/jobs/{job['id']}").json()["counts"] == cancelled["counts"]
     assert httpx.delete(f"{jobs_gateway.url}/v1/jobs/{job['id']}").status_code == 200  # idempotent
-    done = wait_job(jobs_gateway.url, submit(jobs_gateway, task="caption", paths=["holiday/img0000.jpg"])["id"])
+    done = wait_job(jobs_gateway.url, submit(jobs_gateway, task="caption", paths=["big/img10000.jpg"])["id"])
     assert httpx.delete(f"{jobs_gateway.url}/v1/jobs/{done['id']}").json()["error"]["code"] == "job_finished"
 
 
@@ -230,17 +230,38 @@ def test_cli_submits_a_local_folder_shows_progress_and_gets_results(jobs_gateway
     assert job_id in roundhouse("jobs", "list", url=jobs_gateway.url).stdout
 
 
-def test_cli_names_server_paths_and_cancels(jobs_gateway: procs.Proc, library: Path) -> None:
-    photos(library / "cli-big", 60, start=5000)
-    p = roundhouse("jobs", "submit", "--task", "caption", "--path", "cli-big", "--no-wait", url=jobs_gateway.url)
+@pytest.fixture(scope="module")
+def down_gateway(tiny_catalog: Path, logdir: Path, library: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[procs.Proc]:
+    """A gateway whose caption service is not running: its jobs can only wait."""
+    p = start_jobs_gateway(tiny_catalog, {"caption": f"http://127.0.0.1:{procs.free_port()}"}, logdir, roots=[library],
+                           data_dir=tmp_path_factory.mktemp("down-data"), name="gateway-jobs-down", ready_path="/health/live")
+    yield p
+    p.stop()
+
+
+def test_a_job_waits_while_its_service_is_down_and_cancels_cleanly(down_gateway: procs.Proc, library: Path) -> None:
+    photos(library / "waiting", 5, start=6000)
+    job = submit(down_gateway, task="caption", paths=["waiting"])
+    procs.wait_until(lambda: "waiting" in httpx.get(f"{down_gateway.url}/v1/jobs/{job['id']}").json(), 60)
+    status = httpx.get(f"{down_gateway.url}/v1/jobs/{job['id']}").json()
+    assert status["state"] == "running" and status["counts"]["pending"] == 5, status
+    assert status["waiting"]["retry_in_s"] >= 0 and status["waiting"]["reason"]
+    cancelled = httpx.delete(f"{down_gateway.url}/v1/jobs/{job['id']}", timeout=30).json()
+    assert cancelled["state"] == "cancelled" and cancelled["counts"]["cancelled"] == 5
+
+
+def test_cli_names_server_paths_and_cancels(down_gateway: procs.Proc, library: Path) -> None:
+    photos(library / "cli-big", 10, start=5000)
+    p = roundhouse("jobs", "submit", "--task", "caption", "--path", "cli-big", "--no-wait", url=down_gateway.url)
     assert p.returncode == 0, p.stderr
     job_id = p.stdout.strip()
-    c = roundhouse("jobs", "cancel", job_id, url=jobs_gateway.url)
+    assert job_id.startswith("job_") and "10 item(s)" in p.stderr
+    c = roundhouse("jobs", "cancel", job_id, url=down_gateway.url)
     assert c.returncode == 0 and "cancelled" in c.stderr, c.stderr
-    assert httpx.get(f"{jobs_gateway.url}/v1/jobs/{job_id}").json()["state"] == "cancelled"
-    bad = roundhouse("jobs", "submit", "--task", "caption", "--path", "/etc", url=jobs_gateway.url)
+    assert httpx.get(f"{down_gateway.url}/v1/jobs/{job_id}").json()["state"] == "cancelled"
+    bad = roundhouse("jobs", "submit", "--task", "caption", "--path", "/etc", url=down_gateway.url)
     assert bad.returncode == 2 and "403 outside_library" in bad.stderr
-    assert roundhouse("jobs", "status", "job_nope", url=jobs_gateway.url).returncode == 2
+    assert roundhouse("jobs", "status", "job_nope", url=down_gateway.url).returncode == 2
 
 
 def test_job_metrics_are_exported(jobs_gateway: procs.Proc) -> None:

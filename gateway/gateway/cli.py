@@ -25,8 +25,7 @@ from typing import Any, Iterator
 
 import aiohttp
 
-from .jobs.inputs import kind_of
-from .jobs.tasks import TASKS
+from .jobs.kinds import TASK_KINDS, kind_of
 
 TERMINAL = ("completed", "cancelled", "failed")
 
@@ -187,7 +186,7 @@ def _options(pairs: list[str]) -> dict[str, str]:
 
 
 async def submit(client: Client, args: argparse.Namespace) -> int:
-    kinds = TASKS[args.task].kinds
+    kinds = TASK_KINDS[args.task]
     files = local_files(args.inputs, kinds) if args.inputs else []
     if not files and not args.path:
         raise ApiError("nothing to submit: name local files or folders, or server paths with --path")
@@ -284,7 +283,7 @@ def parser() -> argparse.ArgumentParser:
     jobs = sub.add_parser("jobs", help="bulk jobs").add_subparsers(dest="command", required=True)
     s = jobs.add_parser("submit", help="start a job and follow it")
     s.add_argument("inputs", nargs="*", help="local files or folders to upload")
-    s.add_argument("--task", required=True, choices=sorted(TASKS))
+    s.add_argument("--task", required=True, choices=sorted(TASK_KINDS))
     s.add_argument("--model", help="catalog model id (default: the gateway's default for the task)")
     s.add_argument("--path", action="append", default=[], help="a path, folder or glob on the server, under its library roots (repeat)")
     s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",

@@ -19,21 +19,9 @@ from typing import BinaryIO
 
 from modelhost.errors import BadRequest, Forbidden, PayloadTooLarge
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
-VIDEO_EXTS = frozenset({".mp4", ".mkv", ".mov", ".webm", ".m4v", ".avi"})
-AUDIO_EXTS = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma"})
+from .kinds import kind_of
+
 GLOB_CHARS = frozenset("*?[")
-
-
-def kind_of(name: str) -> str:
-    ext = os.path.splitext(name)[1].lower()
-    if ext in IMAGE_EXTS:
-        return "image"
-    if ext in VIDEO_EXTS:
-        return "video"
-    if ext in AUDIO_EXTS:
-        return "audio"
-    return "other"
 
 
 def sniff_kind(head: bytes) -> str:

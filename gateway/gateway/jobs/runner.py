@@ -552,6 +552,8 @@ class JobRunner:
             return result
 
     def _pause(self, run: JobRun, e: RoundhouseError) -> None:
+        if run.pause_until > time.monotonic():
+            return  # already paused: the calls that were in flight meanwhile do not stretch the back-off
         run.backoff_s = min(MAX_BACKOFF_S, max(0.5, run.backoff_s * 2))
         hint = getattr(e, "retry_after_s", None)
         delay = max(run.backoff_s, float(hint) if isinstance(hint, (int, float)) and hint < MAX_BACKOFF_S else 0.0)

@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Callable, ClassVar, Protocol
 from modelhost.catalog import ModelSpec
 from modelhost.client import ModelHostClient
 
+from ..kinds import TASK_KINDS
 from ..media import extract_keyframes
 
 
@@ -96,7 +97,7 @@ class Task:
 class ImageTask(Task):
     """A task that works on images; a video is its keyframes, each treated as an image."""
 
-    kinds = frozenset({"image", "video"})
+    kinds = TASK_KINDS["caption"]
 
     async def video(self, ctx: Context, path: str) -> dict[str, Any]:
         s = ctx.settings

@@ -14,6 +14,7 @@ from modelhost.client import ModelHostClient
 from modelhost.errors import BadRequest
 
 from ..cluster import cluster_faces
+from ..kinds import TASK_KINDS
 from .base import Context, ImageTask
 
 # The similarity at which face-svc's verify says "same person", per backend (face-svc's
@@ -32,6 +33,7 @@ def default_threshold(spec: ModelSpec) -> float:
 class FacesTask(ImageTask):
     name = "faces"
     family = "face"
+    kinds = TASK_KINDS["faces"]
     csv_columns = ("t_s", "face", "person", "score", "box")
 
     @classmethod

@@ -14,6 +14,7 @@ from modelhost.catalog import ModelSpec
 from modelhost.client import ModelHostClient
 from modelhost.errors import BadRequest
 
+from ..kinds import TASK_KINDS
 from ..media import extract_audio
 from .base import Context, Task
 
@@ -21,7 +22,7 @@ from .base import Context, Task
 class TranscribeTask(Task):
     name = "transcribe"
     family = "asr"
-    kinds = frozenset({"audio", "video"})
+    kinds = TASK_KINDS["transcribe"]
     csv_columns = ("start_s", "end_s", "text")
 
     @classmethod
