@@ -82,6 +82,8 @@ def build_tiny_whisper(path: Path) -> None:
     dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=2,
                            n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=2)
     model = Whisper(dims)
+    with torch.no_grad():  # whisper makes it with torch.empty (a checkpoint always fills it): garbage, or NaN
+        model.decoder.positional_embedding.normal_(0.0, 0.02)
     _parrot(model.decoder.token_embedding.weight, model.decoder.ln)
     tmp = path.with_suffix(".tmp")
     torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": model.state_dict()}, tmp)

@@ -207,6 +207,17 @@ def test_faster_whisper_compute_type_follows_dtype_device_and_options(caplog: py
         compute_type_for(spec("float64"), "cpu", cpu)
 
 
+def test_tiny_whisper_checkpoint_holds_no_uninitialised_weights(tiny_catalog: Catalog) -> None:
+    # openai-whisper makes the decoder's positional embedding with torch.empty, which a real checkpoint
+    # always fills: saved unfilled, it held whatever was in memory, and decoding sometimes went to NaN.
+    import torch
+
+    state = torch.load(tiny_catalog.get("tiny-whisper").source, weights_only=True)["model_state_dict"]
+    for name, tensor in state.items():
+        assert torch.isfinite(tensor).all(), name
+        assert tensor.abs().max() < 100, name
+
+
 def test_whisper_refuses_a_dtype_it_cannot_run(tiny_catalog: Catalog) -> None:
     spec = tiny_catalog.get("tiny-whisper").model_copy(update={"dtype": "int8"})
     with pytest.raises(ValueError, match="dtype 'int8' is not supported"):
