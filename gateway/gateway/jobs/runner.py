@@ -306,7 +306,8 @@ class JobRunner:
                 if page:
                     continue
                 await queue.join()
-                if await self.store.pending_items(job_id, after_seq=last_seq, limit=1):
+                if await self.store.pending_items(job_id, after_seq=-1, limit=1):
+                    last_seq = -1  # added meanwhile, or (never expected) left pending: look again from the start
                     continue
                 job = await self.store.get_job(job_id)
                 if job is None or not job["open"]:
@@ -393,8 +394,12 @@ class JobRunner:
         while True:
             try:
                 sha, key, body, reused = await self._infer_item(run, item)
-                finished = await self.store.finish_item(item.job_id, item.seq, sha256=sha, result_key=key, body=body,
-                                                        reused=reused, seconds=time.monotonic() - t0)
+                try:
+                    finished = await self.store.finish_item(item.job_id, item.seq, sha256=sha, result_key=key, body=body,
+                                                            reused=reused, seconds=time.monotonic() - t0)
+                finally:
+                    if not reused:
+                        self.stored(key)
                 outcome = "deduplicated" if reused else "inferred"
                 break
             except ItemFailed as e:
@@ -402,7 +407,12 @@ class JobRunner:
                                                         seconds=time.monotonic() - t0)
                 outcome = "error"
                 break
-            except RetryItem as e:
+            except JobFatal:
+                raise
+            except (RetryItem, Exception) as e:
+                if not isinstance(e, RetryItem):  # a bug or an unforeseen failure: never leave the item pending
+                    log.exception("job %s item %d: unexpected error", item.job_id, item.seq)
+                    e = RetryItem("internal_error", f"the item failed unexpectedly ({type(e).__name__})")
                 attempts = await self.store.count_attempt(item.job_id, item.seq)
                 if attempts >= self.settings.jobs_max_attempts:
                     finished = await self.store.finish_item(item.job_id, item.seq, sha256=sha, error=(e.code, e.message),
@@ -509,16 +519,21 @@ class JobRunner:
         try:
             body = await compute()
         except asyncio.CancelledError:
+            self._inflight.pop(key, None)
             fut.cancel()
             raise
         except BaseException as e:
+            self._inflight.pop(key, None)
             fut.set_exception(e)
             raise
-        else:
-            fut.set_result(body)
-            return body, False
-        finally:
-            self._inflight.pop(key, None)
+        # The finished future stays until the caller has stored the result (``stored``): until then an
+        # identical item that looks in the store finds nothing, and must find it here instead.
+        fut.set_result(body)
+        return body, False
+
+    def stored(self, key: str) -> None:
+        """The result for ``key`` is in the store now; lookups go there."""
+        self._inflight.pop(key, None)
 
     # calls to the services ------------------------------------------------------------------------
 
@@ -580,7 +595,10 @@ class ItemContext:
     async def cached(self, key: str, compute: Callable[[], Awaitable[Any]]) -> Any:
         body, reused = await self.runner.once(key, compute)
         if not reused:
-            await self.runner.store.put_result(key, body)
+            try:
+                await self.runner.store.put_result(key, body)
+            finally:
+                self.runner.stored(key)
         return body
 
     async def in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
