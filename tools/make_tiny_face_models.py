@@ -150,38 +150,76 @@ def _save(graph, path: Path) -> None:  # noqa: ANN001 - onnx types
 
 
 def merge_catalog(catalog: Path) -> str:
-    """Put the face block into ``catalog`` (replacing an earlier one); return what was done."""
-    if catalog.exists():
-        text = catalog.read_text()
-        text, replaced = re.subn(re.escape(BEGIN) + r".*?" + re.escape(END), "", text, flags=re.S)
-        if not text.endswith("\n"):
-            text += "\n"
-        action = "replaced the face entries in" if replaced else "added the face entries to"
+    """Put the face block into ``catalog``: in place of an earlier one (so a rerun that changes nothing
+    leaves the file as it was, and make's other catalog builders need not rerun), else at the end of its
+    ``models:`` list. Face entries found outside the block (another tool rewrote the file) are taken out.
+    Every other line is kept as it was: the other families' builders merge the same way, each replacing only
+    its own marked block. Returns what was done."""
+    before = catalog.read_text() if catalog.exists() else ""
+    block = BEGIN + FACE_ENTRIES + END
+    head, found, rest = before.partition(BEGIN)
+    if found and END in rest:
+        base = head + rest.partition(END)[2]
+        merged = head + block + rest.partition(END)[2]
+        action = "replaced the face entries in"
     else:
-        text = HEADER + "defaults:\n  device: cpu\n  dtype: float32\nmodels:\n"
-        action = "wrote"
-    merged = text + BEGIN + FACE_ENTRIES + END
-    _check(merged, before=text, path=catalog)
-    if catalog.exists() and catalog.read_text() == merged:
-        return "kept the face entries of"  # untouched: make's other catalog builders need not rerun
-    tmp = catalog.with_name(f".{catalog.name}.partial")
+        base = _drop_face_items(before) if before.strip() else HEADER + "defaults:\n  device: cpu\n  dtype: float32\nmodels:\n"
+        if not base.endswith("\n"):
+            base += "\n"
+        merged = base + block
+        action = "added the face entries to" if before.strip() else "wrote"
+    _check(merged, before=base, path=catalog)
+    if merged == before:
+        return "kept the face entries of"
+    tmp = catalog.with_name(f".{catalog.name}.face-partial")
     tmp.write_text(merged)
     tmp.replace(catalog)
     return action
 
 
-def _check(merged: str, *, before: str, path: Path) -> None:
-    """The block is appended to the catalog's ``models:`` list, which must therefore be its last key. Make
-    sure the merged file parses and still holds every entry it held, plus ours."""
+def _drop_face_items(text: str) -> str:
+    """``text`` without its face list items (a ``- id: ...`` line and the lines indented under it)."""
     import yaml
 
-    def ids(text: str) -> list[str]:
-        raw = yaml.safe_load(text) or {}
+    lines = text.splitlines(keepends=True)
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        m = re.match(r"^(\s*)- ", lines[i])
+        if m is None:
+            out.append(lines[i])
+            i += 1
+            continue
+        indent = len(m.group(1))
+        j = i + 1
+        while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > indent):
+            j += 1
+        try:
+            item = yaml.safe_load("".join(lines[i:j]))
+        except yaml.YAMLError:
+            item = None  # kept as it is; _check reports the file
+        if not (isinstance(item, list) and item and isinstance(item[0], dict) and item[0].get("family") == "face"):
+            out.extend(lines[i:j])
+        i = j
+    return "".join(out)
+
+
+def _check(merged: str, *, before: str, path: Path) -> None:
+    """The merged file must parse, hold every entry ``before`` held in the same order, and ours once.
+    (Appended, the block lands in the ``models:`` list only if that is the file's last key.)"""
+    import yaml
+
+    def ids(text: str, what: str) -> list[str]:
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise SystemExit(f"{path}: the catalog {what} the face merge is not valid YAML ({e}); "
+                             "delete it and run make tiny-models")
         return [m["id"] for m in raw.get("models") or []]
 
-    old, new = ids(before), ids(merged)
+    old, new = ids(before, "before"), ids(merged, "after")
     face = ["tiny-insightface", "dlib-resnet"]
-    if new != old + face:
+    if [i for i in new if i not in face] != old or [i for i in new if i in face] != face:
         raise SystemExit(f"{path}: could not merge the face models (is 'models:' its last key?); "
                          f"ids before {old}, after {new}")
 
