@@ -129,6 +129,10 @@ class ModelRuntime:
                 )
             self.entries[spec.id] = ModelEntry(spec=spec, backend_path=backends[spec.backend])
             metrics.set_state(spec.id, S.UNLOADED)
+            # Counters exist at 0 from the start, so an alert's increase() sees their first event.
+            metrics.load_failures.labels(family, spec.id)
+            metrics.oom_events.labels(family, spec.id)
+            metrics.requests.labels(family, spec.id, "ok")
         self._worker: WorkerProcess | None = None
         self._worker_lock = asyncio.Lock()
         self._reaper: asyncio.Task | None = None
