@@ -27,7 +27,7 @@ from .schemas import AudioInfo, Timings, TranscriptionResponse
 router = APIRouter(tags=["speech-to-text"])
 
 
-@router.post("/v1/transcriptions", response_model=TranscriptionResponse, response_model_exclude_none=False)
+@router.post("/v1/transcriptions", response_model=TranscriptionResponse)
 async def transcribe(
     request: Request,
     file: UploadFile = File(..., description="The audio: wav, flac, mp3, ogg/opus, m4a/aac, webm, mp4, ..."),

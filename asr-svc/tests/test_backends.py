@@ -130,6 +130,24 @@ def test_long_audio_is_transcribed_in_chunks_with_times_from_the_start(tiny_cata
     assert starts == sorted(starts) and starts and max(starts) > 6.0
 
 
+def test_faster_whisper_batch_size_decodes_long_audio_through_the_batched_vad_pipeline(tiny_catalog: Catalog, kit,
+                                                                                      speech, sentences) -> None:
+    spec = tiny_catalog.get("tiny-faster-whisper")
+    spec = spec.model_copy(update={"options": {**spec.options, "batch_size": 4}})
+    pause = np.zeros(32000, np.int16)
+    audio = np.concatenate([x for s in sentences * 2 for x in (kit.pcm16(speech(s)), pause)])
+    backend = _backend(spec)
+    backend.load()
+    try:
+        assert type(backend.batched).__name__ == "BatchedInferencePipeline"
+        [result] = backend.infer([TranscribeItem(audio=audio, language="en", word_timestamps=True)])
+    finally:
+        backend.close()
+    assert len(audio) / 16000 > 30  # long enough for the VAD (vad_filter: auto), so the batched pipeline ran
+    assert_transcript(result, len(audio) / 16000, words=True)
+    assert result["segments"] and result["text"].startswith("hello")
+
+
 def test_pocketsphinx_transcribes_flite_speech_with_word_error_rate_at_most_one_in_ten(pocketsphinx, kit, speech, wer,
                                                                                      sentences) -> None:
     errors = []
