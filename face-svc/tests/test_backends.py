@@ -389,6 +389,22 @@ def test_dlib_embedding_of_its_crop_equals_the_detect_embedding(dlib_model, astr
     np.testing.assert_allclose(embedded["embeddings"][0], face["embedding"], atol=1e-5)
 
 
+def test_dlib_cnn_detector_finds_the_astronauts_face(tiny_catalog: Catalog, astronaut) -> None:
+    # The MMOD detector is slow on CPU (seconds for a 512 px photo): a 240 px crop around her head.
+    spec = tiny_catalog.get(DLIB)
+    b = backend(spec.model_copy(update={"options": {**spec.options, "detector": "cnn", "upsample": 0, "det_thresh": 0.5}}))
+    assert b.load() == "cpu"
+    try:
+        b.warmup()
+        [result] = b.infer([DetectItem(image=np.ascontiguousarray(astronaut[20:260, 100:340]), max_faces=5, embed=True)])
+    finally:
+        b.close()
+    [face] = result["faces"]
+    x1, y1, x2, y2 = face["box"]
+    assert 65 <= x1 and x2 <= 175 and 40 <= y1 and y2 <= 160 and face["score"] > 0.5  # (165..275, 60..180) uncropped
+    assert face["embedding"].shape == (128,)
+
+
 def test_dlib_asked_for_cuda_reports_cpu_on_a_cpu_build(tiny_catalog: Catalog) -> None:
     import dlib
 
