@@ -327,3 +327,27 @@ def test_model_not_loaded_is_503_with_retry_after(client: TestClient) -> None:
         assert int(r.headers["Retry-After"]) >= 1
     finally:
         assert client.post(f"/v1/models/{DLIB}/load").json()["state"] == "ready"
+
+
+def test_gpu_model_without_a_usable_gpu_fails_honestly(tiny_dir: Path, tmp_path: Path) -> None:
+    # The catalog asks for CUDA; this onnxruntime (or this machine) runs it on CPU: the model is FAILED with
+    # the reason, unless the catalog allows the fallback. (On a GPU machine with onnxruntime-gpu it loads.)
+    import onnxruntime
+    import yaml
+
+    raw = yaml.safe_load((tiny_dir / "catalog.yaml").read_text())
+    tiny = next(m for m in raw["models"] if m["id"] == TINY)
+    raw["models"] = [{**tiny, "source": str(tiny_dir / "face" / TINY), "device": "cuda:0"},
+                     {**tiny, "id": "tiny-fallback", "source": str(tiny_dir / "face" / TINY), "device": "cuda:0",
+                      "allow_cpu_fallback": True}]
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump(raw))
+    with TestClient(create_app(FaceSettings(catalog=catalog, cache_dir=tmp_path / "cache"))) as c:
+        strict = c.post(f"/v1/models/{TINY}/load")
+        fallback = c.post("/v1/models/tiny-fallback/load")
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():  # onnxruntime-gpu on a GPU machine
+        assert strict.status_code == 200 and strict.json()["device"] == "cuda:0", strict.text
+        return
+    body = assert_envelope(strict, 500, "model_load_failed")
+    assert "asked for cuda:0 but the model would run on cpu" in body["error"]["message"]
+    assert fallback.status_code == 200 and fallback.json()["device"] == "cpu"
