@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
-import uvicorn
 from fastapi import FastAPI
 
-from modelhost.app import Family, create_host_app
+from modelhost.app import Family, create_host_app, serve
 from modelhost.catalog import load_catalog
-from modelhost.logs import setup_logging
 from modelhost.meter import MemoryMeter
 
 from .api import router
@@ -26,10 +22,7 @@ def create_app(settings: AsrSettings | None = None, *, meter: MemoryMeter | None
 
 def main() -> None:
     settings = AsrSettings()
-    setup_logging(settings.log_level)
-    logging.getLogger(__name__).info("asr-svc on %s:%d, catalog %s", settings.host, settings.port, settings.catalog)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                access_log=False)
+    serve(FAMILY, settings, create_app(settings))
 
 
 if __name__ == "__main__":

@@ -152,3 +152,14 @@ class _RequestIdMiddleware(BaseHTTPMiddleware):
         response = await call_next(request)
         response.headers.setdefault(REQUEST_ID_HEADER, rid)
         return response
+
+
+def serve(family: Family, settings: HostSettings, app: FastAPI) -> None:
+    """A family service's process entry point: logging, one line saying where, then uvicorn."""
+    import uvicorn
+
+    from .logs import setup_logging
+
+    setup_logging(settings.log_level)
+    log.info("%s on %s:%d, catalog %s", family.service, settings.host, settings.port, settings.catalog)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), access_log=False)
