@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# make dev: the gateway and the caption service as local processes, each in its own environment,
+# make dev: the gateway and the four family services as local processes, each in its own environment,
 # on CPU. Waits for both to be healthy (no fixed sleeps), captions a sample photo through the
-# gateway to show the stack works, then runs until Ctrl-C, which stops both.
+# gateway to show the stack works, then runs until Ctrl-C, which stops them all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CATALOG=${CATALOG:-build/tiny-models/catalog.yaml}
