@@ -119,6 +119,7 @@ bench: venvs tiny-models
 	$(GW_PY) bench/jobs.py
 	$(TTS_PY) bench/tts.py
 	$(ASR_PY) bench/asr.py
+	$(FACE_PY) bench/faces.py
 
 clean:
 	rm -rf $(VENVS) build
