@@ -161,9 +161,8 @@ class Coordinator:
         if a.kind == "too_large":
             return InsufficientMemory(a.message)
         if a.kind == "load_failed":
-            cause = self._load_errors.pop(a.model, None) if a.model in self._load_errors else None
+            cause = self._load_errors.get(a.model)  # every waiter of this failed load gets it
             if cause is not None:
-                self._load_errors[a.model] = cause  # every waiter of this failed load gets it
                 return cause
             return ModelLoadFailed(a.message)
         if a.kind == "deadline":

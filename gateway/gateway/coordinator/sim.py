@@ -11,7 +11,7 @@ import collections
 import heapq
 import itertools
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .core import Core, Fail, Grant, Load, Unload, Wake
 from .policy import BULK, INTERACTIVE, ModelInfo, PolicyConfig
@@ -291,14 +291,6 @@ def interactive_in_bulk(duration_s: float = 120.0, bulk_rate: float = 8.0, inter
         t += interactive_every_s
     out.sort(key=lambda r: r.at)
     return out
-
-
-@dataclass
-class Scenario:
-    name: str
-    trace: list[TraceRequest]
-    models: dict[str, SimModel] = field(default_factory=dict)
-    budget_bytes: int = 0
 
 
 def one_at_a_time(models: str = "ABCD", gib: int = 6) -> tuple[dict[str, SimModel], int]:
