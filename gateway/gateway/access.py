@@ -1,22 +1,37 @@
-"""The seam between public routes and family services: every model request passes through
-``ModelAccess.use(model_id, family, call)``.
+"""The seam between public routes and family services: every model request holds its model through
+``ModelAccess.hold``::
 
-It asks the swap coordinator for the model (which loads it, evicting others if needed, and queues
-the request meanwhile), runs ``call`` against the model's service, and releases the model. When a
-service says a model is not ready (its TTL reaper unloaded it, or the service restarted), the
-coordinator is told, re-reads the service, and the request is tried once more.
+    async with g.access.hold(model, "caption") as upstream:
+        body = await upstream.request("POST", "/v1/captions", ...)
+
+``hold`` asks the swap coordinator for the model (which loads it, evicting others if needed, and queues
+the request meanwhile) and releases it when the block ends, however it ends; a streaming route keeps
+the block open until its last byte is relayed. ``Upstream`` is the model's service for the length of
+the hold: its ``request`` and ``stream`` map errors as ``ModelHostClient`` does (one mapping for both).
+When the service says the model is not ready (its TTL reaper unloaded it, or the service restarted),
+the coordinator is told, the model is held anew and that one call is made once more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator
+
+import aiohttp
 
 from modelhost.catalog import Catalog, ModelSpec
-from modelhost.client import ModelHostClient, ServiceUnreachable, UpstreamEnvelope
-from modelhost.errors import DeadlineExceeded, ModelNotFound, Unavailable, UpstreamError
+from modelhost.client import ModelHostClient
+from modelhost.errors import (
+    DeadlineExceeded,
+    ModelNotFound,
+    ServiceNotConfigured,
+    ServiceUnreachable,
+    UpstreamEnvelope,
+    UpstreamError,
+)
 
 from .coordinator.loop import Coordinator
 from .coordinator.policy import INTERACTIVE
@@ -24,7 +39,67 @@ from .metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
+
+class Upstream:
+    """A family service while one model is held for the caller."""
+
+    def __init__(self, access: "ModelAccess", spec: ModelSpec, client: ModelHostClient, *, lane: str,
+                 timeout_s: float) -> None:
+        self.access = access
+        self.spec = spec
+        self.client = client
+        self.lane = lane
+        self.timeout_s = timeout_s
+        self.held = False
+
+    @property
+    def model(self) -> str:
+        return self.spec.id
+
+    async def acquire(self) -> None:
+        await self.access.coordinator.acquire(self.model, lane=self.lane, timeout_s=self.timeout_s)
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.access.coordinator.release(self.model)
+
+    async def _again(self, e: UpstreamEnvelope) -> None:
+        """The service no longer has the model: correct the ledger, and hold it anew (it loads again)."""
+        log.info("model %s was not ready at %s (%s); telling the coordinator and retrying", self.model,
+                 self.client.name, e.message)
+        self.release()
+        self.access.coordinator.vanished(self.model)
+        await self.acquire()
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """``ModelHostClient.request`` on the held model's service (same arguments)."""
+        try:
+            return await self.client.request(method, path, **kwargs)
+        except UpstreamEnvelope as e:
+            if e.code != "model_not_ready":
+                raise
+            await self._again(e)
+        return await self.client.request(method, path, **kwargs)
+
+    @contextlib.asynccontextmanager
+    async def stream(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[aiohttp.ClientResponse]:
+        """``ModelHostClient.stream`` on the held model's service: the response once its status is 2xx.
+        Only the opening is retried; an error raised by the caller's block passes through untouched."""
+        opened = self.client.stream(method, path, **kwargs)
+        try:
+            resp = await opened.__aenter__()
+        except UpstreamEnvelope as e:
+            if e.code != "model_not_ready":
+                raise
+            await self._again(e)
+            opened = self.client.stream(method, path, **kwargs)
+            resp = await opened.__aenter__()
+        try:
+            yield resp
+        finally:
+            await opened.__aexit__(None, None, None)  # releases the connection (closes it when unread)
 
 
 class ModelAccess:
@@ -46,53 +121,49 @@ class ModelAccess:
     def client(self, spec: ModelSpec) -> ModelHostClient:
         client = self.clients.get(spec.family)
         if client is None:
-            raise Unavailable(f"no {spec.family} service is configured (GATEWAY_SERVICES)", code="service_not_configured")
+            raise ServiceNotConfigured(f"no {spec.family} service is configured (GATEWAY_SERVICES)")
         return client
 
-    async def use(self, model_id: str, family: str, call: Callable[[ModelHostClient], Awaitable[T]],
-                  *, lane: str = INTERACTIVE, timeout_s: float | None = None) -> T:
-        """Hold ``model_id`` resident while ``call`` runs against its service; timed per family
-        (``roundhouse_gateway_model_request_seconds``: the wait for the model, then the answer)."""
-        self.spec(model_id, family)  # 404 before a metric label is made of an unknown id
+    @contextlib.asynccontextmanager
+    async def hold(self, model_id: str, family: str, *, lane: str = INTERACTIVE,
+                   timeout_s: float | None = None) -> AsyncIterator[Upstream]:
+        """Hold ``model_id`` resident for the block; timed per family
+        (``roundhouse_gateway_model_request_seconds``: the wait for the model, then the answer).
+        404 for a model not in ``family``; the coordinator's 429/503/504 while waiting for it."""
+        spec = self.spec(model_id, family)  # 404 before a metric label is made of an unknown id
+        client = self.client(spec)
+        upstream = Upstream(self, spec, client, lane=lane, timeout_s=timeout_s or self.request_timeout_s)
         t0 = time.perf_counter()
         outcome = "error"
         try:
-            result = await self._use(model_id, family, call, lane=lane, timeout_s=timeout_s)
+            await upstream.acquire()
+            yield upstream
             outcome = "ok"
-            return result
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise
-        finally:
-            self.metrics.model_request_seconds.labels(family, model_id, lane, outcome).observe(time.perf_counter() - t0)
-
-    async def _use(self, model_id: str, family: str, call: Callable[[ModelHostClient], Awaitable[T]],
-                   *, lane: str, timeout_s: float | None) -> T:
-        spec = self.spec(model_id, family)
-        client = self.client(spec)
-        timeout = timeout_s or self.request_timeout_s
-        for attempt in (1, 2):
-            await self.coordinator.acquire(model_id, lane=lane, timeout_s=timeout)
-            try:
-                return await call(client)
-            except UpstreamEnvelope as e:
-                if e.code != "model_not_ready" or attempt == 2:
-                    if e.status >= 500:
-                        self.metrics.upstream_errors.labels(client.name, "status_5xx").inc()
-                    raise
-                log.info("model %s was not ready at %s (%s); telling the coordinator and retrying", model_id, client.name, e.message)
-                self.coordinator.vanished(model_id)
-            except ServiceUnreachable:
-                self.metrics.upstream_errors.labels(client.name, "unreachable").inc()
-                self.coordinator.schedule_reconcile(family)
-                raise
-            except (DeadlineExceeded, UpstreamError) as e:  # no answer in time, or one without an envelope
+        except UpstreamEnvelope as e:
+            if e.status >= 500:
+                self.metrics.upstream_errors.labels(client.name, "status_5xx").inc()
+            raise
+        except ServiceUnreachable:
+            self.metrics.upstream_errors.labels(client.name, "unreachable").inc()
+            self.coordinator.schedule_reconcile(family)
+            raise
+        except (DeadlineExceeded, UpstreamError) as e:
+            if upstream.held:  # the service's, not the coordinator's (a wait for the model is not an upstream error)
                 kind = "timeout" if isinstance(e, DeadlineExceeded) else "bad_response"
                 self.metrics.upstream_errors.labels(client.name, kind).inc()
-                raise
-            finally:
-                self.coordinator.release(model_id)
-        raise AssertionError("unreachable")  # pragma: no cover
+            raise
+        finally:
+            upstream.release()
+            self.metrics.model_request_seconds.labels(family, model_id, lane, outcome).observe(time.perf_counter() - t0)
+
+    async def use(self, model_id: str, family: str, call: Any, *, lane: str = INTERACTIVE,
+                  timeout_s: float | None = None) -> Any:
+        """Transitional: ``await call(upstream)`` inside ``hold``. Being removed with the last callback caller."""
+        async with self.hold(model_id, family, lane=lane, timeout_s=timeout_s) as upstream:
+            return await call(upstream)
 
     async def load(self, model_id: str, request_id: str | None = None) -> dict[str, Any]:
         """Load through the coordinator (it decides what to evict), then describe the model."""
@@ -102,7 +173,7 @@ class ModelAccess:
             body = await self.client(spec).models()
         finally:
             self.coordinator.release(model_id)
-        row = next((m for m in body.get("data", []) if m["id"] == model_id), {"id": model_id})
+        row = next((m.model_dump() for m in body.data if m.id == model_id), {"id": model_id})
         return {**row, **self.coordinator.model_state(model_id)}
 
     async def unload(self, model_id: str, *, drain: bool, request_id: str | None = None) -> dict[str, Any]:
@@ -110,4 +181,4 @@ class ModelAccess:
         spec = self.spec(model_id)
         reply = await self.client(spec).unload(model_id, drain=drain, timeout_s=self.request_timeout_s, request_id=request_id)
         self.coordinator.vanished(model_id)
-        return reply
+        return reply.model_dump()

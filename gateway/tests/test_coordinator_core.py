@@ -28,7 +28,7 @@ def test_requests_arriving_during_a_load_join_it() -> None:
     for i in range(2, 6):
         acts = c.arrive(i, "A", 0.1 * i)
         assert not [a for a in acts if isinstance(a, (Load, Grant))]  # no second load, no early grant
-    acts = c.load_done("A", 2.0, ok=True, peak_bytes=3 * GiB)
+    acts = c.load_done("A", 2.0, ok=True, peak_memory_bytes=3 * GiB)
     assert sorted(a.req_id for a in acts if isinstance(a, Grant)) == [1, 2, 3, 4, 5]
     assert c.resident["A"].charged_bytes == 3 * GiB  # measured, not the estimate
 
@@ -36,7 +36,7 @@ def test_requests_arriving_during_a_load_join_it() -> None:
 def test_a_model_with_requests_in_flight_is_never_unloaded() -> None:
     c = core(budget=6 * GiB, A=4 * GiB, B=4 * GiB)
     c.arrive(1, "A", 0.0)
-    c.load_done("A", 2.0, ok=True, peak_bytes=4 * GiB)
+    c.load_done("A", 2.0, ok=True, peak_memory_bytes=4 * GiB)
     assert c.arrive(2, "A", 2.1) == [Grant(2, "A")]
     acts = c.arrive(3, "B", 2.2, lane=INTERACTIVE)  # wants A out at once
     assert not [a for a in acts if isinstance(a, Unload)]
@@ -53,7 +53,7 @@ def test_a_model_with_requests_in_flight_is_never_unloaded() -> None:
 def test_the_ledger_never_exceeds_the_budget_while_a_swap_is_in_flight() -> None:
     c = core(budget=6 * GiB, A=4 * GiB, B=4 * GiB)
     c.arrive(1, "A", 0.0)
-    c.load_done("A", 1.0, ok=True, peak_bytes=4 * GiB)
+    c.load_done("A", 1.0, ok=True, peak_memory_bytes=4 * GiB)
     c.release("A", 1.1)
     acts = c.arrive(2, "B", 5.0)
     assert Unload("A", "swap") in acts and Load("B") not in acts  # load only after the release is verified
@@ -84,7 +84,7 @@ def test_a_request_that_cannot_be_ready_in_time_is_refused_at_once_and_waiting_o
     c = Core("t", 6 * GiB, models)
     assert [a.kind for a in c.arrive(1, "A", 0, timeout_s=5) if isinstance(a, Fail)] == ["not_ready_in_time"]
     c.arrive(2, "B", 0, timeout_s=5)
-    c.load_done("B", 1.0, ok=True, peak_bytes=4 * GiB)
+    c.load_done("B", 1.0, ok=True, peak_memory_bytes=4 * GiB)
     c.arrive(3, "B", 1.1)  # B stays busy
     c.arrive(4, "A", 1.2, timeout_s=30)
     acts = c.tick(31.5)
@@ -94,7 +94,7 @@ def test_a_request_that_cannot_be_ready_in_time_is_refused_at_once_and_waiting_o
 def test_operator_unload_waits_for_in_flight_requests() -> None:
     c = core(A=4 * GiB)
     c.arrive(1, "A", 0)
-    c.load_done("A", 1, ok=True, peak_bytes=4 * GiB)
+    c.load_done("A", 1, ok=True, peak_memory_bytes=4 * GiB)
     assert not [a for a in c.request_unload("A", 2) if isinstance(a, Unload)]
     assert Unload("A", "request") in c.release("A", 3)
 
@@ -102,7 +102,7 @@ def test_operator_unload_waits_for_in_flight_requests() -> None:
 def test_invariant_check_catches_a_lying_ledger() -> None:
     c = core(budget=5 * GiB, A=4 * GiB)
     c.arrive(1, "A", 0)
-    c.load_done("A", 1, ok=True, peak_bytes=6 * GiB)  # measured bigger than the whole budget
+    c.load_done("A", 1, ok=True, peak_memory_bytes=6 * GiB)  # measured bigger than the whole budget
     with pytest.raises(InvariantBroken):
         c.check_invariants()
 
@@ -189,10 +189,10 @@ def test_random_traces_never_break_the_budget_load_twice_or_leave_a_request_unan
 def test_a_first_measurement_over_the_estimate_evicts_others_back_inside_the_budget() -> None:
     c = core(budget=10 * GiB, A=4 * GiB, B=4 * GiB)
     c.arrive(1, "A", 0)
-    c.load_done("A", 1, ok=True, peak_bytes=4 * GiB)
+    c.load_done("A", 1, ok=True, peak_memory_bytes=4 * GiB)
     c.release("A", 1.1)
     c.arrive(2, "B", 5)  # estimate 4 GiB fits beside A
-    acts = c.load_done("B", 6, ok=True, peak_bytes=7 * GiB)  # but B really needs 7
+    acts = c.load_done("B", 6, ok=True, peak_memory_bytes=7 * GiB)  # but B really needs 7
     assert Grant(2, "B") in acts  # B's waiters are served
     assert Unload("A", "over_budget") in acts  # and A goes at once (idle)
     c.unload_done("A", 6.5)

@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.middleware.base import BaseHTTPMiddleware
 
 from .catalog import Catalog
+from .contract import DeviceMemory, ModelRow, ModelsReply, ReadyReply, UnloadReply
 from .cuda import check_cuda_driver
 from .errors import REQUEST_ID_HEADER, install_error_handlers, request_id_of
 from .meter import MemoryMeter, open_meter
@@ -106,38 +107,35 @@ def create_host_app(
     async def live() -> dict:
         return {"status": "ok"}
 
-    @app.get("/health/ready", tags=["health"])
-    async def ready(request: Request) -> dict:
+    @app.get("/health/ready", tags=["health"], response_model=ReadyReply)
+    async def ready(request: Request) -> ReadyReply:
         h = host(request)
-        return {"status": "ok", "family": family.name, "models": len(h.runtime.entries), "worker_pid": h.runtime.worker_pid}
+        return ReadyReply(status="ok", family=family.name, models=len(h.runtime.entries), worker_pid=h.runtime.worker_pid)
 
     @app.get("/metrics", tags=["health"])
     async def metrics_route() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models", tags=["models"])
-    async def list_models(request: Request) -> dict:
+    @app.get("/v1/models", tags=["models"], response_model=ModelsReply)
+    async def list_models(request: Request) -> ModelsReply:
         h = host(request)
         device = h.meter.device()
-        return {
-            "object": "list",
-            "family": family.name,
-            "service": family.service,
-            "worker_pid": h.runtime.worker_pid,
-            "worker_memory_bytes": h.meter.process_bytes(h.runtime.worker_pid) if h.runtime.worker_pid else 0,
-            "meter": h.meter.kind,
-            "device": {"device": device.device, "total_bytes": device.total_bytes, "used_bytes": device.used_bytes},
-            "data": h.runtime.snapshot(),
-        }
+        return ModelsReply(
+            family=family.name, service=family.service, worker_pid=h.runtime.worker_pid,
+            worker_memory_bytes=h.meter.process_bytes(h.runtime.worker_pid) if h.runtime.worker_pid else 0,
+            meter=h.meter.kind,
+            device=DeviceMemory(device=device.device, total_bytes=device.total_bytes, used_bytes=device.used_bytes),
+            data=h.runtime.snapshot(),
+        )
 
-    @app.post("/v1/models/{name}/load", tags=["models"])
-    async def load(name: str, request: Request) -> dict:
+    @app.post("/v1/models/{name}/load", tags=["models"], response_model=ModelRow)
+    async def load(name: str, request: Request) -> ModelRow:
         h = host(request)
         entry = await h.runtime.ensure_ready(name)
         return h.runtime.describe(entry)
 
-    @app.post("/v1/models/{name}/unload", tags=["models"])
-    async def unload(name: str, request: Request, drain: bool = Query(False, description="Wait for in-flight requests instead of answering 409.")) -> dict:
+    @app.post("/v1/models/{name}/unload", tags=["models"], response_model=UnloadReply)
+    async def unload(name: str, request: Request, drain: bool = Query(False, description="Wait for in-flight requests instead of answering 409.")) -> UnloadReply:
         h = host(request)
         return await h.runtime.unload(name, drain=drain)
 

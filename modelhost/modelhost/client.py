@@ -9,37 +9,27 @@ refused connection is 503 ``service_unavailable``, a timeout 504.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
-from typing import Any
+from typing import Any, AsyncIterator, TypeVar
 
 import aiohttp
+from pydantic import BaseModel, ValidationError
 
-from .errors import REQUEST_ID_HEADER, DeadlineExceeded, RoundhouseError, Unavailable, UpstreamError
+from .contract import ModelRow, ModelsReply, ReadyReply, UnloadReply
+from .errors import (  # noqa: F401 - ServiceUnreachable and UpstreamEnvelope are re-exported for callers
+    REQUEST_ID_HEADER,
+    DeadlineExceeded,
+    ServiceUnreachable,
+    UpstreamEnvelope,
+    UpstreamError,
+)
 
 log = logging.getLogger(__name__)
 
-
-class UpstreamEnvelope(RoundhouseError):
-    """A service answered with an error envelope; the gateway passes it on as it came."""
-
-    def __init__(self, status: int, body: dict[str, Any], retry_after: str | None) -> None:
-        err = body.get("error") or {}
-        super().__init__(str(err.get("message") or "upstream error"), param=err.get("param"))
-        self.status = status
-        self.type = str(err.get("type") or "upstream_error")
-        self.code = str(err.get("code") or "upstream_error")
-        self.src = str(body.get("src") or "upstream")
-        if retry_after is not None:
-            try:
-                self.retry_after_s = float(retry_after)
-            except ValueError:
-                pass
-
-
-class ServiceUnreachable(Unavailable):
-    code = "service_unavailable"
+T = TypeVar("T", bound=BaseModel)
 
 
 def multipart(fields: dict[str, str | None], files: list[tuple[str, str, bytes]]) -> tuple[bytes, str]:
@@ -81,46 +71,93 @@ class ModelHostClient:
         params: dict[str, str] | None = None,
         content_type: str | None = None,
     ) -> Any:
-        headers: dict[str, str] | None = {REQUEST_ID_HEADER: request_id} if request_id else None
-        if content_type is not None:
-            headers = {**(headers or {}), "Content-Type": content_type}
-        url = self.base_url + path
-        try:
-            async with self._session.request(
-                method, url, json=json_body, data=data, params=params, headers=headers,
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
-            ) as resp:
+        """One call, its whole JSON answer read; errors as the module says."""
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        async with self._open(method, path, timeout=timeout, timeout_s=timeout_s, request_id=request_id,
+                              json_body=json_body, data=data, params=params, content_type=content_type) as resp:
+            try:
                 raw = await resp.read()
-                if 200 <= resp.status < 300:
-                    return json.loads(raw) if raw else None
+            except asyncio.TimeoutError as e:
+                raise DeadlineExceeded(f"{self.name} did not answer within {timeout_s:.0f} s", code="upstream_timeout") from e
+            except aiohttp.ClientError as e:
+                raise ServiceUnreachable(f"the {self.name} service closed the connection mid-answer; retry shortly",
+                                         retry_after_s=5) from e
+            return json.loads(raw) if raw else None
+
+    def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        first_byte_timeout_s: float,
+        request_id: str | None = None,
+        json_body: Any = None,
+    ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """A call whose 2xx answer is read as it arrives (``resp.content``), with no limit on its total
+        time: only the wait for each read is bounded. Errors before the body as ``request`` maps them."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=first_byte_timeout_s)
+        return self._open(method, path, timeout=timeout, timeout_s=first_byte_timeout_s, request_id=request_id,
+                          json_body=json_body)
+
+    @contextlib.asynccontextmanager
+    async def _open(self, method: str, path: str, *, timeout: aiohttp.ClientTimeout, timeout_s: float,
+                    request_id: str | None, json_body: Any = None, data: Any = None,
+                    params: dict[str, str] | None = None, content_type: str | None = None,
+                    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The one error mapping: a 2xx response is yielded unread; an envelope is raised as
+        ``UpstreamEnvelope``, any other non-2xx as 502, a refused connection as 503, a timeout as 504."""
+        headers: dict[str, str] = {REQUEST_ID_HEADER: request_id} if request_id else {}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        try:
+            resp = await self._session.request(method, self.base_url + path, json=json_body, data=data, params=params,
+                                               headers=headers or None, timeout=timeout)
+        except asyncio.TimeoutError as e:
+            raise DeadlineExceeded(f"{self.name} did not answer within {timeout_s:.0f} s", code="upstream_timeout") from e
+        except (aiohttp.ClientConnectionError, OSError) as e:
+            raise ServiceUnreachable(f"the {self.name} service is not reachable; retry shortly", retry_after_s=5) from e
+        try:
+            if not 200 <= resp.status < 300:
+                try:
+                    raw = await resp.read()
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    raw = b""
                 try:
                     body = json.loads(raw)
                 except ValueError:
                     body = None
                 if isinstance(body, dict) and isinstance(body.get("error"), dict):
                     raise UpstreamEnvelope(resp.status, body, resp.headers.get("Retry-After"))
-                raise UpstreamError(f"{self.name} answered {resp.status} without an error envelope", code="bad_upstream_response")
-        except (aiohttp.ClientConnectionError, OSError) as e:
-            if isinstance(e, (aiohttp.ServerTimeoutError,)):
-                raise DeadlineExceeded(f"{self.name} did not answer within {timeout_s:.0f} s", code="upstream_timeout") from e
-            raise ServiceUnreachable(f"the {self.name} service is not reachable; retry shortly", retry_after_s=5) from e
-        except asyncio.TimeoutError as e:
-            raise DeadlineExceeded(f"{self.name} did not answer within {timeout_s:.0f} s", code="upstream_timeout") from e
+                raise UpstreamError(f"{self.name} answered {resp.status} without an error envelope",
+                                    code="bad_upstream_response")
+            yield resp
+        finally:
+            resp.release()
 
     # the model host API ------------------------------------------------------------------------
 
-    async def models(self, *, timeout_s: float = 5.0) -> dict[str, Any]:
-        return await self.request("GET", "/v1/models", timeout_s=timeout_s)
+    async def models(self, *, timeout_s: float = 5.0) -> ModelsReply:
+        return self._parse(ModelsReply, await self.request("GET", "/v1/models", timeout_s=timeout_s))
 
-    async def ready(self, *, timeout_s: float = 2.0) -> dict[str, Any]:
-        return await self.request("GET", "/health/ready", timeout_s=timeout_s)
+    async def ready(self, *, timeout_s: float = 2.0) -> ReadyReply:
+        return self._parse(ReadyReply, await self.request("GET", "/health/ready", timeout_s=timeout_s))
 
-    async def load(self, model: str, *, timeout_s: float, request_id: str | None = None) -> dict[str, Any]:
-        return await self.request("POST", f"/v1/models/{model}/load", timeout_s=timeout_s, request_id=request_id)
+    async def load(self, model: str, *, timeout_s: float, request_id: str | None = None) -> ModelRow:
+        body = await self.request("POST", f"/v1/models/{model}/load", timeout_s=timeout_s, request_id=request_id)
+        return self._parse(ModelRow, body)
 
-    async def unload(self, model: str, *, drain: bool, timeout_s: float, request_id: str | None = None) -> dict[str, Any]:
-        return await self.request("POST", f"/v1/models/{model}/unload", params={"drain": "true" if drain else "false"},
+    async def unload(self, model: str, *, drain: bool, timeout_s: float, request_id: str | None = None) -> UnloadReply:
+        body = await self.request("POST", f"/v1/models/{model}/unload", params={"drain": "true" if drain else "false"},
                                   timeout_s=timeout_s, request_id=request_id)
+        return self._parse(UnloadReply, body)
+
+    def _parse(self, model: type[T], body: Any) -> T:
+        """A host-API reply as its contract type; one that does not fit is the service's fault (502)."""
+        try:
+            return model.model_validate(body)
+        except ValidationError as e:
+            raise UpstreamError(f"{self.name} answered a {model.__name__} that does not fit the contract: "
+                                f"{e.errors()[0].get('msg') if e.errors() else e}", code="bad_upstream_response") from e
 
 
 def new_session(*, limit: int = 256) -> aiohttp.ClientSession:

@@ -34,6 +34,10 @@ class RoundhouseError(Exception):
     code: str = "internal_error"
     retry_after_s: float | None = None
     """Seconds a client should wait before retrying (the Retry-After header); None = no header."""
+    retryable: bool = False
+    """Transient: the same request may well succeed later, unchanged (overloaded, not ready yet, slow).
+    A bulk job pauses and tries such an item again without counting an attempt; anything else is
+    permanent for that request (a 4xx is the item's final error, another 5xx counts an attempt)."""
 
     def __init__(
         self,
@@ -92,11 +96,13 @@ class UnsupportedMediaType(RoundhouseError):
 class Overloaded(RoundhouseError):
     status, type, code = 429, "rate_limit_error", "overloaded"
     retry_after_s = 1.0  # a 429 always says when to come back
+    retryable = True
 
 
 class Unavailable(RoundhouseError):
     status, type, code = 503, "unavailable_error", "unavailable"
     retry_after_s = 1.0  # a 503 always says when to come back
+    retryable = True
 
 
 class ModelNotReady(Unavailable):
@@ -109,16 +115,66 @@ class OutOfMemory(Unavailable):
     code = "out_of_memory"
 
 
+class InsufficientMemory(Unavailable):
+    """The model can never fit in its device's budget (the coordinator refuses it at once)."""
+
+    code = "insufficient_memory"
+    retryable = False
+
+
+class ServiceNotConfigured(Unavailable):
+    """The catalog has the model's family, but the gateway has no URL for its service."""
+
+    code = "service_not_configured"
+    retryable = False
+
+
+class ServiceUnreachable(Unavailable):
+    """A family service refused the connection (down, restarting)."""
+
+    code = "service_unavailable"
+
+
 class UpstreamError(RoundhouseError):
     status, type, code = 502, "upstream_error", "upstream_error"
 
 
+class UpstreamEnvelope(RoundhouseError):
+    """A service answered with an error envelope: the gateway passes it on as it came (its ``src`` kept),
+    transient or not by its status."""
+
+    def __init__(self, status: int, body: Mapping[str, Any], retry_after: str | None) -> None:
+        err = body.get("error") or {}
+        super().__init__(str(err.get("message") or "upstream error"), param=err.get("param"))
+        self.status = status
+        self.type = str(err.get("type") or "upstream_error")
+        self.code = str(err.get("code") or "upstream_error")
+        self.src = str(body.get("src") or "upstream")
+        self.retryable = status in (429, 503, 504)
+        if retry_after is not None:
+            try:
+                self.retry_after_s = float(retry_after)
+            except ValueError:
+                pass
+
+
 class DeadlineExceeded(RoundhouseError):
     status, type, code = 504, "timeout_error", "deadline_exceeded"
+    retryable = True
 
 
 class InternalError(RoundhouseError):
     status, type, code = 500, "server_error", "internal_error"
+
+
+class ModelLoadFailed(RoundhouseError):
+    """The model's load or warm-up failed (its cause in the message)."""
+
+    status, type, code = 500, "server_error", "model_load_failed"
+
+
+class InferenceFailed(RoundhouseError):
+    status, type, code = 500, "server_error", "inference_failed"
 
 
 def new_request_id() -> str:

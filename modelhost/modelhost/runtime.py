@@ -31,7 +31,10 @@ from typing import Any, AsyncIterator
 
 from .batching import Batcher
 from .catalog import Catalog, ModelSpec
+from .contract import LoadMeasurement, ModelRow, UnloadReply
 from .errors import (
+    InferenceFailed,
+    ModelLoadFailed,
     Conflict,
     ModelLeased,
     ModelNotFound,
@@ -51,14 +54,6 @@ log = logging.getLogger(__name__)
 S = ModelState
 
 
-class ModelLoadFailed(RoundhouseError):
-    status, type, code = 500, "server_error", "model_load_failed"
-
-
-class InferenceFailed(RoundhouseError):
-    status, type, code = 500, "server_error", "inference_failed"
-
-
 @dataclass
 class ModelEntry:
     spec: ModelSpec
@@ -67,7 +62,7 @@ class ModelEntry:
     reason: str | None = None
     device: str | None = None
     memory_bytes: int | None = None
-    peak_bytes: int | None = None
+    peak_memory_bytes: int | None = None
     load_s: float | None = None
     warmup_s: float | None = None
     loaded_at: float | None = None
@@ -244,7 +239,8 @@ class ModelRuntime:
             log.exception("model %s: load failed unexpectedly", spec.id)
             self._fail_load(entry, f"{type(e).__name__}: {e}")
             return
-        device = str(info["device"])
+        measured: LoadMeasurement = info
+        device = measured.device
         if spec.wants_gpu and not device.startswith("cuda") and not spec.allow_cpu_fallback:
             # Honest readiness: the catalog asked for a GPU and the model would run on CPU.
             with contextlib.suppress(WorkerError, WorkerDied):
@@ -257,21 +253,21 @@ class ModelRuntime:
             await self._stop_worker_if_empty()
             return
         entry.device = device
-        entry.memory_bytes = int(info["memory_bytes"])
-        entry.peak_bytes = int(info["peak_bytes"])
-        entry.load_s = float(info["load_s"])
-        entry.warmup_s = float(info["warmup_s"])
+        entry.memory_bytes = measured.memory_bytes
+        entry.peak_memory_bytes = measured.peak_memory_bytes
+        entry.load_s = measured.load_s
+        entry.warmup_s = measured.warmup_s
         entry.loaded_at = time.time()
         entry.last_used = entry.loaded_at
         entry.last_used_mono = time.monotonic()
         entry.batcher = self._make_batcher(entry)
         entry.batcher.start()
         self.metrics.memory.labels(self.family, spec.id).set(entry.memory_bytes)
-        self.metrics.peak_memory.labels(self.family, spec.id).set(entry.peak_bytes)
+        self.metrics.peak_memory.labels(self.family, spec.id).set(entry.peak_memory_bytes)
         self.metrics.load_seconds.labels(self.family, spec.id).observe(entry.load_s + entry.warmup_s)
         self._transition(
             entry, S.READY,
-            f"on {device}, {entry.memory_bytes / 2**20:.0f} MiB resident, peak {entry.peak_bytes / 2**20:.0f} MiB, "
+            f"on {device}, {entry.memory_bytes / 2**20:.0f} MiB resident, peak {entry.peak_memory_bytes / 2**20:.0f} MiB, "
             f"load {entry.load_s:.2f} s + warm-up {entry.warmup_s:.2f} s",
         )
 
@@ -344,7 +340,7 @@ class ModelRuntime:
 
     # unload --------------------------------------------------------------------------------------
 
-    async def unload(self, name: str, *, drain: bool = False, reason: str = "request") -> dict[str, Any]:
+    async def unload(self, name: str, *, drain: bool = False, reason: str = "request") -> UnloadReply:
         """Unload ``name`` and return once its memory is released, with what was freed."""
         entry = self.entry(name)
         while True:
@@ -354,11 +350,11 @@ class ModelRuntime:
             if entry.state is S.UNLOADING and entry.unload_task is not None:
                 return await asyncio.shield(entry.unload_task)
             if entry.state is S.UNLOADED:
-                return {"model": name, "state": entry.state.value, "freed_bytes": 0, "unload_s": 0.0, "worker_stopped": False}
+                return UnloadReply(model=name, state=entry.state.value, freed_bytes=0, unload_s=0.0, worker_stopped=False)
             if entry.state is S.FAILED:
                 self._transition(entry, S.UNLOADED, "failure cleared")
                 await self._stop_worker_if_empty()
-                return {"model": name, "state": entry.state.value, "freed_bytes": 0, "unload_s": 0.0, "worker_stopped": False}
+                return UnloadReply(model=name, state=entry.state.value, freed_bytes=0, unload_s=0.0, worker_stopped=False)
             break  # READY
         if entry.leases and not drain:
             raise ModelLeased(
@@ -379,7 +375,7 @@ class ModelRuntime:
         entry.unload_task = asyncio.create_task(self._unload(entry, reason), name=f"unload-{name}")
         return await asyncio.shield(entry.unload_task)
 
-    async def _unload(self, entry: ModelEntry, reason: str) -> dict[str, Any]:
+    async def _unload(self, entry: ModelEntry, reason: str) -> UnloadReply:
         name = entry.spec.id
         t0 = time.perf_counter()
         if entry.batcher is not None:
@@ -410,7 +406,8 @@ class ModelRuntime:
         self.metrics.unloads.labels(self.family, name, reason).inc()
         if entry.state is S.UNLOADING:
             self._transition(entry, S.UNLOADED, f"freed {freed / 2**20:.0f} MiB in {unload_s:.2f} s")
-        return {"model": name, "state": entry.state.value, "freed_bytes": freed, "unload_s": unload_s, "worker_stopped": worker_stopped}
+        return UnloadReply(model=name, state=entry.state.value, freed_bytes=freed, unload_s=unload_s,
+                           worker_stopped=worker_stopped)
 
     # worker --------------------------------------------------------------------------------------
 
@@ -479,34 +476,18 @@ class ModelRuntime:
 
     # views ---------------------------------------------------------------------------------------
 
-    def describe(self, entry: ModelEntry) -> dict[str, Any]:
+    def describe(self, entry: ModelEntry) -> ModelRow:
         s = entry.spec
-        return {
-            "id": s.id,
-            "family": s.family,
-            "backend": s.backend,
-            "source": s.source,
-            "state": entry.state.value,
-            "reason": entry.reason,
-            "device_requested": s.device,
-            "device": entry.device,
-            "memory_bytes": entry.memory_bytes,
-            "peak_memory_bytes": entry.peak_bytes,
-            "memory_estimate_bytes": s.memory_estimate_bytes,
-            "load_s": entry.load_s,
-            "warmup_s": entry.warmup_s,
-            "loaded_at": entry.loaded_at,
-            "last_used": entry.last_used,
-            "in_flight": entry.leases,
-            "queue_depth": entry.batcher.depth if entry.batcher else 0,
-            "ttl_s": s.ttl_s,
-            "pin": s.pin,
-            "priority": s.priority,
-            "group": s.group,
-            "max_batch": s.max_batch,
-        }
+        return ModelRow(
+            id=s.id, family=s.family, backend=s.backend, source=s.source, state=entry.state.value,
+            reason=entry.reason, device_requested=s.device, device=entry.device, memory_bytes=entry.memory_bytes,
+            peak_memory_bytes=entry.peak_memory_bytes, memory_estimate_bytes=s.memory_estimate_bytes,
+            load_s=entry.load_s, warmup_s=entry.warmup_s, loaded_at=entry.loaded_at, last_used=entry.last_used,
+            in_flight=entry.leases, queue_depth=entry.batcher.depth if entry.batcher else 0, ttl_s=s.ttl_s,
+            pin=s.pin, priority=s.priority, group=s.group, max_batch=s.max_batch,
+        )
 
-    def snapshot(self) -> list[dict[str, Any]]:
+    def snapshot(self) -> list[ModelRow]:
         return [self.describe(e) for e in self.entries.values()]
 
     @property

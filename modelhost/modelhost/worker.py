@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Callable
 
+from .contract import LoadMeasurement
+
 log = logging.getLogger(__name__)
 
 
@@ -164,7 +166,7 @@ class _Child:
 
     # ops ------------------------------------------------------------------------------------
 
-    def op_load(self, payload: dict) -> dict:
+    def op_load(self, payload: dict) -> LoadMeasurement:
         from .backend import import_backend
         from .catalog import ModelSpec
 
@@ -192,13 +194,13 @@ class _Child:
             raise WorkerError("load_failed", f"{type(e).__name__}: {e}") from e
         after = self.meter.read()
         self.models[spec.id] = backend
-        return {
-            "device": device,
-            "memory_bytes": max(0, after - before),
-            "peak_bytes": max(0, sampler.peak - before, after - before),
-            "load_s": t1 - t0,
-            "warmup_s": t2 - t1,
-        }
+        return LoadMeasurement(
+            device=str(device),
+            memory_bytes=max(0, after - before),
+            peak_memory_bytes=max(0, sampler.peak - before, after - before),
+            load_s=t1 - t0,
+            warmup_s=t2 - t1,
+        )
 
     def op_unload(self, payload: dict) -> dict:
         name = payload["model"]

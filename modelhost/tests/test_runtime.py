@@ -108,11 +108,11 @@ async def test_ready_means_warmed_up_with_measured_memory(make_runtime) -> None:
     entry = await rt.ensure_ready("a")
     assert entry.device == "cpu"
     assert entry.memory_bytes >= 60 * MiB
-    assert entry.peak_bytes >= entry.memory_bytes
+    assert entry.peak_memory_bytes >= entry.memory_bytes
     assert entry.load_s is not None and entry.warmup_s is not None
     assert sample(rt, "roundhouse_model_memory_bytes", model="a") == entry.memory_bytes
     view = rt.describe(entry)
-    assert view["state"] == "ready" and view["memory_bytes"] == entry.memory_bytes
+    assert view.state == "ready" and view.memory_bytes == entry.memory_bytes
 
 
 async def test_unknown_model_is_model_not_found(make_runtime) -> None:
@@ -187,7 +187,7 @@ async def test_unload_of_leased_model_is_refused(make_runtime) -> None:
         assert info.value.status == 409 and info.value.code == "model_in_use"
         assert rt.entries["a"].state is S.READY
     result = await rt.unload("a")
-    assert result["state"] == "unloaded"
+    assert result.state == "unloaded"
 
 
 async def test_unload_with_drain_waits_for_lease_release_and_refuses_new_leases(make_runtime, wait_until) -> None:
@@ -218,7 +218,7 @@ async def test_unload_with_drain_waits_for_lease_release_and_refuses_new_leases(
     go.set()
     assert (await asyncio.wait_for(holder, DEADLINE_S))["value"] == 8
     result = await asyncio.wait_for(unloading, DEADLINE_S)
-    assert result["state"] == "unloaded" and rt.entries["a"].state is S.UNLOADED
+    assert result.state == "unloaded" and rt.entries["a"].state is S.UNLOADED
 
 
 async def test_unload_during_load_waits_for_the_load_then_unloads(make_runtime, wait_until) -> None:
@@ -227,7 +227,7 @@ async def test_unload_during_load_waits_for_the_load_then_unloads(make_runtime, 
     await wait_until(lambda: rt.entries["a"].state is S.LOADING, "the load begins")
     result = await asyncio.wait_for(rt.unload("a"), DEADLINE_S)
     await loading
-    assert result["state"] == "unloaded" and rt.entries["a"].state is S.UNLOADED
+    assert result.state == "unloaded" and rt.entries["a"].state is S.UNLOADED
     assert rt.worker_pid is None
 
 
@@ -236,7 +236,7 @@ async def test_unload_of_failed_model_clears_the_failure(make_runtime) -> None:
     with pytest.raises(ModelLoadFailed):
         await rt.ensure_ready("a")
     result = await rt.unload("a")
-    assert result["state"] == "unloaded" and rt.entries["a"].reason is None
+    assert result.state == "unloaded" and rt.entries["a"].reason is None
 
 
 async def test_reaper_unloads_idle_model_after_ttl_but_not_a_leased_one(make_runtime, wait_until) -> None:
@@ -270,15 +270,15 @@ async def test_last_unload_ends_the_worker_and_frees_its_memory(make_runtime) ->
     assert pid is not None and psutil.pid_exists(pid)
 
     first = await rt.unload("b")
-    assert first["worker_stopped"] is False
-    assert first["freed_bytes"] >= 30 * MiB  # the model's memory, freed inside the live worker
+    assert first.worker_stopped is False
+    assert first.freed_bytes >= 30 * MiB  # the model's memory, freed inside the live worker
     assert rt.worker_pid == pid and psutil.pid_exists(pid)
     [result] = await infer_each(rt, "a", [1])
     assert result["pid"] == pid  # the other model still serves from the same worker
 
     last = await rt.unload("a")
-    assert last["worker_stopped"] is True
-    assert last["freed_bytes"] >= 64 * MiB
+    assert last.worker_stopped is True
+    assert last.freed_bytes >= 64 * MiB
     assert not psutil.pid_exists(pid)
     assert rt.worker_pid is None
     assert sample(rt, "roundhouse_model_worker_up") == 0

@@ -164,7 +164,7 @@ class Core:
             r.last_used = now
         return self._step(now)
 
-    def load_done(self, model: str, now: float, *, ok: bool, peak_bytes: int | None = None,
+    def load_done(self, model: str, now: float, *, ok: bool, peak_memory_bytes: int | None = None,
                   load_s: float | None = None, reason: str = "") -> list[Action]:
         if model != self.loading:
             log.warning("%s: load_done for %s, which was not loading; ignored", self.device, model)
@@ -175,7 +175,7 @@ class Core:
         info = self.models[model]
         actions: list[Action] = []
         if ok:
-            charged = peak_bytes if peak_bytes else info.footprint_bytes
+            charged = peak_memory_bytes if peak_memory_bytes else info.footprint_bytes
             info.footprint_bytes = max(charged, 1)
             if load_s is not None:
                 info.load_s = load_s

@@ -8,10 +8,12 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from modelhost.catalog import ModelSpec
 from modelhost.client import ModelHostClient
+from modelhost.contract import ModelRow
+from modelhost.errors import UpstreamError
 from modelhost.meter import MemoryMeter
 
 log = logging.getLogger(__name__)
@@ -19,7 +21,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Loaded:
-    peak_bytes: int
+    peak_memory_bytes: int
     load_s: float
     device: str
 
@@ -37,7 +39,7 @@ class Effects(Protocol):
 
     async def unload(self, spec: ModelSpec, charged_bytes: int) -> Released: ...
 
-    async def models(self, family: str) -> list[dict[str, Any]]: ...
+    async def models(self, family: str) -> list[ModelRow]: ...
 
 
 class HttpEffects:
@@ -50,10 +52,11 @@ class HttpEffects:
         self.release_tolerance = release_tolerance
 
     async def load(self, spec: ModelSpec) -> Loaded:
-        info = await self.clients[spec.family].load(spec.id, timeout_s=self.load_timeout_s)
-        peak = int(info.get("peak_memory_bytes") or info.get("memory_bytes") or spec.memory_estimate_bytes)
-        return Loaded(peak_bytes=peak, load_s=float(info.get("load_s") or 0) + float(info.get("warmup_s") or 0),
-                      device=str(info.get("device")))
+        row = await self.clients[spec.family].load(spec.id, timeout_s=self.load_timeout_s)
+        if row.peak_memory_bytes is None:
+            raise UpstreamError(f"{spec.id} was loaded but its service measured no peak_memory_bytes",
+                                code="bad_upstream_response")
+        return Loaded(peak_memory_bytes=row.peak_memory_bytes, load_s=row.ready_s, device=str(row.device))
 
     async def unload(self, spec: ModelSpec, charged_bytes: int) -> Released:
         """Unload and verify: the service says the memory is freed AND the meter agrees, within a
@@ -62,9 +65,9 @@ class HttpEffects:
         meter = self.meters.get(spec.device if ":" in spec.device else ("cuda:0" if spec.wants_gpu else "cpu"))
         used_before = meter.device().used_bytes if meter is not None else None
         reply = await self.clients[spec.family].unload(spec.id, drain=True, timeout_s=self.release_timeout_s + self.load_timeout_s)
-        freed = int(reply.get("freed_bytes") or 0)
-        if reply.get("state") != "unloaded":
-            return Released(freed, False, time.monotonic() - t0, f"service answered state {reply.get('state')}")
+        freed = reply.freed_bytes
+        if reply.state != "unloaded":
+            return Released(freed, False, time.monotonic() - t0, f"service answered state {reply.state}")
         if meter is None:
             # Host memory: the service measured its own worker's release (process RSS, or the
             # worker's end); the host's total is too noisy to second-guess it.
@@ -83,6 +86,5 @@ class HttpEffects:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
 
-    async def models(self, family: str) -> list[dict[str, Any]]:
-        body = await self.clients[family].models()
-        return list(body.get("data", []))
+    async def models(self, family: str) -> list[ModelRow]:
+        return (await self.clients[family].models()).data

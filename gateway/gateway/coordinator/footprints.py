@@ -24,10 +24,13 @@ class FootprintStore:
             log.warning("footprint file %s unreadable (%s); starting from catalog estimates", path, e)
 
     def get(self, model: str) -> dict | None:
-        return self._data.get(model)
+        known = self._data.get(model)
+        if known is not None and "peak_memory_bytes" not in known and "peak_bytes" in known:
+            known["peak_memory_bytes"] = known.pop("peak_bytes")  # the name files written before 0.2 used
+        return known
 
-    def record(self, model: str, *, peak_bytes: int, load_s: float, device: str) -> None:
-        self._data[model] = {"peak_bytes": int(peak_bytes), "load_s": float(load_s), "device": device,
+    def record(self, model: str, *, peak_memory_bytes: int, load_s: float, device: str) -> None:
+        self._data[model] = {"peak_memory_bytes": int(peak_memory_bytes), "load_s": float(load_s), "device": device,
                              "measured_at": time.time()}
         self._save()
 

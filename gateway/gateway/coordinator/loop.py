@@ -65,7 +65,7 @@ class Coordinator:
             dev = device_key(spec)
             self.device_of[spec.id] = dev
             known = store.get(spec.id)
-            footprint = int(known["peak_bytes"]) if known else spec.memory_estimate_bytes
+            footprint = int(known["peak_memory_bytes"]) if known else spec.memory_estimate_bytes
             load_s = float(known["load_s"]) if known else 2.0
             by_device.setdefault(dev, {})[spec.id] = ModelInfo(
                 spec.id, footprint, pin=spec.pin, priority=spec.priority, group=spec.group, load_s=load_s)
@@ -211,13 +211,13 @@ class Coordinator:
             self._apply(dev, core.load_done(model, self.clock(), ok=False, reason=f"{model} failed to load: {type(e).__name__}"))
             return
         self._load_errors.pop(model, None)
-        self.store.record(model, peak_bytes=loaded.peak_bytes, load_s=loaded.load_s, device=loaded.device)
+        self.store.record(model, peak_memory_bytes=loaded.peak_memory_bytes, load_s=loaded.load_s, device=loaded.device)
         if self.metrics is not None:
             self.metrics.loads.labels(model, "loaded").inc()
             self.metrics.load_seconds.labels(model).observe(time.monotonic() - t0)
-        log.info("%s: %s ready, measured peak %.0f MiB (ledger %.0f / %.0f MiB)", dev, model, loaded.peak_bytes / 2**20,
-                 (core.used_bytes() - core.loading_bytes + loaded.peak_bytes) / 2**20, core.budget_bytes / 2**20)
-        self._apply(dev, core.load_done(model, self.clock(), ok=True, peak_bytes=loaded.peak_bytes, load_s=loaded.load_s))
+        log.info("%s: %s ready, measured peak %.0f MiB (ledger %.0f / %.0f MiB)", dev, model, loaded.peak_memory_bytes / 2**20,
+                 (core.used_bytes() - core.loading_bytes + loaded.peak_memory_bytes) / 2**20, core.budget_bytes / 2**20)
+        self._apply(dev, core.load_done(model, self.clock(), ok=True, peak_memory_bytes=loaded.peak_memory_bytes, load_s=loaded.load_s))
 
     async def _unload(self, dev: str, model: str, reason: str) -> None:
         spec = self.catalog.get(model)
@@ -267,7 +267,7 @@ class Coordinator:
         except RoundhouseError as e:
             log.warning("reconcile %s: service unreachable (%s); its models leave the ledger", family, e.message)
             rows = []
-        live = {r["id"]: r for r in rows if r.get("state") in ("ready", "loading", "unloading")}
+        live = {r.id: r for r in rows if r.resident}
         for dev, core in self.cores.items():
             now = self.clock()
             for model in list(core.resident):
@@ -275,9 +275,9 @@ class Coordinator:
                     log.warning("reconcile %s: %s is not loaded at its service; the ledger forgets it", family, model)
                     self._apply(dev, core.vanished(model, now))
             for model, row in live.items():
-                if self.device_of.get(model) == dev and row.get("state") == "ready" and model not in core.resident \
+                if self.device_of.get(model) == dev and row.state == "ready" and model not in core.resident \
                         and model != core.loading and model not in core.unloading:
-                    charged = int(row.get("peak_memory_bytes") or row.get("memory_bytes") or core.models[model].footprint_bytes)
+                    charged = row.peak_memory_bytes or row.memory_bytes or core.models[model].footprint_bytes
                     log.warning("reconcile %s: %s is loaded at its service; the ledger charges %.0f MiB", family, model, charged / 2**20)
                     self._apply(dev, core.appeared(model, charged, now))
 

@@ -162,7 +162,7 @@ def simulate_core(trace: list[TraceRequest], models: dict[str, SimModel], budget
             (model,) = args
             loads_in_flight.discard(model)
             spec = models[model]
-            apply(core.load_done(model, now, ok=not spec.fail_load, peak_bytes=spec.footprint_bytes,
+            apply(core.load_done(model, now, ok=not spec.fail_load, peak_memory_bytes=spec.footprint_bytes,
                                  load_s=spec.load_s, reason="simulated load failure"), now)
         elif kind == "unload_done":
             (model,) = args

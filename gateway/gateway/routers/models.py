@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
+from modelhost.contract import ModelRow, ModelsReply
 from modelhost.errors import RoundhouseError, request_id_of
 
 from ..schemas import AdminModel, AdminModels, ModelCard, ModelList
@@ -26,7 +27,7 @@ async def list_models(request: Request) -> ModelList:
 async def admin_models(request: Request) -> AdminModels:
     g = gw(request)
 
-    async def fetch(family: str) -> tuple[str, dict[str, Any] | None, str | None]:
+    async def fetch(family: str) -> tuple[str, ModelsReply | None, str | None]:
         try:
             return family, await g.clients[family].models(), None
         except RoundhouseError as e:
@@ -34,30 +35,36 @@ async def admin_models(request: Request) -> AdminModels:
             return family, None, e.message
 
     answers = await asyncio.gather(*(fetch(f) for f in g.clients))
-    live: dict[str, dict[str, Any]] = {}
+    live: dict[str, ModelRow] = {}
     services: dict[str, Any] = {}
     for family, body, error in answers:
         services[family] = {"url": g.clients[family].base_url, "reachable": body is not None, "error": error}
         if body is not None:
-            services[family].update(worker_pid=body.get("worker_pid"), worker_memory_bytes=body.get("worker_memory_bytes"),
-                                    meter=body.get("meter"), device=body.get("device"))
-            for m in body.get("data", []):
-                live[m["id"]] = m
+            services[family].update(worker_pid=body.worker_pid, worker_memory_bytes=body.worker_memory_bytes,
+                                    meter=body.meter, device=body.device.model_dump())
+            for m in body.data:
+                live[m.id] = m
     rows = []
     for spec in g.catalog.models:
-        m = live.get(spec.id, {})
+        m = live.get(spec.id)
         ledger = g.coordinator.model_state(spec.id)
         rows.append(AdminModel(
             id=spec.id, family=spec.family,
             service=g.clients[spec.family].name if spec.family in g.clients else "not configured",
-            state=m.get("state", "unknown"), reason=m.get("reason"), device=m.get("device"),
-            device_requested=spec.device, memory_bytes=m.get("memory_bytes"), peak_memory_bytes=m.get("peak_memory_bytes"),
-            memory_estimate_bytes=spec.memory_estimate_bytes, load_s=m.get("load_s"), last_used=m.get("last_used"),
-            in_flight=m.get("in_flight", 0), queue_depth=ledger["queue_depth"] + m.get("queue_depth", 0),
+            device_requested=spec.device, memory_estimate_bytes=spec.memory_estimate_bytes, **_as_served(m),
+            queue_depth=ledger["queue_depth"] + (m.queue_depth if m else 0),
             ledger_state=ledger["ledger_state"], device_ledger=ledger["device_ledger"], ttl_s=spec.ttl_s,
             pin=spec.pin, priority=spec.priority, group=spec.group,
         ))
     return AdminModels(data=rows, services=services)
+
+
+_SERVED = {"state", "reason", "device", "memory_bytes", "peak_memory_bytes", "load_s", "last_used", "in_flight"}
+
+
+def _as_served(row: ModelRow | None) -> dict[str, Any]:
+    """What the model's service says of it; state "unknown" when the service did not answer."""
+    return row.model_dump(include=_SERVED) if row is not None else {"state": "unknown"}
 
 
 @router.post("/admin/models/{model_id}/load", tags=["admin"], summary="Load a model now; returns when it is ready")

@@ -1,0 +1,105 @@
+"""The model host API's contract: what every family service answers on its host routes, typed once.
+
+The services use these as their response models; ``ModelHostClient`` returns them parsed, so the gateway
+reads attributes, never dict keys, and a renamed field fails loudly at the first reply instead of
+silently turning a ledger figure into ``None``.
+
+One name for a model's measured memory, from the worker to the ledger to the metric:
+``peak_memory_bytes`` — the peak the worker measured during the model's load and warm-up. It is what
+the coordinator charges, what ``footprints.json`` remembers and what ``roundhouse_model_peak_memory_bytes``
+exports. ``memory_bytes`` is what stayed resident after the warm-up (informational).
+
+Pydantic and the standard library only: the gateway's environment imports this without any family's stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel, Field
+
+
+@dataclass(frozen=True)
+class LoadMeasurement:
+    """What the worker measured while loading a model (sent over the worker pipe)."""
+
+    device: str
+    memory_bytes: int
+    peak_memory_bytes: int
+    load_s: float
+    warmup_s: float
+
+
+class ModelRow(BaseModel):
+    """One catalog model of a family service and its state there (``GET /v1/models``, and the answer
+    of ``POST /v1/models/{name}/load``)."""
+
+    id: str
+    family: str
+    backend: str
+    source: str | None = None
+    state: str = Field(description="unloaded, loading, ready, unloading or failed.")
+    reason: str | None = Field(None, description="Why it is in this state (a failed load's cause, ...).")
+    device_requested: str
+    device: str | None = Field(None, description="Where it runs once loaded.")
+    memory_bytes: int | None = Field(None, description="Device memory it holds after its warm-up.")
+    peak_memory_bytes: int | None = Field(
+        None, description="Peak device memory measured during its load and warm-up: what the coordinator charges.")
+    memory_estimate_bytes: int
+    load_s: float | None = None
+    warmup_s: float | None = None
+    loaded_at: float | None = None
+    last_used: float | None = None
+    in_flight: int = 0
+    queue_depth: int = Field(0, description="Items waiting in the service's batcher.")
+    ttl_s: float | None = None
+    pin: bool = False
+    priority: int = 0
+    group: str | None = None
+    max_batch: int = 1
+
+    @property
+    def resident(self) -> bool:
+        """Holds (or is about to hold, or is still releasing) device memory."""
+        return self.state in ("ready", "loading", "unloading")
+
+    @property
+    def ready_s(self) -> float:
+        """Seconds from a load request to ready: the load and the warm-up."""
+        return (self.load_s or 0.0) + (self.warmup_s or 0.0)
+
+
+class DeviceMemory(BaseModel):
+    device: str
+    total_bytes: int
+    used_bytes: int
+
+
+class ModelsReply(BaseModel):
+    """``GET /v1/models`` of a family service: its models and its worker."""
+
+    object: str = "list"
+    family: str
+    service: str
+    worker_pid: int | None = None
+    worker_memory_bytes: int = 0
+    meter: str = Field(description="How memory is measured: nvml or host.")
+    device: DeviceMemory
+    data: list[ModelRow]
+
+
+class UnloadReply(BaseModel):
+    """``POST /v1/models/{name}/unload``: answered once the memory is released."""
+
+    model: str
+    state: str
+    freed_bytes: int = Field(description="Device memory the release gave back, as the service measured it.")
+    unload_s: float
+    worker_stopped: bool = Field(description="The last resident model left, so the worker process ended.")
+
+
+class ReadyReply(BaseModel):
+    status: str
+    family: str
+    models: int
+    worker_pid: int | None = None
