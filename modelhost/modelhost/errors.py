@@ -19,6 +19,7 @@ from typing import Any, Mapping
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,41 @@ class ModelLoadFailed(RoundhouseError):
 
 class InferenceFailed(RoundhouseError):
     status, type, code = 500, "server_error", "inference_failed"
+
+
+class ErrorBody(BaseModel):
+    type: str = Field(description="The error's class: invalid_request_error, not_found_error, unavailable_error, ...")
+    code: str = Field(description="The condition, a string: model_not_found, payload_too_large, ...")
+    message: str
+    param: str | None = Field(None, description="The request field at fault, where there is one.")
+
+
+class ErrorEnvelope(BaseModel):
+    """Every error answer of every component."""
+
+    src: str = Field(description="The component that answered: gateway, caption-svc, ...")
+    request_id: str
+    error: ErrorBody
+
+
+_DESCRIPTIONS = {
+    400: "Bad input: a field out of range, a file that is not what it claims, ...",
+    401: "No or a wrong API key.",
+    404: "An unknown model, job or voice.",
+    409: "Conflict with the resource's state.",
+    413: "The body, a file or an image's pixels over the limit.",
+    415: "A Content-Type or file format not taken here.",
+    422: "The body does not fit the schema.",
+    429: "Overloaded: the model's queue is full (Retry-After).",
+    502: "The family service answered something unreadable.",
+    503: "Not ready: the model cannot be loaded in time or its service is down (Retry-After).",
+    504: "The deadline passed while waiting.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route: each status it can answer, documented with the envelope."""
+    return {s: {"model": ErrorEnvelope, "description": _DESCRIPTIONS[s]} for s in statuses}
 
 
 def new_request_id() -> str:

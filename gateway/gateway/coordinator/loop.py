@@ -311,6 +311,14 @@ class Coordinator:
             }
         return out
 
+    def requests_active(self, dev: str) -> int:
+        """Requests on ``dev`` between ``acquire`` and ``release``: granted and in flight, or waiting.
+        The jobs runner compares it with its own count to see interactive traffic."""
+        core = self.cores.get(dev)
+        if core is None:
+            return 0
+        return sum(r.in_flight for r in core.resident.values()) + sum(len(q) for q in core.queues.values())
+
     def model_state(self, model: str) -> dict[str, Any]:
         dev = self.device_of[model]
         core = self.cores[dev]

@@ -112,11 +112,7 @@ class InteractiveGate:
         self.open_until: dict[str, float] = {}
 
     def others_active(self, dev: str) -> bool:
-        core = self.coordinator.cores.get(dev)
-        if core is None:
-            return False
-        total = sum(r.in_flight for r in core.resident.values()) + sum(len(q) for q in core.queues.values())
-        return total > self.mine[dev]
+        return self.coordinator.requests_active(dev) > self.mine[dev]
 
     def yielding(self, dev: str) -> bool:
         return dev in self.held_since
