@@ -1,0 +1,256 @@
+"""The worker child: the process that holds a family's models (``python -m modelhost.worker``).
+
+``modelhost.worker`` states why models live in a child and the protocol; this module is the child's
+side of it. It starts a thread per model, so a long load of one model never blocks inference on
+another. Inside ``infer`` an out-of-memory error splits the batch in halves and retries down to
+single items; only a single item that does not fit fails, with kind ``out_of_memory``. Any other
+failure of a batch retries its items one by one, so one bad item never fails its batch-mates.
+
+Nothing a backend raises ends the child: every error is answered as ``(msg_id, "err", ...)``. The
+child ends when the parent asks (``shutdown``) or goes away (its end of the pipe closes).
+
+The classes it pickles back (``ItemOutcome``) are imported from ``modelhost.worker`` under their
+real name, so the parent can unpickle them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from typing import Any, Callable
+
+from .contract import LoadMeasurement
+from .worker import ItemOutcome, WorkerError
+
+log = logging.getLogger(__name__)
+
+
+class _Sampler:
+    """Samples a memory reading in a thread and keeps the peak (load + warm-up peak)."""
+
+    def __init__(self, read: Callable[[], int], interval_s: float = 0.01) -> None:
+        self._read = read
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self.peak = read()
+        self._thread = threading.Thread(target=self._run, name="mem-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self.peak = max(self.peak, self._read())
+
+    def __enter__(self) -> "_Sampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._read())
+
+
+class _ChildMeter:
+    """What the child measures about itself: its own GPU bytes through NVML where the driver
+    reports them per process, else the device's used bytes; on a host without a GPU, its RSS."""
+
+    def __init__(self, gpu_index: int | None) -> None:
+        self._nvml = None
+        if gpu_index is not None:
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                self._nvml = pynvml
+                self._handle = pynvml.nvmlDeviceGetHandleByIndex(gpu_index)
+            except Exception as e:  # NVML's error family, or no library
+                log.warning("worker: NVML not usable (%s); measuring host memory", e)
+                self._nvml = None
+
+    def read(self) -> int:
+        if self._nvml is None:
+            from .meter import self_rss_bytes
+
+            return self_rss_bytes()
+        try:
+            procs = self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
+            mine = [int(p.usedGpuMemory or 0) for p in procs if p.pid == os.getpid()]
+            if mine:
+                return sum(mine)
+        except self._nvml.NVMLError:
+            pass
+        # Containers without the host pid namespace: the device total is the next best truth.
+        return int(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used)
+
+
+def _release_host_memory() -> None:
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_initialized():
+                torch.cuda.empty_cache()
+        except Exception:  # pragma: no cover - best effort
+            pass
+    try:  # give freed heap pages back to the OS so RSS tells the truth on CPU
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # pragma: no cover - not glibc
+        pass
+
+
+class _Child:
+    def __init__(self, conn: Connection, gpu_index: int | None) -> None:
+        self.conn = conn
+        self.meter = _ChildMeter(gpu_index)
+        self.models: dict[str, Any] = {}
+        self.executors: dict[str, ThreadPoolExecutor] = {}
+        self.send_lock = threading.Lock()
+
+    def send(self, msg: tuple) -> None:
+        with self.send_lock:
+            self.conn.send(msg)
+
+    def reply(self, msg_id: int, fn: Callable[[], Any]) -> None:
+        try:
+            self.send((msg_id, "ok", fn()))
+        except WorkerError as e:
+            self.send((msg_id, "err", {"kind": e.kind, "message": e.message}))
+        except BaseException as e:  # anything a backend raises is reported, never kills the child
+            log.exception("worker: request %s failed", msg_id)
+            self.send((msg_id, "err", {"kind": "internal", "message": f"{type(e).__name__}: {e}"}))
+
+    # ops ------------------------------------------------------------------------------------
+
+    def op_load(self, payload: dict) -> LoadMeasurement:
+        from .backend import import_backend
+        from .catalog import ModelSpec
+
+        spec = ModelSpec(**payload["spec"])
+        if spec.id in self.models:
+            raise WorkerError("already_loaded", f"{spec.id} is already loaded in this worker")
+        before = self.meter.read()
+        backend = None
+        try:
+            with _Sampler(self.meter.read) as sampler:
+                t0 = time.perf_counter()
+                backend = import_backend(payload["backend_path"])(spec, payload["cache_dir"])
+                device = backend.load()
+                t1 = time.perf_counter()
+                backend.warmup()
+                t2 = time.perf_counter()
+        except BaseException as e:
+            if backend is not None:
+                try:
+                    backend.close()
+                except Exception:
+                    pass
+            del backend
+            _release_host_memory()
+            raise WorkerError("load_failed", f"{type(e).__name__}: {e}") from e
+        after = self.meter.read()
+        self.models[spec.id] = backend
+        return LoadMeasurement(
+            device=str(device),
+            memory_bytes=max(0, after - before),
+            peak_memory_bytes=max(0, sampler.peak - before, after - before),
+            load_s=t1 - t0,
+            warmup_s=t2 - t1,
+        )
+
+    def op_unload(self, payload: dict) -> dict:
+        name = payload["model"]
+        backend = self.models.pop(name, None)
+        if backend is None:
+            return {"freed_bytes": 0, "was_loaded": False}
+        before = self.meter.read()
+        try:
+            backend.close()
+        finally:
+            del backend
+            _release_host_memory()
+        return {"freed_bytes": max(0, before - self.meter.read()), "was_loaded": True}
+
+    def op_infer(self, payload: dict) -> dict:
+        backend = self.models.get(payload["model"])
+        if backend is None:
+            raise WorkerError("not_loaded", f"{payload['model']} is not loaded in this worker")
+        counters = {"oom_events": 0}
+        outcomes = self._run(backend, list(payload["items"]), counters)
+        return {"outcomes": outcomes, **counters}
+
+    def _run(self, backend: Any, items: list, counters: dict) -> list[ItemOutcome]:
+        try:
+            results = backend.infer(items)
+            if len(results) != len(items):
+                raise RuntimeError(f"backend returned {len(results)} results for {len(items)} items")
+            return [ItemOutcome(ok=True, value=r) for r in results]
+        except Exception as e:
+            if backend.is_out_of_memory(e):
+                counters["oom_events"] += 1
+                _release_host_memory()
+                if len(items) == 1:
+                    log.warning("worker: one item does not fit in memory on its own: %s", e)
+                    return [ItemOutcome(ok=False, kind="out_of_memory", message="the item does not fit in device memory")]
+                mid = len(items) // 2
+                log.warning("worker: out of memory on a batch of %d; splitting into %d + %d", len(items), mid, len(items) - mid)
+                return self._run(backend, items[:mid], counters) + self._run(backend, items[mid:], counters)
+            if len(items) > 1:
+                # One bad item must not fail its batch-mates: run each alone to find it.
+                log.warning("worker: batch of %d failed (%s: %s); retrying items one by one", len(items), type(e).__name__, e)
+                return [o for item in items for o in self._run(backend, [item], counters)]
+            log.warning("worker: inference failed: %s: %s", type(e).__name__, e)
+            return [ItemOutcome(ok=False, kind="inference_failed", message=f"{type(e).__name__}: {e}")]
+
+    def op_memory(self, payload: dict) -> dict:
+        return {"bytes": self.meter.read(), "models": sorted(self.models)}
+
+    # loop -----------------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        self.send((0, "ok", {"hello": os.getpid()}))
+        while True:
+            try:
+                msg_id, op, payload = self.conn.recv()
+            except (EOFError, OSError):
+                return  # parent gone: exit with it
+            if op == "shutdown":
+                self.reply(msg_id, lambda: {"bye": True})
+                return
+            if op == "memory":
+                self.reply(msg_id, lambda p=payload: self.op_memory(p))
+                continue
+            handler = {"load": self.op_load, "unload": self.op_unload, "infer": self.op_infer}.get(op)
+            if handler is None:
+                self.send((msg_id, "err", {"kind": "bad_op", "message": f"unknown op {op!r}"}))
+                continue
+            model = payload.get("model") or payload.get("spec", {}).get("id", "")
+            ex = self.executors.get(model)
+            if ex is None:
+                ex = self.executors[model] = ThreadPoolExecutor(1, thread_name_prefix=f"model-{model}")
+            ex.submit(self.reply, msg_id, lambda h=handler, p=payload: h(p))
+
+
+def child_main() -> None:
+    """Entry point of ``python -m modelhost.worker FD GPU_INDEX|host SYS_PATH``."""
+    fd = int(sys.argv[1])
+    gpu_index = None if sys.argv[2] == "host" else int(sys.argv[2])
+    extra_path = [p for p in sys.argv[3].split(os.pathsep) if p] if len(sys.argv) > 3 else []
+    for p in reversed(extra_path):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    logging.basicConfig(
+        level=os.environ.get("MODELHOST_WORKER_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s worker[%(process)d] %(name)s: %(message)s",
+    )
+    conn = Connection(fd)
+    try:
+        _Child(conn, gpu_index).serve()
+    finally:
+        conn.close()
+    os._exit(0)  # do not wait for model threads (a stuck backend must not keep the process alive)
