@@ -18,6 +18,10 @@ Invariants (each guarded here, each with a test):
 
 Everything runs on one event loop; the only other thread is the worker's reply reader, which hands
 results to the loop with ``call_soon_threadsafe``.
+
+Around the owner, each in its module: a model's record and its row (``model_entry``), the path from
+a lease to the worker and back (``inference``), the idle reaper (``reaper``), the worker process
+itself (``worker``, ``worker_child``).
 """
 
 from __future__ import annotations
@@ -26,75 +30,31 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
-from .batching import Batcher
-from .catalog import Catalog, ModelSpec
+from .catalog import Catalog
 from .contract import LoadMeasurement, ModelRow, UnloadReply
-from .errors import (
-    InferenceFailed,
-    ModelLoadFailed,
+from .errors import (  # noqa: F401 - InferenceFailed stays importable from here, as it was
     Conflict,
+    InferenceFailed,
     ModelLeased,
+    ModelLoadFailed,
     ModelNotFound,
     ModelNotReady,
-    OutOfMemory,
-    RoundhouseError,
     Unavailable,
 )
+from .inference import Lease, make_batcher  # Lease: the family services import it from here
 from .meter import MemoryMeter
 from .metrics import HostMetrics
+from .model_entry import ModelEntry, model_row
+from .reaper import reap_idle
 from .settings import HostSettings
 from .states import ModelState, check_transition
-from .worker import ItemOutcome, WorkerDied, WorkerError, WorkerProcess
+from .worker import WorkerDied, WorkerError, WorkerProcess
 
 log = logging.getLogger(__name__)
 
 S = ModelState
-
-
-@dataclass
-class ModelEntry:
-    spec: ModelSpec
-    backend_path: str
-    state: ModelState = S.UNLOADED
-    reason: str | None = None
-    device: str | None = None
-    memory_bytes: int | None = None
-    peak_memory_bytes: int | None = None
-    load_s: float | None = None
-    warmup_s: float | None = None
-    loaded_at: float | None = None
-    last_used: float | None = None
-    last_used_mono: float = 0.0
-    leases: int = 0
-    draining: bool = False
-    load_task: asyncio.Task | None = None
-    unload_task: asyncio.Task | None = None
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-    batcher: Batcher | None = None
-
-    def __post_init__(self) -> None:
-        self.idle.set()
-
-
-class Lease:
-    """Held for the duration of one request on a READY model."""
-
-    def __init__(self, runtime: "ModelRuntime", entry: ModelEntry) -> None:
-        self._runtime = runtime
-        self._entry = entry
-
-    @property
-    def spec(self) -> ModelSpec:
-        return self._entry.spec
-
-    async def infer(self, item: Any) -> Any:
-        batcher = self._entry.batcher
-        if batcher is None:  # pragma: no cover - a leased model is READY and has a batcher
-            raise ModelNotReady(f"model {self.spec.id} is not ready", retry_after_s=1)
-        return await batcher.submit(item)
 
 
 class ModelRuntime:
@@ -137,7 +97,7 @@ class ModelRuntime:
     # lifecycle of the runtime --------------------------------------------------------------------
 
     def start(self) -> None:
-        self._reaper = asyncio.create_task(self._reap(), name=f"{self.family}-reaper")
+        self._reaper = asyncio.create_task(reap_idle(self), name=f"{self.family}-reaper")
 
     async def close(self) -> None:
         if self._reaper is not None:
@@ -260,7 +220,8 @@ class ModelRuntime:
         entry.loaded_at = time.time()
         entry.last_used = entry.loaded_at
         entry.last_used_mono = time.monotonic()
-        entry.batcher = self._make_batcher(entry)
+        entry.batcher = make_batcher(entry, family=self.family, settings=self.settings, metrics=self.metrics,
+                                     current_worker=lambda: self._worker, kill_worker=self._restart_worker)
         entry.batcher.start()
         self.metrics.memory.labels(self.family, spec.id).set(entry.memory_bytes)
         self.metrics.peak_memory.labels(self.family, spec.id).set(entry.peak_memory_bytes)
@@ -291,7 +252,7 @@ class ModelRuntime:
         entry.idle.clear()
         self.metrics.in_flight.labels(self.family, name).set(entry.leases)
         try:
-            yield Lease(self, entry)
+            yield Lease(entry)
         finally:
             entry.leases -= 1
             entry.last_used = time.time()
@@ -299,44 +260,6 @@ class ModelRuntime:
             self.metrics.in_flight.labels(self.family, name).set(entry.leases)
             if entry.leases == 0:
                 entry.idle.set()
-
-    def _make_batcher(self, entry: ModelEntry) -> Batcher:
-        name = entry.spec.id
-        labels = (self.family, name)
-
-        async def run_batch(items: list[Any]) -> list[Any]:
-            worker = self._worker
-            if worker is None:
-                raise ModelNotReady(f"model {name} is not loaded", retry_after_s=1)
-            self.metrics.queue_depth.labels(*labels).set(entry.batcher.depth if entry.batcher else 0)
-            try:
-                reply = await worker.call("infer", {"model": name, "items": items}, timeout_s=self.settings.infer_timeout_s)
-            except WorkerDied as e:
-                raise Unavailable(f"the {self.family} worker died during inference; retry", retry_after_s=1, code="worker_died") from e
-            except asyncio.TimeoutError as e:
-                await self._restart_worker(f"inference on {name} exceeded {self.settings.infer_timeout_s:.0f} s")
-                raise Unavailable(f"inference on {name} timed out", retry_after_s=1, code="inference_timeout") from e
-            if reply["oom_events"]:
-                self.metrics.oom_events.labels(*labels).inc(reply["oom_events"])
-            return [self._outcome(name, o) for o in reply["outcomes"]]
-
-        def on_batch(size: int, seconds: float) -> None:
-            self.metrics.batch_size.labels(*labels).observe(size)
-            self.metrics.inference_seconds.labels(*labels).observe(seconds)
-            self.metrics.queue_depth.labels(*labels).set(entry.batcher.depth if entry.batcher else 0)
-
-        spec = entry.spec
-        return Batcher(name, run_batch, max_batch=spec.max_batch, max_wait_ms=spec.max_wait_ms,
-                       max_queue=self.settings.max_queue, on_batch=on_batch)
-
-    def _outcome(self, name: str, o: ItemOutcome) -> Any:
-        if o.ok:
-            self.metrics.requests.labels(self.family, name, "ok").inc()
-            return o.value
-        self.metrics.requests.labels(self.family, name, o.kind or "error").inc()
-        if o.kind == "out_of_memory":
-            return OutOfMemory(f"the input does not fit in {name}'s device memory even alone", retry_after_s=5)
-        return InferenceFailed(f"inference on {name} failed: {o.message}")
 
     # unload --------------------------------------------------------------------------------------
 
@@ -455,37 +378,10 @@ class ModelRuntime:
                 self._transition(entry, S.FAILED, f"worker process exited (code {code})")
             # LOADING entries fail in _load, when their call raises WorkerDied.
 
-    # reaper --------------------------------------------------------------------------------------
-
-    async def _reap(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.reaper_interval_s)
-            now = time.monotonic()
-            for entry in list(self.entries.values()):
-                ttl = entry.spec.ttl_s
-                if ttl is None or entry.state is not S.READY or entry.leases or entry.draining:
-                    continue
-                if now - entry.last_used_mono >= ttl:
-                    log.info("model %s idle for %.0f s (ttl_s %.0f): unloading", entry.spec.id, now - entry.last_used_mono, ttl)
-                    try:
-                        await self.unload(entry.spec.id, reason="ttl")
-                    except RoundhouseError as e:  # a lease arrived meanwhile: keep it
-                        log.info("model %s: ttl unload skipped: %s", entry.spec.id, e.message)
-                    except Exception:
-                        log.exception("model %s: ttl unload failed", entry.spec.id)
-
     # views ---------------------------------------------------------------------------------------
 
     def describe(self, entry: ModelEntry) -> ModelRow:
-        s = entry.spec
-        return ModelRow(
-            id=s.id, family=s.family, backend=s.backend, source=s.source, state=entry.state.value,
-            reason=entry.reason, device_requested=s.device, device=entry.device, memory_bytes=entry.memory_bytes,
-            peak_memory_bytes=entry.peak_memory_bytes, memory_estimate_bytes=s.memory_estimate_bytes,
-            load_s=entry.load_s, warmup_s=entry.warmup_s, loaded_at=entry.loaded_at, last_used=entry.last_used,
-            in_flight=entry.leases, queue_depth=entry.batcher.depth if entry.batcher else 0, ttl_s=s.ttl_s,
-            pin=s.pin, priority=s.priority, group=s.group, max_batch=s.max_batch,
-        )
+        return model_row(entry)
 
     def snapshot(self) -> list[ModelRow]:
         return [self.describe(e) for e in self.entries.values()]
