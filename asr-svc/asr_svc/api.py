@@ -1,7 +1,8 @@
 """Transcription routes: validate → decode → lease → infer → response. Nothing else lives here.
 
-Everything a request can get wrong is checked before the model is leased: the model (404), what it can do
-(translation, languages: 400), the prompt (400), then the audio, decoded here in the threadpool (400, 413,
+Everything a request can get wrong is checked before the model is leased: the model (404), the options by
+the family's contract (``modelhost.families.asr``: language, prompt, 400; the form's types and temperature's
+range, 422), what the model can do (translation, languages: 400), then the audio, decoded here in the threadpool (400, 413,
 415). Audio below the silence level gets an empty transcript without running the model: Whisper invents
 words on silence ("Thank you."), and an empty transcript is the truth.
 """
@@ -10,79 +11,69 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from modelhost.app import host
-from modelhost.errors import BadRequest
+from modelhost.errors import BadRequest, error_responses
+from modelhost.families import asr
+from modelhost.families.asr import AudioInfo, Timings, TranscriptionForm, TranscriptionResponse
 
 from .audio import decode_audio
 from .backends import capabilities
-from .items import Task, TranscribeItem, empty_transcript
-from .languages import language_code
-from .schemas import AudioInfo, Timings, TranscriptionResponse
+from .items import TranscribeItem, empty_transcript
 
 router = APIRouter(tags=["speech-to-text"])
 
+_ERRORS = error_responses(400, 404, 413, 415, 422, 429, 503, 504)
 
-@router.post("/v1/transcriptions", response_model=TranscriptionResponse)
+
+@router.post("/v1/transcriptions", response_model=TranscriptionResponse, responses=_ERRORS)
 async def transcribe(
     request: Request,
-    file: UploadFile = File(..., description="The audio: wav, flac, mp3, ogg/opus, m4a/aac, webm, mp4, ..."),
-    model: str = Form(..., description="Catalog id of an asr model."),
-    language: str | None = Form(None, description="ISO-639-1 code of the spoken language; default: detect."),
-    prompt: str | None = Form(None, description="Text that conditions the transcript (spellings, style)."),
-    temperature: float | None = Form(None, ge=0.0, le=1.0, description="0 (default): greedy with fallback."),
-    word_timestamps: bool = Form(False, description="Return word-level timestamps."),
+    file: Annotated[UploadFile, File(description="The audio: wav, flac, mp3, ogg/opus, m4a/aac, webm, mp4, ...")],
+    form: Annotated[TranscriptionForm, Form()],
 ) -> TranscriptionResponse:
-    return await _run(request, "transcribe", file, model, language, prompt, temperature, word_timestamps)
+    return await _run(request, "transcribe", file, form)
 
 
-@router.post("/v1/translations", response_model=TranscriptionResponse)
+@router.post("/v1/translations", response_model=TranscriptionResponse, responses=_ERRORS,
+             description="Into English text; ``language`` is the spoken (source) language.")
 async def translate(
     request: Request,
-    file: UploadFile = File(..., description="The audio, in any language the model knows."),
-    model: str = Form(..., description="Catalog id of an asr model that translates."),
-    language: str | None = Form(None, description="ISO-639-1 code of the spoken (source) language; default: detect."),
-    prompt: str | None = Form(None, description="English text that conditions the translation."),
-    temperature: float | None = Form(None, ge=0.0, le=1.0),
-    word_timestamps: bool = Form(False),
+    file: Annotated[UploadFile, File(description="The audio, in any language the model knows.")],
+    form: Annotated[TranscriptionForm, Form()],
 ) -> TranscriptionResponse:
-    return await _run(request, "translate", file, model, language, prompt, temperature, word_timestamps)
+    return await _run(request, "translate", file, form)
 
 
-async def _run(request: Request, task: Task, file: UploadFile, model: str, language: str | None, prompt: str | None,
-               temperature: float | None, word_timestamps: bool) -> TranscriptionResponse:
+async def _run(request: Request, task: asr.Task, file: UploadFile, form: TranscriptionForm) -> TranscriptionResponse:
     h = host(request)
     settings = h.settings
+    model = form.model
     spec = h.runtime.entry(model).spec  # 404 for an unknown model before reading the upload
+    options = asr.options(form.model_dump(include={"language", "prompt", "temperature"}))
     caps = capabilities(spec)
     if task == "translate" and not caps.translate:
         raise BadRequest(f"model {model} does not translate (it transcribes {_langs(caps.languages)} only)",
                          param="model", code="translation_not_supported")
-    code = None
-    if language:
-        code = language_code(language)
-        if code is None:
-            raise BadRequest(f"language {language!r} is not a language code Whisper knows (ISO-639-1, e.g. 'en')",
-                             param="language", code="unsupported_language")
-        if code not in caps.languages:
-            raise BadRequest(f"model {model} transcribes {_langs(caps.languages)} only, not {code!r}",
-                             param="language", code="unsupported_language")
-    elif not caps.detects_language:
+    code = options.language
+    if code is not None and code not in caps.languages:
+        raise BadRequest(f"model {model} transcribes {_langs(caps.languages)} only, not {code!r}",
+                         param="language", code="unsupported_language")
+    if code is None and not caps.detects_language:
         code = next(iter(caps.languages))
-    if prompt is not None and len(prompt) > settings.max_prompt_chars:
-        raise BadRequest(f"prompt is longer than {settings.max_prompt_chars} characters", param="prompt")
     t0 = time.perf_counter()
     data = await file.read(settings.max_upload_bytes + 1)
     audio = await run_in_threadpool(decode_audio, data, max_bytes=settings.max_upload_bytes,
                                     max_duration_s=settings.max_audio_s, silence_dbfs=settings.silence_dbfs)
     del data
     t1 = time.perf_counter()
-    item = TranscribeItem(audio=audio.pcm, task=task, language=code, prompt=prompt or None,
-                          temperature=temperature, word_timestamps=word_timestamps)
+    word_timestamps = form.word_timestamps
+    item = TranscribeItem(audio=audio.pcm, task=task, language=code, prompt=options.prompt,
+                          temperature=options.temperature, word_timestamps=word_timestamps)
     async with h.runtime.lease(model) as lease:
         if audio.silent:
             result: dict[str, Any] = empty_transcript(audio.duration_s, code)

@@ -5,17 +5,22 @@ from __future__ import annotations
 import pytest
 
 from gateway.transcripts import language_code, render, srt, timestamp, vtt
+from modelhost.families.asr import Segment, TranscriptionResponse
 
 pytestmark = pytest.mark.unit
 
-SEGMENTS = [
+SEGMENT_DICTS = [
     {"id": 0, "seek": 0, "start": 0.0, "end": 2.5, "text": " Hello there.", "tokens": [1, 2], "temperature": 0.0,
      "avg_logprob": -0.2, "compression_ratio": 1.1, "no_speech_prob": 0.01},
     {"id": 1, "seek": 372550, "start": 3725.5, "end": 3726.0004, "text": "General Kenobi.", "tokens": [3],
      "temperature": 0.2, "avg_logprob": -0.4, "compression_ratio": 1.0, "no_speech_prob": 0.02},
 ]
-RESULT = {"text": "Hello there. General Kenobi.", "language": "en", "duration": 3726.2, "segments": SEGMENTS,
-          "words": [{"word": " Hello", "start": 0.0, "end": 0.4, "probability": 0.9}]}
+SEGMENTS = [Segment(**s) for s in SEGMENT_DICTS]
+RESULT = TranscriptionResponse(
+    model="whisper", task="transcribe", text="Hello there. General Kenobi.", language="en", duration=3726.2,
+    segments=SEGMENTS, words=[{"word": " Hello", "start": 0.0, "end": 0.4, "probability": 0.9}],
+    audio={"container": "wav", "codec": "pcm_s16le", "sample_rate": 16000, "channels": 1, "peak_dbfs": -3.0, "silent": False},
+    timings={"decode_ms": 1.0, "inference_ms": 2.0})
 
 
 @pytest.mark.parametrize("seconds, marker, expected", [
@@ -41,7 +46,7 @@ def test_no_segments_make_empty_subtitles() -> None:
 
 
 def test_json_is_the_text_and_the_duration_used() -> None:
-    assert render(RESULT, "json", [], "transcribe") == {"text": RESULT["text"], "usage": {"type": "duration", "seconds": 3727}}
+    assert render(RESULT, "json", [], "transcribe") == {"text": RESULT.text, "usage": {"type": "duration", "seconds": 3727}}
 
 
 def test_text_ends_with_a_newline() -> None:
@@ -50,19 +55,19 @@ def test_text_ends_with_a_newline() -> None:
 
 def test_verbose_json_names_the_language_and_has_segments_by_default() -> None:
     body = render(RESULT, "verbose_json", [], "translate")
-    assert (body["task"], body["language"], body["duration"], body["text"]) == ("translate", "english", 3726.2, RESULT["text"])
-    assert body["segments"] == SEGMENTS and "words" not in body
+    assert (body["task"], body["language"], body["duration"], body["text"]) == ("translate", "english", 3726.2, RESULT.text)
+    assert body["segments"] == SEGMENT_DICTS and "words" not in body
 
 
 def test_verbose_json_words_only_when_asked_and_segments_only_when_asked_with_them() -> None:
     words = render(RESULT, "verbose_json", ["word"], "transcribe")
     assert words["words"] == [{"word": "Hello", "start": 0.0, "end": 0.4}] and "segments" not in words
     both = render(RESULT, "verbose_json", ["word", "segment"], "transcribe")
-    assert both["segments"] == SEGMENTS and len(both["words"]) == 1
+    assert both["segments"] == SEGMENT_DICTS and len(both["words"]) == 1
 
 
 def test_verbose_json_without_a_language_says_unknown() -> None:
-    assert render({**RESULT, "language": None}, "verbose_json", [], "transcribe")["language"] == "unknown"
+    assert render(RESULT.model_copy(update={"language": None}), "verbose_json", [], "transcribe")["language"] == "unknown"
 
 
 @pytest.mark.parametrize("value, code", [

@@ -8,40 +8,32 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
-import aiohttp
-
 from modelhost.catalog import ModelSpec
-from modelhost.client import ModelHostClient
-from modelhost.errors import BadRequest
+from modelhost.families import asr
 
 from ..kinds import TASK_KINDS
 from ..media import extract_audio
 from .base import Context, Task
 
+JOB_OPTIONS = ("language", "prompt")
+
 
 class TranscribeTask(Task):
     name = "transcribe"
-    family = "asr"
+    family = asr.FAMILY
     kinds = TASK_KINDS["transcribe"]
     csv_columns = ("start_s", "end_s", "text")
 
     @classmethod
     def parse_params(cls, raw: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        lang = raw.get("language")
-        if lang not in (None, ""):
-            if not isinstance(lang, str) or not 2 <= len(lang) <= 16:
-                raise BadRequest("language must be an ISO-639-1 code such as 'en'", param="language")
-            out["language"] = lang
-        prompt = raw.get("prompt")
-        if prompt not in (None, ""):
-            if not isinstance(prompt, str) or len(prompt) > 2000:
-                raise BadRequest("prompt must be a string of at most 2000 characters", param="prompt")
-            out["prompt"] = prompt
-        return out
+        """The asr family's options (its limits and codes, as at the route); the ones set, as stored."""
+        options = asr.options({k: raw.get(k) for k in JOB_OPTIONS})
+        return options.model_dump(include=set(JOB_OPTIONS), exclude_none=True)
 
     async def audio(self, ctx: Context, path: str) -> dict[str, Any]:
         folder = ctx.scratch()
+        timeout_s = ctx.request_timeout_s + 3 * ctx.settings.jobs_audio_chunk_s
+        options = asr.options(self.params)
         try:
             pieces = await ctx.in_thread(lambda: extract_audio(path, folder, chunk_s=ctx.settings.jobs_audio_chunk_s))
             if not pieces:
@@ -49,14 +41,17 @@ class TranscribeTask(Task):
             texts, segments, language, duration = [], [], None, 0.0
             for offset, wav in pieces:
                 data = await ctx.in_thread(wav.read_bytes)
-                body = await ctx.infer(self._call(data, ctx), timeout_s=ctx.request_timeout_s + 3 * ctx.settings.jobs_audio_chunk_s)
-                language = language or body.get("language")
-                duration = offset + float(body.get("duration") or 0.0)
-                if body.get("text", "").strip():
-                    texts.append(body["text"].strip())
-                for s in body.get("segments", []):
-                    segments.append({"start_s": round(offset + s["start"], 3), "end_s": round(offset + s["end"], 3),
-                                     "text": s["text"].strip()})
+                body = await ctx.infer(
+                    lambda upstream: asr.transcribe(upstream, model=self.model, audio=data, options=options,
+                                                    timeout_s=timeout_s),
+                    timeout_s=timeout_s)
+                language = language or body.language
+                duration = offset + body.duration
+                if body.text.strip():
+                    texts.append(body.text.strip())
+                for s in body.segments:
+                    segments.append({"start_s": round(offset + s.start, 3), "end_s": round(offset + s.end, 3),
+                                     "text": s.text.strip()})
             return {"duration_s": round(duration, 3), "language": language, "text": " ".join(texts),
                     "segments": segments, "audio": True}
         finally:
@@ -64,19 +59,6 @@ class TranscribeTask(Task):
 
     async def video(self, ctx: Context, path: str) -> dict[str, Any]:
         return await self.audio(ctx, path)
-
-    def _call(self, data: bytes, ctx: Context):  # noqa: ANN202
-        async def call(client: ModelHostClient) -> Any:
-            form = aiohttp.FormData()
-            form.add_field("file", data, filename="audio.wav", content_type="audio/wav")
-            form.add_field("model", self.model)
-            if "language" in self.params:
-                form.add_field("language", self.params["language"])
-            if "prompt" in self.params:
-                form.add_field("prompt", self.params["prompt"])
-            return await client.request("POST", "/v1/transcriptions", data=form,
-                                        timeout_s=ctx.request_timeout_s + 3 * ctx.settings.jobs_audio_chunk_s)
-        return call
 
     def csv_rows(self, result: dict[str, Any], people: dict[str, int]) -> list[dict[str, Any]]:
         return [{"start_s": s["start_s"], "end_s": s["end_s"], "text": s["text"]} for s in result["segments"]] or [{"text": result["text"]}]
