@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from modelhost.families.tts import RESPONSE_FORMATS
 from tts_svc.encoding import FORMATS, OUTPUT_SAMPLE_RATE, Encoder, wav_header
 
 pytestmark = pytest.mark.unit
@@ -87,3 +88,7 @@ def test_empty_pcm_gives_a_valid_empty_stream() -> None:
 def test_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError):
         Encoder("ogg")
+
+
+def test_every_format_the_family_offers_has_an_encoder() -> None:
+    assert set(FORMATS) == set(RESPONSE_FORMATS)

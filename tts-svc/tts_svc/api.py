@@ -18,10 +18,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from modelhost.app import host
-from modelhost.errors import BadRequest, NotFound, PayloadTooLarge, request_id_of
+from modelhost.errors import BadRequest, error_responses, request_id_of
+from modelhost.families import tts
+from modelhost.families.tts import ModelVoices, VoiceCard, VoiceList
 
 from .encoding import OUTPUT_SAMPLE_RATE, Encoder, content_type
-from .schemas import FORMAT_NAMES, MAX_SPEED, MIN_SPEED, ModelVoices, SpeechRequest, VoiceCard, VoiceList
+from .schemas import ServiceSpeechRequest
 from .sentences import split_sentences
 from .synthesis import SpeechStream
 from .voices import voices_for
@@ -39,32 +41,21 @@ def _model_voices(request: Request, model: str) -> ModelVoices:
                        languages=[str(x) for x in languages] if languages else None)
 
 
-@router.get("/v1/audio/voices", response_model=VoiceList)
+@router.get("/v1/audio/voices", response_model=VoiceList, responses=error_responses(404))
 async def list_voices(request: Request, model: str | None = Query(None, description="Only this model's voices.")) -> VoiceList:
     models = [model] if model else list(host(request).runtime.entries)
     return VoiceList(data=[_model_voices(request, m) for m in models])
 
 
 @router.post("/v1/audio/speech", response_class=StreamingResponse,
-             responses={200: {"content": {content_type(f): {} for f in FORMAT_NAMES}}})
-async def speech(body: SpeechRequest, request: Request) -> StreamingResponse:
+             responses={200: {"content": {content_type(f): {} for f in tts.RESPONSE_FORMATS}},
+                        **error_responses(400, 404, 413, 422, 429, 503, 504)})
+async def speech(body: ServiceSpeechRequest, request: Request) -> StreamingResponse:
     h = host(request)
     settings = h.settings
     voices = _model_voices(request, body.model)
-    if not body.input.strip():
-        raise BadRequest("input is empty", param="input", code="empty_input")
-    if len(body.input) > settings.max_input_chars:
-        raise PayloadTooLarge(f"input has {len(body.input)} characters; the limit is {settings.max_input_chars}",
-                              param="input", code="input_too_long")
-    if body.response_format not in FORMAT_NAMES:
-        raise BadRequest(f"response_format must be one of {', '.join(FORMAT_NAMES)}", param="response_format",
-                         code="unsupported_response_format")
-    if not MIN_SPEED <= body.speed <= MAX_SPEED:
-        raise BadRequest(f"speed must be between {MIN_SPEED} and {MAX_SPEED}", param="speed", code="speed_out_of_range")
-    voice = body.voice or voices.voices[0].id
-    if voice not in {v.id for v in voices.voices}:
-        raise NotFound(f"model {body.model} has no voice {voice!r}; GET /v1/audio/voices lists them", param="voice",
-                       code="voice_not_found")
+    tts.check(body, max_input_chars=settings.max_input_chars)
+    voice = voices.voice(body.voice)
     if body.language and voices.languages and body.language not in voices.languages:
         raise BadRequest(f"language must be one of {', '.join(voices.languages)}", param="language",
                          code="unsupported_language")

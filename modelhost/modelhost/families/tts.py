@@ -1,0 +1,142 @@
+"""Text to speech: the contract between the gateway (``/v1/audio/speech``, ``/v1/audio/voices``) and tts-svc
+(the same two routes).
+
+- ``SpeechRequest``: OpenAI's speech request, the JSON the gateway takes and ``speak()`` sends on. Its
+  types are checked by pydantic (400 at the gateway, 422 at the service, as FastAPI answers it); its values
+  by ``check()``, each bad one with its own code, at the gateway and at the service alike.
+- ``VoiceList``: the voices of each model, as the service lists them; ``ModelVoices.voice()`` picks the one a
+  request gets.
+- ``voices()`` and ``speak()``: the upstream calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Annotated, Any, Literal, Mapping, Protocol, get_args
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictStr, ValidationError, field_validator
+
+from ..errors import BadRequest, NotFound, PayloadTooLarge, UpstreamError
+from . import validated
+
+FAMILY = "tts"
+ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+RESPONSE_FORMATS: tuple[str, ...] = get_args(ResponseFormat)
+MIN_SPEED, MAX_SPEED = 0.25, 4.0
+STREAM_FORMATS = ("audio",)
+"""OpenAI's ``stream_format``: the bytes stream as they are made ("sse" is not offered)."""
+
+
+class SpeechRequest(BaseModel):
+    """OpenAI's speech request. Types only: the values (documented in the schema) are checked by
+    ``check()``, so that each bad one gets its own 4xx code."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = Field(None, description="A tts model of the catalog (GET /v1/audio/voices); "
+                                                      "default: the catalog's first.")
+    input: StrictStr = Field(description="The text to speak; split into sentences, each streamed as it is made. "
+                                         "Over the configured length: 413.",
+                             json_schema_extra={"minLength": 1})
+    voice: StrictStr | None = Field(None, description="One of the model's voices; default: its first.")
+    response_format: StrictStr = Field("mp3", description="The audio's format.",
+                                       json_schema_extra={"enum": list(RESPONSE_FORMATS)})
+    speed: Annotated[float, Strict(), Field(allow_inf_nan=False)] = Field(
+        1.0, description="1.0 is the voice's natural rate.", json_schema_extra={"minimum": MIN_SPEED, "maximum": MAX_SPEED})
+    language: StrictStr | None = Field(None, description="Language of a multilingual model (XTTS-v2); default: the model's.")
+    stream_format: StrictStr | None = Field(None, description="'audio': the bytes stream as they are made.",
+                                            json_schema_extra={"enum": [*STREAM_FORMATS, None]})
+
+    @field_validator("response_format", "speed", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: Any, info: Any) -> Any:
+        return cls.model_fields[info.field_name].default if value is None else value
+
+
+def check(req: SpeechRequest, *, max_input_chars: int) -> None:
+    """The values of ``req``: 400 ``empty_input``, 413 ``input_too_long``, 400 ``unsupported_response_format``,
+    ``speed_out_of_range``, ``unsupported_stream_format``."""
+    if not req.input.strip():
+        raise BadRequest("input is empty", param="input", code="empty_input")
+    if len(req.input) > max_input_chars:
+        raise PayloadTooLarge(f"input has {len(req.input)} characters; the limit is {max_input_chars}", param="input",
+                              code="input_too_long")
+    if req.response_format not in RESPONSE_FORMATS:
+        raise BadRequest(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}", param="response_format",
+                         code="unsupported_response_format")
+    if not MIN_SPEED <= req.speed <= MAX_SPEED:
+        raise BadRequest(f"speed must be between {MIN_SPEED} and {MAX_SPEED}", param="speed", code="speed_out_of_range")
+    if req.stream_format not in (None, *STREAM_FORMATS):
+        raise BadRequest("stream_format 'audio' is the one supported (the bytes stream as they are made)",
+                         param="stream_format", code="unsupported_stream_format")
+
+
+def speech_request(values: Mapping[str, Any], *, max_input_chars: int) -> SpeechRequest:
+    """A JSON object as a checked request: 400 ``missing_input``, 400 ``bad_request`` for a value of the
+    wrong type, then as ``check()``."""
+    if values.get("input") is None:
+        raise BadRequest("the body needs 'input', the text to speak", param="input", code="missing_input")
+    req = validated(SpeechRequest, dict(values))
+    check(req, max_input_chars=max_input_chars)
+    return req
+
+
+class VoiceCard(BaseModel):
+    id: str
+    language: str | None = None
+    name: str | None = None
+
+
+class ModelVoices(BaseModel):
+    model: str
+    backend: str
+    voices: list[VoiceCard]
+    languages: list[str] | None = Field(None, description="Languages a multilingual model accepts, where the catalog names them.")
+
+    def voice(self, asked: str | None) -> str:
+        """The voice a request gets: the one ``asked`` for, else the model's first; 404 ``voice_not_found``."""
+        ids = [v.id for v in self.voices]
+        if asked is None and ids:
+            return ids[0]
+        if asked not in ids:
+            shown = ", ".join(ids[:20]) + (" ..." if len(ids) > 20 else "")
+            raise NotFound(f"model {self.model} has no voice {asked!r}; its voices: {shown or 'none'}", param="voice",
+                           code="voice_not_found")
+        return asked
+
+
+class VoiceList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelVoices]
+
+
+class Requester(Protocol):
+    """What the calls use: the ``Upstream`` of ``ModelAccess.hold``, or a ``ModelHostClient``."""
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any: ...
+
+    def stream(self, method: str, path: str, **kwargs: Any) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]: ...
+
+
+async def voices(upstream: Requester, *, model: str | None = None, timeout_s: float = 10.0,
+                 request_id: str | None = None) -> VoiceList:
+    """The service's voices, of every model or of ``model``. The service reads them without loading a model."""
+    reply = await upstream.request("GET", "/v1/audio/voices", params={"model": model} if model else None,
+                                   timeout_s=timeout_s, request_id=request_id)
+    try:
+        return VoiceList.model_validate(reply)
+    except ValidationError as e:
+        raise UpstreamError(f"the tts service answered a voice list that does not fit the contract: "
+                            f"{e.errors()[0].get('msg')}", code="bad_upstream_response") from None
+
+
+def speak(upstream: Requester, req: SpeechRequest, *, first_byte_timeout_s: float,
+          request_id: str | None = None) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
+    """The speech of ``req``, as a context manager that yields the service's 2xx response with its audio
+    unread (``resp.content``; its ``Content-Type``, ``X-Sample-Rate`` and ``X-Sentences``). Errors before
+    the first byte as the ``Upstream`` maps them; leaving the block unread drops the connection, which
+    stops the synthesis."""
+    body = req.model_dump(exclude_none=True, exclude={"stream_format"})
+    return upstream.stream("POST", "/v1/audio/speech", first_byte_timeout_s=first_byte_timeout_s,
+                           request_id=request_id, json_body=body)
