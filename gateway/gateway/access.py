@@ -36,6 +36,7 @@ from modelhost.errors import (
 from .coordinator.loop import Coordinator
 from .coordinator.policy import INTERACTIVE
 from .metrics import GatewayMetrics
+from .schemas import AdminLoaded, AdminUnloaded
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ class ModelAccess:
         async with self.hold(model_id, family, lane=lane, timeout_s=timeout_s) as upstream:
             return await call(upstream)
 
-    async def load(self, model_id: str, request_id: str | None = None) -> dict[str, Any]:
+    async def load(self, model_id: str, request_id: str | None = None) -> AdminLoaded:
         """Load through the coordinator (it decides what to evict), then describe the model."""
         spec = self.spec(model_id)
         await self.coordinator.acquire(model_id, lane=INTERACTIVE, timeout_s=self.request_timeout_s)
@@ -173,12 +174,19 @@ class ModelAccess:
             body = await self.client(spec).models()
         finally:
             self.coordinator.release(model_id)
-        row = next((m.model_dump() for m in body.data if m.id == model_id), {"id": model_id})
-        return {**row, **self.coordinator.model_state(model_id)}
+        row = next((m for m in body.data if m.id == model_id), None)
+        if row is None:
+            raise UpstreamError(f"{self.client(spec).name} loaded {model_id} but does not list it", code="bad_upstream_response")
+        return AdminLoaded(**row.model_dump(), ledger=self.coordinator.model_state(model_id))
 
-    async def unload(self, model_id: str, *, drain: bool, request_id: str | None = None) -> dict[str, Any]:
-        """Unload at the service now (409 there if in use and not draining) and correct the ledger."""
-        spec = self.spec(model_id)
-        reply = await self.client(spec).unload(model_id, drain=drain, timeout_s=self.request_timeout_s, request_id=request_id)
-        self.coordinator.vanished(model_id)
-        return reply.model_dump()
+    async def unload(self, model_id: str, *, drain: bool, request_id: str | None = None) -> AdminUnloaded:
+        """Unload through the coordinator: drained (409 ``model_in_use`` instead when ``drain`` is False and
+        requests are in flight), unloaded, and answered once its release is verified."""
+        self.spec(model_id)  # 404 for a model not in the catalog
+        released = await self.coordinator.unload(model_id, drain=drain, timeout_s=self.request_timeout_s)
+        if released is None:
+            return AdminUnloaded(model=model_id, was_resident=False, freed_bytes=0, verified=True, seconds=0.0,
+                                 worker_stopped=False, detail="not resident: nothing to release")
+        return AdminUnloaded(model=model_id, was_resident=True, freed_bytes=released.freed_bytes, verified=released.verified,
+                             seconds=round(released.seconds, 3), worker_stopped=released.worker_stopped,
+                             detail=released.detail)

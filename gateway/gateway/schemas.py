@@ -5,21 +5,6 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 
-class CaptionTimings(BaseModel):
-    decode_ms: float
-    inference_ms: float
-
-
-class CaptionResponse(BaseModel):
-    object: str = "image.caption"
-    model: str
-    caption: str
-    tokens: int
-    width: int
-    height: int
-    timings: CaptionTimings
-
-
 class ModelCard(BaseModel):
     id: str
     object: str = "model"

@@ -1,10 +1,12 @@
 """The coordinator's state and its transitions: one device's ledger, queues and the swap in flight.
 
 ``Core`` is synchronous and owns every piece of state. The world talks to it only through events
-(``arrive``, ``release``, ``load_done``, ``unload_done``, ``tick``, ``vanished``, ``appeared``); each
-returns the actions the world must carry out (grant or fail a request, start a load or an unload,
-wake me at time t). The asyncio run loop (``loop.py``) and the virtual-clock simulator (``sim.py``)
-are the two worlds, so the same code is tested on recorded traces and runs for real.
+(``arrive``, ``release``, ``cancel``, ``tick``, ``load_done``, ``unload_done``, ``request_unload``,
+``vanished``, ``reconcile``); each returns the actions the world must carry out (grant or fail a
+request, start a load or an unload, answer an operator's unload, wake me at time t). The asyncio
+run loop (``loop.py``) and the virtual-clock simulator (``sim.py``) are the two worlds, so the same
+code is tested on recorded traces and runs for real. Every decision about what the world's news
+means for the ledger is made here, never in a world.
 
 Invariants (checked by ``check_invariants`` after every event in the tests):
 
@@ -13,69 +15,50 @@ Invariants (checked by ``check_invariants`` after every event in the tests):
    past it is a first measurement bigger than the estimate a model was admitted with: the ledger
    then charges the truth and at once drains and evicts others until it is back inside.
 2. At most one swap is in flight per device; a model is never loaded twice (a model is resident,
-   loading, or neither — never both), and requests arriving during its load join it.
+   loading, unloading, or none of them — never two), and requests arriving during its load join it.
 3. A model with requests in flight is never unloaded; a victim is drained first (no new grants,
-   in-flight ones finish) and unloaded when its last lease is released.
-4. Every request ends exactly once: granted, or failed with a kind (queue_full → 429,
-   not_ready_in_time / too_large / load_failed → 503/500, deadline → 504). A timer is always set
-   while anyone waits, so nothing hangs.
+   in-flight ones finish) and unloaded when its last lease is released. An operator's unload is
+   the same path: drain, ``Unload``, charged as unloading until ``unload_done``.
+4. Every request ends exactly once: granted, or failed with a ``FailKind``. A timer is always set
+   while anyone waits, so nothing hangs. Every operator unload is answered exactly once.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-from dataclasses import dataclass
 
+from .actions import (
+    Action,
+    Fail,
+    FailKind,
+    Grant,
+    Held,
+    Load,
+    Unload,
+    UnloadAnswer,
+    UnloadOutcome,
+    UnloadReason,
+    Wake,
+)
 from .policy import (
     BULK,
-    choose_victims,
     ModelInfo,
     PolicyConfig,
     Resident,
     Snapshot,
     SwapPlan,
     Waiter,
+    choose_victims,
     next_patience_deadline,
     plan_swap,
 )
 
+# Re-exported: the actions are part of the Core's interface.
+__all__ = ["Action", "Core", "Fail", "FailKind", "Grant", "Held", "InvariantBroken", "Load", "Unload", "UnloadAnswer",
+           "UnloadOutcome", "UnloadReason", "Wake"]
+
 log = logging.getLogger(__name__)
-
-# Actions ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Grant:
-    req_id: int
-    model: str
-
-
-@dataclass(frozen=True)
-class Fail:
-    req_id: int
-    model: str
-    kind: str  # queue_full, not_ready_in_time, too_large, load_failed, deadline
-    message: str
-
-
-@dataclass(frozen=True)
-class Load:
-    model: str
-
-
-@dataclass(frozen=True)
-class Unload:
-    model: str
-    reason: str  # swap, group, vanished
-
-
-@dataclass(frozen=True)
-class Wake:
-    at: float
-
-
-Action = Grant | Fail | Load | Unload | Wake
 
 
 class InvariantBroken(AssertionError):
@@ -96,10 +79,13 @@ class Core:
         self.loading_bytes = 0
         self.unloading: dict[str, int] = {}  # model -> charged bytes until its release is verified
         self.swap: SwapPlan | None = None
-        self.pending_unloads: dict[str, str] = {}  # model -> reason: asked for by an operator, or over_budget
-        self.over_budget_evictions = 0
+        # model -> why it is to be unloaded once drained: an operator asked, or over_budget
+        self.pending_unloads: dict[str, UnloadReason] = {}
+        self.tickets: dict[str, list[int]] = {}  # model -> operator unloads waiting for its answer
+        self.epoch = 0  # counts the events that changed what is resident (see reconcile)
+        self.changed: dict[str, int] = {}  # model -> the epoch its residency last changed
         self.swaps = 0  # committed swaps (loads started), for metrics and the benchmark
-        self.evictions: collections.Counter[str] = collections.Counter()
+        self.evictions: collections.Counter[UnloadReason] = collections.Counter()
 
     # views ---------------------------------------------------------------------------------------
 
@@ -133,8 +119,11 @@ class Core:
             r = self.resident.get(m)
             if q and r is not None and not r.draining:
                 raise InvariantBroken(f"{m} is ready but has {len(q)} waiting requests")
+        for m in self.tickets:
+            if self.state_of(m) not in ("draining", "loading", "unloading"):
+                raise InvariantBroken(f"an operator unload of {m} waits, but {m} is {self.state_of(m)}: nothing will answer it")
 
-    # events --------------------------------------------------------------------------------------
+    # events: requests ----------------------------------------------------------------------------
 
     def arrive(self, req_id: int, model: str, now: float, *, lane: str = BULK, timeout_s: float = 300.0) -> list[Action]:
         info = self.models[model]
@@ -144,15 +133,15 @@ class Core:
             r.last_used = now
             return [Grant(req_id, model)]
         if info.footprint_bytes > self.budget_bytes:
-            return [Fail(req_id, model, "too_large",
+            return [Fail(req_id, model, FailKind.TOO_LARGE,
                          f"{model} needs {info.footprint_bytes / 2**20:.0f} MiB but the {self.device} budget is "
                          f"{self.budget_bytes / 2**20:.0f} MiB")]
         q = self.queues[model]
         if len(q) >= self.max_queue:
-            return [Fail(req_id, model, "queue_full", f"{len(q)} requests already wait for {model}")]
+            return [Fail(req_id, model, FailKind.QUEUE_FULL, f"{len(q)} requests already wait for {model}; try again shortly")]
         eta = 0.0 if model == self.loading else info.load_s
         if eta > timeout_s:
-            return [Fail(req_id, model, "not_ready_in_time",
+            return [Fail(req_id, model, FailKind.NOT_READY_IN_TIME,
                          f"{model} takes about {info.load_s:.0f} s to load, longer than the request's {timeout_s:.0f} s deadline")]
         q.append(Waiter(req_id, model, lane, now, now + timeout_s))
         return self._step(now)
@@ -164,57 +153,13 @@ class Core:
             r.last_used = now
         return self._step(now)
 
-    def load_done(self, model: str, now: float, *, ok: bool, peak_memory_bytes: int | None = None,
-                  load_s: float | None = None, reason: str = "") -> list[Action]:
-        if model != self.loading:
-            log.warning("%s: load_done for %s, which was not loading; ignored", self.device, model)
-            return self._step(now)
-        self.loading = None
-        self.loading_bytes = 0
-        self.swap = None
-        info = self.models[model]
-        actions: list[Action] = []
-        if ok:
-            charged = peak_memory_bytes if peak_memory_bytes else info.footprint_bytes
-            info.footprint_bytes = max(charged, 1)
-            if load_s is not None:
-                info.load_s = load_s
-            self.resident[model] = Resident(charged_bytes=charged, last_used=now, loaded_at=now)
-            over = self.used_bytes() - self.budget_bytes
-            if over > 0:
-                # Its first measurement came out bigger than the estimate it was admitted with. The
-                # ledger charges the truth, so it is over the budget: evict others at once (drained
-                # first, as always) until it is back inside. Its own waiters are served meanwhile.
-                victims = choose_victims(self.snapshot(now), over, model, allow_busy=True) or ()
-                log.warning("%s: %s measured %.0f MiB, %.0f MiB over the budget; evicting %s", self.device, model,
-                            charged / 2**20, over / 2**20, list(victims) or "nothing (all pinned)")
-                for victim in victims:
-                    self.resident[victim].draining = True
-                    self.pending_unloads[victim] = "over_budget"
-                    self.over_budget_evictions += 1
-        else:
-            for w in self.queues[model]:
-                actions.append(Fail(w.req_id, model, "load_failed", reason or f"{model} failed to load"))
-            self.queues[model].clear()
-        return actions + self._step(now)
-
-    def unload_done(self, model: str, now: float, *, leftover_bytes: int = 0, heir: str | None = None) -> list[Action]:
-        """``model``'s memory is released. ``leftover_bytes`` of its charge stayed with its worker
-        (a process-wide cost such as a CUDA context or an imported framework, first charged to
-        the first model loaded): they move to ``heir``, a model still resident in that worker, so
-        the ledger keeps telling the truth."""
-        self.unloading.pop(model, None)
-        if heir is not None and heir in self.resident and leftover_bytes > 0:
-            self.resident[heir].charged_bytes += leftover_bytes
-        return self._step(now)
-
     def tick(self, now: float) -> list[Action]:
         actions: list[Action] = []
         for model, q in self.queues.items():
             keep = collections.deque()
             for w in q:
                 if now >= w.deadline:
-                    actions.append(Fail(w.req_id, model, "deadline", f"{model} was not ready within the request's deadline"))
+                    actions.append(Fail(w.req_id, model, FailKind.DEADLINE, f"{model} was not ready within the request's deadline"))
                 else:
                     keep.append(w)
             self.queues[model] = keep
@@ -226,38 +171,141 @@ class Core:
         self.queues[model] = collections.deque(w for w in q if w.req_id != req_id)
         return self._step(now)
 
-    def request_unload(self, model: str, now: float) -> list[Action]:
-        """An operator asked to unload ``model``: drain it and unload it once idle. Its waiting
-        requests stay queued and bring it back later."""
+    # events: the world's answers -----------------------------------------------------------------
+
+    def load_done(self, model: str, now: float, *, ok: bool, peak_memory_bytes: int | None = None,
+                  load_s: float | None = None, reason: str = "") -> list[Action]:
+        if model != self.loading:
+            log.warning("%s: load_done for %s, which was not loading; ignored", self.device, model)
+            return self._step(now)
+        self.loading = None
+        self.loading_bytes = 0
+        self.swap = None
+        self._changed(model)
+        info = self.models[model]
+        actions: list[Action] = []
+        if ok:
+            charged = peak_memory_bytes if peak_memory_bytes else info.footprint_bytes
+            info.footprint_bytes = max(charged, 1)
+            if load_s is not None:
+                info.load_s = load_s
+            # An operator asked to unload it while it loaded: it is drained at once (its waiters stay queued).
+            self.resident[model] = Resident(charged_bytes=charged, last_used=now, loaded_at=now,
+                                            draining=model in self.pending_unloads)
+            over = self.used_bytes() - self.budget_bytes
+            if over > 0:
+                # Its first measurement came out bigger than the estimate it was admitted with. The
+                # ledger charges the truth, so it is over the budget: evict others at once (drained
+                # first, as always) until it is back inside. Its own waiters are served meanwhile.
+                victims = choose_victims(self.snapshot(now), over, model, allow_busy=True) or ()
+                log.warning("%s: %s measured %.0f MiB, %.0f MiB over the budget; evicting %s", self.device, model,
+                            charged / 2**20, over / 2**20, list(victims) or "nothing (all pinned)")
+                for victim in victims:
+                    self.resident[victim].draining = True
+                    self.pending_unloads.setdefault(victim, UnloadReason.OVER_BUDGET)
+        else:
+            for w in self.queues[model]:
+                actions.append(Fail(w.req_id, model, FailKind.LOAD_FAILED, reason or f"{model} failed to load"))
+            self.queues[model].clear()
+        return actions + self._step(now)
+
+    def unload_done(self, model: str, now: float, *, freed_bytes: int | None = None) -> list[Action]:
+        """``model``'s release is over (verified, or given up on: the world counts those): its charge
+        leaves the ledger, and the operator unloads that waited for it are answered RELEASED.
+
+        ``freed_bytes`` is what the release gave back. Less than the charge means the rest stayed
+        with its worker (a process-wide cost such as a CUDA context or an imported framework, first
+        charged to the first model loaded): it moves to a model of the same family still resident,
+        so the ledger keeps telling the truth. None: the release is taken to free the whole charge."""
+        charged = self.unloading.pop(model, 0)
+        self._changed(model)
+        if freed_bytes is not None and charged > freed_bytes:
+            family = self.models[model].family
+            heir = next((m for m in self.resident if family is not None and self.models[m].family == family), None)
+            if heir is not None:
+                self.resident[heir].charged_bytes += charged - freed_bytes
+        return self._answer(model, UnloadOutcome.RELEASED) + self._step(now)
+
+    def request_unload(self, ticket: int, model: str, now: float, *, drain: bool = True) -> list[Action]:
+        """An operator asked to unload ``model``; ``UnloadAnswer(ticket, ...)`` says when it is done.
+
+        Resident: drained (no new grants; the requests in flight finish), then unloaded as any
+        victim is — its charge moves to "unloading" with the ``Unload`` and leaves the ledger at
+        ``unload_done``, which answers RELEASED. With ``drain`` False and requests in flight it is
+        refused at once (IN_USE) and nothing changes. Loading: drained as soon as it is loaded.
+        Unloading already: answered by that release. Not resident: NOT_RESIDENT at once. Its waiting
+        requests stay queued and bring it back later, by the normal scheduling."""
+        state = self.state_of(model)
+        if state == "unloaded":
+            return [UnloadAnswer(ticket, model, UnloadOutcome.NOT_RESIDENT)]
         r = self.resident.get(model)
+        if r is not None and r.in_flight > 0 and not drain:
+            return [UnloadAnswer(ticket, model, UnloadOutcome.IN_USE)]
+        self.tickets.setdefault(model, []).append(ticket)
+        if state != "unloading":
+            self.pending_unloads.setdefault(model, UnloadReason.REQUEST)
         if r is not None:
             r.draining = True
-            self.pending_unloads[model] = "request"
         return self._step(now)
 
     def vanished(self, model: str, now: float) -> list[Action]:
-        """Reconciliation: the service says ``model`` is not loaded, though the ledger had it."""
-        self.resident.pop(model, None)
-        if self.swap is not None and model in self.swap.evict:
-            pass  # already gone: the swap goes on without it
+        """The service said ``model`` is not loaded, though the ledger had it: the ledger forgets it."""
+        if self.resident.pop(model, None) is not None:
+            self._changed(model)
         return self._step(now)
 
-    def appeared(self, model: str, charged_bytes: int, now: float) -> list[Action]:
-        """Reconciliation: the service has ``model`` loaded though the ledger did not know.
-        It is charged; if that breaks the budget, it is unloaded at once."""
-        if model in self.resident or model == self.loading or model in self.unloading:
-            return self._step(now)
-        self.resident[model] = Resident(charged_bytes=charged_bytes, last_used=now, loaded_at=now)
+    def reconcile(self, family: str, held: dict[str, Held] | None, now: float, *, since: int | None = None) -> list[Action]:
+        """``family``'s service was read: ``held`` is what it says it holds (model -> ``Held``), or
+        None when it could not be reached — a service that is down holds nothing.
+
+        - A resident model of the family that the service does not hold leaves the ledger.
+        - A model the service holds, settled, that the ledger has neither resident, loading nor
+          unloading is charged: its measured peak, else its footprint. If that breaks the budget,
+          it is unloaded at once (its bytes are already outside the budget; only its release is
+          waited for).
+        - A model loading or unloading, here or at its service, is left alone: the event in flight
+          will tell.
+        - ``since`` is the ``epoch`` when the read began: a model whose residency changed after it
+          (a load or an unload completed while the read was in flight) is left alone, because the
+          reply is older than what the ledger knows. None: the reply is current.
+        """
+        held = held or {}
         actions: list[Action] = []
-        if self.used_bytes() > self.budget_bytes and self.resident[model].in_flight == 0:
-            r = self.resident.pop(model)
-            self.unloading[model] = 0  # its bytes are already outside the budget; only wait for it
-            self.evictions["reconcile"] += 1
-            del r
-            actions.append(Unload(model, "reconcile"))
+
+        def newer(m: str) -> bool:
+            return since is not None and self.changed.get(m, 0) > since
+
+        for model in [m for m in self.resident if self.models[m].family == family]:
+            if model not in held and not newer(model):
+                log.warning("%s: reconcile %s: %s is not loaded at its service; the ledger forgets it",
+                            self.device, family, model)
+                self.resident.pop(model)
+                self._changed(model)
+        for model, h in held.items():
+            info = self.models.get(model)
+            if info is None or info.family != family or not h.settled or newer(model) \
+                    or self.state_of(model) != "unloaded":
+                continue
+            charged = h.peak_memory_bytes or info.footprint_bytes
+            log.warning("%s: reconcile %s: %s is loaded at its service; the ledger charges %.0f MiB",
+                        self.device, family, model, charged / 2**20)
+            self.resident[model] = Resident(charged_bytes=charged, last_used=now, loaded_at=now)
+            self._changed(model)
+            if self.used_bytes() > self.budget_bytes:
+                del self.resident[model]
+                self.unloading[model] = 0  # its bytes are already outside the budget; only wait for it
+                self.evictions[UnloadReason.RECONCILE] += 1
+                actions.append(Unload(model, UnloadReason.RECONCILE))
         return actions + self._step(now)
 
     # the step ------------------------------------------------------------------------------------
+
+    def _changed(self, model: str) -> None:
+        self.epoch += 1
+        self.changed[model] = self.epoch
+
+    def _answer(self, model: str, outcome: UnloadOutcome) -> list[Action]:
+        return [UnloadAnswer(t, model, outcome) for t in self.tickets.pop(model, [])]
 
     def _step(self, now: float) -> list[Action]:
         actions: list[Action] = []
@@ -275,7 +323,11 @@ class Core:
         for model, reason in list(self.pending_unloads.items()):
             r = self.resident.get(model)
             if r is None:
+                if model == self.loading:
+                    continue  # load_done drains it
                 del self.pending_unloads[model]
+                if model not in self.unloading:  # gone by other means (vanished, its load failed)
+                    actions += self._answer(model, UnloadOutcome.NOT_RESIDENT)
             elif r.in_flight == 0 and model not in (self.swap.evict if self.swap else ()):
                 del self.pending_unloads[model]
                 self.resident.pop(model)
@@ -298,8 +350,8 @@ class Core:
                 if r is not None and r.in_flight == 0:
                     self.resident.pop(victim)
                     self.unloading[victim] = r.charged_bytes
-                    self.evictions["swap"] += 1
-                    actions.append(Unload(victim, "swap"))
+                    self.evictions[UnloadReason.SWAP] += 1
+                    actions.append(Unload(victim, UnloadReason.SWAP))
             victims_left = any(v in self.resident for v in self.swap.evict)
             if not victims_left and not self.unloading:
                 model = self.swap.load

@@ -28,10 +28,11 @@ class Loaded:
 
 @dataclass(frozen=True)
 class Released:
-    freed_bytes: int
-    verified: bool
-    seconds: float
-    detail: str
+    freed_bytes: int  # what the release gave back, as the service measured it
+    verified: bool  # the service said unloaded and (on a GPU) the meter agreed in time
+    seconds: float  # from asking for the unload until verified (or given up on)
+    detail: str  # how it was verified, or why not
+    worker_stopped: bool = False  # the service's last resident model left, so its worker process ended
 
 
 class Effects(Protocol):
@@ -65,24 +66,24 @@ class HttpEffects:
         meter = self.meters.get(spec.device if ":" in spec.device else ("cuda:0" if spec.wants_gpu else "cpu"))
         used_before = meter.device().used_bytes if meter is not None else None
         reply = await self.clients[spec.family].unload(spec.id, drain=True, timeout_s=self.release_timeout_s + self.load_timeout_s)
-        freed = reply.freed_bytes
+        freed, stopped = reply.freed_bytes, reply.worker_stopped
         if reply.state != "unloaded":
-            return Released(freed, False, time.monotonic() - t0, f"service answered state {reply.state}")
+            return Released(freed, False, time.monotonic() - t0, f"service answered state {reply.state}", stopped)
         if meter is None:
             # Host memory: the service measured its own worker's release (process RSS, or the
             # worker's end); the host's total is too noisy to second-guess it.
-            return Released(freed, True, time.monotonic() - t0, "service-measured release")
+            return Released(freed, True, time.monotonic() - t0, "service-measured release", stopped)
         expected = self.release_tolerance * min(charged_bytes, freed)
         deadline = t0 + self.release_timeout_s
         delay = 0.01
         while True:
             released = used_before - meter.device().used_bytes
             if released >= expected:
-                return Released(freed, True, time.monotonic() - t0, f"NVML: {released / 2**20:.0f} MiB back")
+                return Released(freed, True, time.monotonic() - t0, f"NVML: {released / 2**20:.0f} MiB back", stopped)
             if time.monotonic() >= deadline:
                 return Released(freed, False, time.monotonic() - t0,
                                 f"NVML shows {released / 2**20:.0f} MiB back of {charged_bytes / 2**20:.0f} MiB after "
-                                f"{self.release_timeout_s:.0f} s")
+                                f"{self.release_timeout_s:.0f} s", stopped)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
 

@@ -3,8 +3,10 @@
 Every Core event is a synchronous call made on the one event loop thread, so the Core is never
 touched by two coroutines at once (the run loop's ownership, without a queue hop). The actions a
 Core returns are carried out here: grants resolve the waiting request's future, loads and unloads
-run as tasks whose completion is fed back as the next event, and one timer per device wakes the
-Core for deadlines and patience.
+run as tasks whose completion is fed back as the next event, an operator's unload resolves its
+future when the Core answers it, and one timer per device wakes the Core for deadlines and
+patience. Nothing here decides what an event means for the ledger: reading a service for
+reconciliation only fetches its rows and hands them to ``Core.reconcile``.
 """
 
 from __future__ import annotations
@@ -16,22 +18,36 @@ import time
 from typing import Any, Callable
 
 from modelhost.catalog import Catalog, ModelSpec
-from modelhost.errors import DeadlineExceeded, ModelNotFound, Overloaded, RoundhouseError, Unavailable
+from modelhost.errors import (
+    DeadlineExceeded,
+    InsufficientMemory,
+    InternalError,
+    ModelLeased,
+    ModelLoadFailed,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    RoundhouseError,
+)
 
-from .core import Action, Core, Fail, Grant, Load, Unload, Wake
-from .effects import Effects
+from .actions import Action, Fail, FailKind, Grant, Held, Load, Unload, UnloadAnswer, UnloadOutcome, UnloadReason, Wake
+from .core import Core
+from .effects import Effects, Released
 from .footprints import FootprintStore
 from .policy import INTERACTIVE, ModelInfo, PolicyConfig
+from .views import DeviceLedger, LedgerState, device_ledger, ledger_state
 
 log = logging.getLogger(__name__)
 
-
-class ModelLoadFailed(RoundhouseError):
-    status, type, code = 500, "server_error", "model_load_failed"
-
-
-class InsufficientMemory(Unavailable):
-    code = "insufficient_memory"
+# The one table from the ways the Core gives up on a request to the error its caller gets, and the
+# Retry-After it carries (None: the class's own).
+FAIL_ERRORS: dict[FailKind, tuple[type[RoundhouseError], float | None]] = {
+    FailKind.QUEUE_FULL: (Overloaded, 2.0),  # 429
+    FailKind.NOT_READY_IN_TIME: (ModelNotReady, 5.0),  # 503 model_not_ready
+    FailKind.TOO_LARGE: (InsufficientMemory, None),  # 503 insufficient_memory, permanent
+    FailKind.LOAD_FAILED: (ModelLoadFailed, None),  # 500; the service's own 502/503/504 when it was down or slow
+    FailKind.DEADLINE: (DeadlineExceeded, None),  # 504
+}
 
 
 def device_key(spec: ModelSpec) -> str:
@@ -68,13 +84,16 @@ class Coordinator:
             footprint = int(known["peak_memory_bytes"]) if known else spec.memory_estimate_bytes
             load_s = float(known["load_s"]) if known else 2.0
             by_device.setdefault(dev, {})[spec.id] = ModelInfo(
-                spec.id, footprint, pin=spec.pin, priority=spec.priority, group=spec.group, load_s=load_s)
+                spec.id, footprint, pin=spec.pin, priority=spec.priority, group=spec.group, load_s=load_s,
+                family=spec.family)
         for dev, models in by_device.items():
             if dev not in budgets:
                 raise ValueError(f"no memory budget for device {dev}")
             self.cores[dev] = Core(dev, budgets[dev], models, config=config, max_queue=max_queue)
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(1)  # request ids and unload tickets
         self._waiting: dict[int, tuple[asyncio.Future, float, str]] = {}
+        self._unloads: dict[int, asyncio.Future] = {}  # operator unload ticket -> its caller's future
+        self._released: dict[str, Released | RoundhouseError] = {}  # each model's last release, for its tickets
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task] = set()
         self._reconciling: dict[str, asyncio.Task] = {}
@@ -87,10 +106,7 @@ class Coordinator:
         """Return when ``model`` is resident and this request may use it (call ``release`` after).
         Raises 429 when its queue is full, 503 when it cannot be ready in time or fails to load,
         504 when its deadline passes while waiting. Never waits past ``timeout_s``."""
-        dev = self.device_of.get(model)
-        if dev is None:
-            raise ModelNotFound(f"model {model!r} is not in the catalog", param="model")
-        core = self.cores[dev]
+        dev, core = self._core(model)
         req_id = next(self._ids)
         fut = asyncio.get_running_loop().create_future()
         self._waiting[req_id] = (fut, self.clock(), lane)
@@ -114,15 +130,36 @@ class Coordinator:
         dev = self.device_of[model]
         self._apply(dev, self.cores[dev].release(model, self.clock()))
 
-    def request_unload(self, model: str) -> None:
-        dev = self.device_of[model]
-        self._apply(dev, self.cores[dev].request_unload(model, self.clock()))
+    async def unload(self, model: str, *, drain: bool, timeout_s: float) -> Released | None:
+        """An operator's unload, through the Core: ``model`` is drained (its requests in flight finish;
+        with ``drain`` False and any in flight, 409 ``model_in_use`` and nothing changes), unloaded,
+        and its release verified by the effects. Returns that release, or None when the model was not
+        resident. Requests waiting for it stay queued and bring it back later. 504 when it takes
+        longer than ``timeout_s``; the unload goes on regardless (and if the caller goes away)."""
+        dev, core = self._core(model)
+        ticket = next(self._ids)
+        fut = asyncio.get_running_loop().create_future()
+        self._unloads[ticket] = fut
+        try:
+            self._apply(dev, core.request_unload(ticket, model, self.clock(), drain=drain))
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+            except asyncio.TimeoutError:
+                raise DeadlineExceeded(f"{model} was not released within {timeout_s:.0f} s; its unload goes on") from None
+        finally:
+            self._unloads.pop(ticket, None)
 
     def vanished(self, model: str) -> None:
         """A service said ``model`` is not loaded: correct the ledger now, and re-read the service."""
         dev = self.device_of[model]
         self._apply(dev, self.cores[dev].vanished(model, self.clock()))
         self.schedule_reconcile(self.catalog.get(model).family)
+
+    def _core(self, model: str) -> tuple[str, Core]:
+        dev = self.device_of.get(model)
+        if dev is None:
+            raise ModelNotFound(f"model {model!r} is not in the catalog", param="model")
+        return dev, self.cores[dev]
 
     # actions -------------------------------------------------------------------------------------
 
@@ -150,24 +187,35 @@ class Coordinator:
                 self._spawn(self._load(dev, a.model), f"coordinator-load-{a.model}")
             elif isinstance(a, Unload):
                 self._spawn(self._unload(dev, a.model, a.reason), f"coordinator-unload-{a.model}")
+            elif isinstance(a, UnloadAnswer):
+                self._answer(a)
             elif isinstance(a, Wake):
                 self._arm(dev, a.at)
         if self.metrics is not None:
             self.metrics.observe_core(core)
 
     def _error(self, a: Fail) -> RoundhouseError:
-        if a.kind == "queue_full":
-            return Overloaded(a.message + "; try again shortly", retry_after_s=2)
-        if a.kind == "too_large":
-            return InsufficientMemory(a.message)
-        if a.kind == "load_failed":
+        if a.kind is FailKind.LOAD_FAILED:
             cause = self._load_errors.get(a.model)  # every waiter of this failed load gets it
             if cause is not None:
                 return cause
-            return ModelLoadFailed(a.message)
-        if a.kind == "deadline":
-            return DeadlineExceeded(a.message, code="deadline_exceeded")
-        return Unavailable(a.message, retry_after_s=5, code="model_not_ready")
+        cls, retry_after_s = FAIL_ERRORS[a.kind]
+        return cls(a.message, retry_after_s=retry_after_s)
+
+    def _answer(self, a: UnloadAnswer) -> None:
+        fut = self._unloads.get(a.ticket)
+        if fut is None or fut.done():
+            return  # its caller went away; the unload went on without it
+        if a.outcome is UnloadOutcome.IN_USE:
+            fut.set_exception(ModelLeased(f"{a.model} has requests in flight; unload with drain=true to wait for them"))
+        elif a.outcome is UnloadOutcome.NOT_RESIDENT:
+            fut.set_result(None)
+        else:
+            released = self._released.get(a.model)
+            if isinstance(released, RoundhouseError):
+                fut.set_exception(released)
+            else:
+                fut.set_result(released)
 
     def _arm(self, dev: str, at: float) -> None:
         handle = self._timers.get(dev)
@@ -219,7 +267,9 @@ class Coordinator:
                  (core.used_bytes() - core.loading_bytes + loaded.peak_memory_bytes) / 2**20, core.budget_bytes / 2**20)
         self._apply(dev, core.load_done(model, self.clock(), ok=True, peak_memory_bytes=loaded.peak_memory_bytes, load_s=loaded.load_s))
 
-    async def _unload(self, dev: str, model: str, reason: str) -> None:
+    async def _unload(self, dev: str, model: str, reason: UnloadReason) -> None:
+        """Carry out an ``Unload``: the effects unload and verify the release; ``unload_done`` then
+        drops the charge (and answers the operator unloads waiting for it)."""
         spec = self.catalog.get(model)
         core = self.cores[dev]
         charged = core.unloading.get(model, 0)
@@ -227,30 +277,34 @@ class Coordinator:
             self.metrics.evictions.labels(model, reason).inc()
         try:
             released = await self.effects.unload(spec, charged)
-        except RoundhouseError as e:
-            # The service is gone or broken: whatever it held is being reconciled; count it.
-            log.error("%s: unload of %s failed (%s); reconciling %s", dev, model, e.message, spec.family)
-            self.unverified_releases += 1
-            if self.metrics is not None:
-                self.metrics.release_unverified.labels(model).inc()
-            await self.reconcile(spec.family)
+        except Exception as e:  # never leave the Core believing an unload is in flight
+            if isinstance(e, RoundhouseError):
+                log.error("%s: unload of %s failed (%s); reconciling %s", dev, model, e.message, spec.family)
+                self._released[model] = e
+            else:
+                log.exception("%s: unload of %s failed unexpectedly; reconciling %s", dev, model, spec.family)
+                self._released[model] = InternalError(f"the unload of {model} failed ({type(e).__name__})")
+            self._count_unverified(model)
+            # The service is gone or broken: the charge goes, and the service is read at once for
+            # what it still holds (a service that is down holds nothing).
             self._apply(dev, core.unload_done(model, self.clock()))
+            await self.reconcile(spec.family)
             return
         if not released.verified:
-            self.unverified_releases += 1
+            self._count_unverified(model)
             log.error("%s: release of %s NOT verified: %s", dev, model, released.detail)
-            if self.metrics is not None:
-                self.metrics.release_unverified.labels(model).inc()
         else:
             log.info("%s: %s released %.0f MiB in %.2f s (%s)", dev, model, released.freed_bytes / 2**20,
                      released.seconds, released.detail)
         if self.metrics is not None:
             self.metrics.release_seconds.labels(model).observe(released.seconds)
-        # What the worker kept (a shared CUDA context, an imported framework) stays charged to a
-        # model still resident in the same service.
-        leftover = max(0, charged - released.freed_bytes)
-        heir = next((m for m in core.resident if self.catalog.get(m).family == spec.family), None)
-        self._apply(dev, core.unload_done(model, self.clock(), leftover_bytes=leftover if heir else 0, heir=heir))
+        self._released[model] = released
+        self._apply(dev, core.unload_done(model, self.clock(), freed_bytes=released.freed_bytes))
+
+    def _count_unverified(self, model: str) -> None:
+        self.unverified_releases += 1
+        if self.metrics is not None:
+            self.metrics.release_unverified.labels(model).inc()
 
     # reconciliation ------------------------------------------------------------------------------
 
@@ -260,26 +314,18 @@ class Coordinator:
             self._reconciling[family] = asyncio.create_task(self.reconcile(family), name=f"reconcile-{family}")
 
     async def reconcile(self, family: str) -> None:
-        """Read the service's own view and correct the ledger: models it does not hold leave the
-        ledger; models it holds that the ledger missed are charged (and unloaded if they do not fit)."""
+        """Read ``family``'s service and hand what it holds to each device's Core (``Core.reconcile``
+        decides what that means for the ledger)."""
+        since = {dev: core.epoch for dev, core in self.cores.items()}
         try:
             rows = await self.effects.models(family)
         except RoundhouseError as e:
-            log.warning("reconcile %s: service unreachable (%s); its models leave the ledger", family, e.message)
-            rows = []
-        live = {r.id: r for r in rows if r.resident}
+            log.warning("reconcile %s: service unreachable (%s); it holds nothing", family, e.message)
+            held = None
+        else:
+            held = {r.id: Held(r.peak_memory_bytes, settled=r.state == "ready") for r in rows if r.resident}
         for dev, core in self.cores.items():
-            now = self.clock()
-            for model in list(core.resident):
-                if self.catalog.get(model).family == family and model not in live and model != core.loading:
-                    log.warning("reconcile %s: %s is not loaded at its service; the ledger forgets it", family, model)
-                    self._apply(dev, core.vanished(model, now))
-            for model, row in live.items():
-                if self.device_of.get(model) == dev and row.state == "ready" and model not in core.resident \
-                        and model != core.loading and model not in core.unloading:
-                    charged = row.peak_memory_bytes or row.memory_bytes or core.models[model].footprint_bytes
-                    log.warning("reconcile %s: %s is loaded at its service; the ledger charges %.0f MiB", family, model, charged / 2**20)
-                    self._apply(dev, core.appeared(model, charged, now))
+            self._apply(dev, core.reconcile(family, held, self.clock(), since=since[dev]))
 
     async def reconcile_all(self) -> None:
         families = sorted({s.family for s in self.catalog.models})
@@ -293,23 +339,8 @@ class Coordinator:
 
     # views ---------------------------------------------------------------------------------------
 
-    def view(self) -> dict[str, Any]:
-        out = {}
-        for dev, core in self.cores.items():
-            out[dev] = {
-                "budget_bytes": core.budget_bytes,
-                "used_bytes": core.used_bytes(),
-                "loading": core.loading,
-                "unloading": sorted(core.unloading),
-                "swap": None if core.swap is None else {"load": core.swap.load, "evict": list(core.swap.evict)},
-                "swaps": core.swaps,
-                "resident": {m: {"charged_bytes": r.charged_bytes, "in_flight": r.in_flight, "draining": r.draining,
-                                 "idle_s": round(self.clock() - r.last_used, 3)} for m, r in core.resident.items()},
-                "queues": {m: len(q) for m, q in core.queues.items() if q},
-                "footprints": {m: {"bytes": i.footprint_bytes, "measured": self.store.get(m) is not None}
-                               for m, i in core.models.items()},
-            }
-        return out
+    def view(self) -> dict[str, DeviceLedger]:
+        return {dev: device_ledger(core, self.store, self.clock()) for dev, core in self.cores.items()}
 
     def requests_active(self, dev: str) -> int:
         """Requests on ``dev`` between ``acquire`` and ``release``: granted and in flight, or waiting.
@@ -319,7 +350,6 @@ class Coordinator:
             return 0
         return sum(r.in_flight for r in core.resident.values()) + sum(len(q) for q in core.queues.values())
 
-    def model_state(self, model: str) -> dict[str, Any]:
-        dev = self.device_of[model]
-        core = self.cores[dev]
-        return {"ledger_state": core.state_of(model), "queue_depth": len(core.queues[model]), "device_ledger": dev}
+    def model_state(self, model: str) -> LedgerState:
+        dev, core = self._core(model)
+        return ledger_state(core, model)

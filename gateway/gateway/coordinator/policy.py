@@ -22,6 +22,7 @@ class ModelInfo:
     group: str | None = None
     load_s: float = 2.0  # expected; learnt from real loads
     unload_s: float = 0.5
+    family: str | None = None  # its service: reconciliation reads one family at a time
 
 
 @dataclass

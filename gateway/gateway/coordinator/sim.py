@@ -11,9 +11,10 @@ import collections
 import heapq
 import itertools
 import statistics
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-from .core import Core, Fail, Grant, Load, Unload, Wake
+from .core import Core, Fail, Grant, Load, Unload, UnloadAnswer, UnloadOutcome, Wake
 from .policy import BULK, INTERACTIVE, ModelInfo, PolicyConfig
 
 
@@ -23,6 +24,15 @@ class TraceRequest:
     model: str
     lane: str = BULK
     timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class TraceUnload:
+    """An operator's unload (``POST /admin/models/{id}/unload``) at time ``at``."""
+
+    at: float
+    model: str
+    drain: bool = True
 
 
 @dataclass
@@ -61,6 +71,7 @@ class SimResult:
     max_used_bytes: int
     events: int
     double_loads: int = 0
+    unload_answers: dict[int, list[UnloadOutcome]] = field(default_factory=dict)  # ticket -> every answer it got
 
     def waits(self, lane: str | None = None) -> list[float]:
         return [o.wait_s for o in self.outcomes if o.wait_s is not None and (lane is None or o.lane == lane)]
@@ -93,8 +104,10 @@ class _ModelServer:
 
 
 def simulate_core(trace: list[TraceRequest], models: dict[str, SimModel], budget_bytes: int,
-                  config: PolicyConfig | None = None, *, check: bool = True, max_queue: int = 10_000) -> SimResult:
-    """Run ``trace`` through the real Core. ``check`` verifies the invariants after every event."""
+                  config: PolicyConfig | None = None, *, check: bool = True, max_queue: int = 10_000,
+                  unloads: Sequence[TraceUnload] = ()) -> SimResult:
+    """Run ``trace`` (and the operator ``unloads``, ticket = their index) through the real Core.
+    ``check`` verifies the invariants after every event."""
     infos = {m: ModelInfo(m, s.footprint_bytes, pin=s.pin, priority=s.priority, group=s.group,
                           load_s=s.load_s, unload_s=s.unload_s) for m, s in models.items()}
     core = Core("sim", budget_bytes, infos, config=config or PolicyConfig(), max_queue=max_queue)
@@ -112,6 +125,9 @@ def simulate_core(trace: list[TraceRequest], models: dict[str, SimModel], budget
 
     for i, r in enumerate(trace):
         push(r.at, "arrive", i, r)
+    answers: dict[int, list[UnloadOutcome]] = {}
+    for ticket, u in enumerate(unloads):
+        push(u.at, "request_unload", ticket, u)
 
     def apply(actions, now: float) -> None:
         nonlocal double_loads
@@ -131,6 +147,8 @@ def simulate_core(trace: list[TraceRequest], models: dict[str, SimModel], budget
                 push(now + models[a.model].load_s, "load_done", a.model)
             elif isinstance(a, Unload):
                 push(now + models[a.model].unload_s, "unload_done", a.model)
+            elif isinstance(a, UnloadAnswer):
+                answers.setdefault(a.ticket, []).append(a.outcome)
             elif isinstance(a, Wake):
                 push(a.at, "tick")
 
@@ -169,10 +187,14 @@ def simulate_core(trace: list[TraceRequest], models: dict[str, SimModel], budget
             apply(core.unload_done(model, now), now)
         elif kind == "tick":
             apply(core.tick(now), now)
+        elif kind == "request_unload":
+            ticket, u = args
+            apply(core.request_unload(ticket, u.model, now, drain=u.drain), now)
         if check:
             core.check_invariants()
         max_used = max(max_used, core.used_bytes())
-    return SimResult("roundhouse", [outcomes[i] for i in sorted(outcomes)], core.swaps, max_used, events, double_loads)
+    return SimResult("roundhouse", [outcomes[i] for i in sorted(outcomes)], core.swaps, max_used, events, double_loads,
+                     answers)
 
 
 def simulate_fifo(trace: list[TraceRequest], models: dict[str, SimModel], budget_bytes: int, *,

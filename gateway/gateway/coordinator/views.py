@@ -1,0 +1,84 @@
+"""The coordinator's state as the admin API shows it: ``GET /admin/gpu`` (a ``DeviceLedger`` per
+device) and the ledger's columns of ``GET /admin/models`` (``LedgerState``). Read-only: built from a
+Core, never fed back into one."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from .core import Core
+from .footprints import FootprintStore
+
+
+class ResidentCharge(BaseModel):
+    charged_bytes: int = Field(description="What the ledger charges it: its measured peak (plus what a released "
+                                           "sibling left in their shared worker).")
+    in_flight: int = Field(description="Requests granted and not yet released.")
+    draining: bool = Field(description="No new grants: it is to be unloaded once its requests in flight finish.")
+    idle_s: float = Field(description="Seconds since its last grant or release.")
+
+
+class Footprint(BaseModel):
+    bytes: int = Field(description="What a load of it is admitted by: its measured peak, else the catalog's estimate.")
+    measured: bool = Field(description="Measured by a real load (remembered in footprints.json).")
+
+
+class SwapInFlight(BaseModel):
+    load: str
+    evict: list[str]
+
+
+class MeterReading(BaseModel):
+    """The device's own figures, beside the ledger's."""
+
+    kind: str = Field(description="nvml, or host for the host's memory.")
+    total_bytes: int
+    used_bytes: int
+    free_bytes: int | None = None
+
+
+class DeviceLedger(BaseModel):
+    budget_bytes: int
+    used_bytes: int = Field(description="Charged: resident models + the load in flight + releases not yet verified.")
+    loading: str | None = Field(None, description="The model whose load is in flight.")
+    unloading: dict[str, int] = Field(
+        description="Models whose unload is in flight: the bytes still charged to each until its release is verified.")
+    swap: SwapInFlight | None = None
+    swaps: int = Field(description="Swaps committed since the gateway started.")
+    resident: dict[str, ResidentCharge]
+    queues: dict[str, int] = Field(description="Requests waiting, per model with any.")
+    footprints: dict[str, Footprint]
+    meter: MeterReading | None = None
+
+
+class LedgerState(BaseModel):
+    """One model in its device's ledger."""
+
+    ledger_state: str = Field(description="unloaded, loading, ready, draining or unloading.")
+    queue_depth: int = Field(description="Requests waiting at the coordinator for it.")
+    device_ledger: str = Field(description="The device whose memory budget it is charged to.")
+    charged_bytes: int | None = Field(None, description="What the ledger charges it now (None when it holds nothing).")
+
+
+def device_ledger(core: Core, store: FootprintStore, now: float) -> DeviceLedger:
+    return DeviceLedger(
+        budget_bytes=core.budget_bytes,
+        used_bytes=core.used_bytes(),
+        loading=core.loading,
+        unloading=dict(sorted(core.unloading.items())),
+        swap=None if core.swap is None else SwapInFlight(load=core.swap.load, evict=list(core.swap.evict)),
+        swaps=core.swaps,
+        resident={m: ResidentCharge(charged_bytes=r.charged_bytes, in_flight=r.in_flight, draining=r.draining,
+                                    idle_s=round(now - r.last_used, 3)) for m, r in core.resident.items()},
+        queues={m: len(q) for m, q in core.queues.items() if q},
+        footprints={m: Footprint(bytes=i.footprint_bytes, measured=store.get(m) is not None) for m, i in core.models.items()},
+    )
+
+
+def ledger_state(core: Core, model: str) -> LedgerState:
+    r = core.resident.get(model)
+    charged = r.charged_bytes if r is not None else core.unloading.get(model)
+    if model == core.loading:
+        charged = core.loading_bytes
+    return LedgerState(ledger_state=core.state_of(model), queue_depth=len(core.queues[model]), device_ledger=core.device,
+                       charged_bytes=charged)
