@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import Iterable
 
 from PIL import Image, UnidentifiedImageError
 
@@ -32,3 +33,9 @@ def check_image(data: bytes, *, max_bytes: int, max_pixels: int, param: str = "f
     if w * h > max_pixels:
         raise PayloadTooLarge(f"the image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}", param=param, code="too_many_pixels")
     return fmt
+
+
+def check_images(parts: Iterable[tuple[str, bytes]], *, max_bytes: int, max_pixels: int) -> None:
+    """``check_image`` on each ``(param, bytes)``: the first bad one's 4xx, naming it."""
+    for param, data in parts:
+        check_image(data, max_bytes=max_bytes, max_pixels=max_pixels, param=param)

@@ -1,38 +1,34 @@
-"""faces: every face of every image and video keyframe, with its embedding (face-svc's POST
-/v1/faces/detect with embed=true); at the end, optionally, the faces grouped into people
+"""faces: every face of every image and video keyframe, with its embedding (the face family's detect with
+embed=true, ``modelhost.families.face``); at the end, optionally, the faces grouped into people
 (``cluster.cluster_faces``: average linkage over cosine similarity, threshold from the model)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 import numpy as np
 
 from modelhost.catalog import ModelSpec
-from modelhost.client import ModelHostClient
 from modelhost.errors import BadRequest
+from modelhost.families import validated
+from modelhost.families.face import FAMILY, DetectOptions, detect, verify_threshold
 
 from ..cluster import cluster_faces
 from ..kinds import TASK_KINDS
 from .base import Context, ImageTask
 
-# The similarity at which face-svc's verify says "same person", per backend (face-svc's
-# DEFAULT_VERIFY_THRESHOLDS); a catalog option cluster_threshold or verify_threshold wins.
-DEFAULT_THRESHOLDS = {"insightface": 0.4, "dlib": 0.92}
-
 
 def default_threshold(spec: ModelSpec) -> float:
+    """The model's ``cluster_threshold`` option, else the similarity at which its verify says "same"."""
     opts = spec.options or {}
-    for k in ("cluster_threshold", "verify_threshold"):
-        if k in opts:
-            return float(opts[k])
-    return DEFAULT_THRESHOLDS.get(spec.backend, 0.5)
+    if "cluster_threshold" in opts:
+        return float(opts["cluster_threshold"])
+    return verify_threshold(spec.backend, opts)
 
 
 class FacesTask(ImageTask):
     name = "faces"
-    family = "face"
+    family = FAMILY
     kinds = TASK_KINDS["faces"]
     csv_columns = ("t_s", "face", "person", "score", "box")
 
@@ -51,34 +47,21 @@ class FacesTask(ImageTask):
         if not -1.0 <= threshold <= 1.0:
             raise BadRequest("cluster_threshold is a cosine similarity, between -1 and 1", param="cluster_threshold")
         out: dict[str, Any] = {"cluster": bool(cluster), "cluster_threshold": threshold}
-        mf = raw.get("max_faces")
-        if mf not in (None, ""):
-            try:
-                mf = int(mf)
-            except (TypeError, ValueError):
-                raise BadRequest("max_faces must be an integer", param="max_faces")
-            if not 1 <= mf <= 1000:
-                raise BadRequest("max_faces must be between 1 and 1000", param="max_faces")
-            out["max_faces"] = mf
+        options = validated(DetectOptions, {"max_faces": raw.get("max_faces")})
+        if options.max_faces is not None:
+            out["max_faces"] = options.max_faces
         return out
 
     def key_params(self) -> dict[str, Any]:
         return {k: v for k, v in self.params.items() if k == "max_faces"}
 
     async def image(self, ctx: Context, data: bytes) -> dict[str, Any]:
-        async def call(client: ModelHostClient) -> Any:
-            form = aiohttp.FormData()
-            form.add_field("file", data, filename="image", content_type="application/octet-stream")
-            form.add_field("model", self.model)
-            form.add_field("embed", "true")
-            if "max_faces" in self.params:
-                form.add_field("max_faces", str(self.params["max_faces"]))
-            return await client.request("POST", "/v1/faces/detect", data=form, timeout_s=ctx.request_timeout_s)
-
-        body = await ctx.infer(call)
-        faces = [{"box": f["box"], "score": f["score"], "landmarks": f.get("landmarks"),
-                  "embedding": [round(x, 6) for x in f.get("embedding") or []]} for f in body["faces"]]
-        return {"faces": faces, "found": body.get("found", len(faces)), "width": body.get("width"), "height": body.get("height")}
+        options = DetectOptions(embed=True, max_faces=self.params.get("max_faces"))
+        reply = await ctx.infer(lambda upstream: detect(upstream, self.model, data, options,
+                                                        timeout_s=ctx.request_timeout_s))
+        faces = [{"box": f.box, "score": f.score, "landmarks": f.landmarks,
+                  "embedding": [round(x, 6) for x in f.embedding or []]} for f in reply.faces]
+        return {"faces": faces, "found": reply.found, "width": reply.width, "height": reply.height}
 
     def wants_results_at_finish(self) -> bool:
         return bool(self.params.get("cluster"))
