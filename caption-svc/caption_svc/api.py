@@ -1,37 +1,37 @@
-"""Caption routes: parse → lease → infer → response. Nothing else lives here."""
+"""Caption routes: parse → lease → infer → response. Nothing else lives here.
+
+The request and response are the caption family's contract (``modelhost.families.caption``): the form is
+``CaptionForm`` (a value of the wrong type is 422), its options are checked with ``CaptionOptions`` (400)."""
 
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from modelhost.app import host
-from modelhost.errors import BadRequest
+from modelhost.errors import error_responses
+from modelhost.families import validated
+from modelhost.families.caption import CaptionForm, CaptionOptions, CaptionResponse, CaptionTimings
 
 from .images import decode_image
 from .items import CaptionItem
-from .schemas import CaptionResponse, CaptionTimings
 
 router = APIRouter(tags=["captions"])
 
-MAX_PROMPT_CHARS = 2000
 
-
-@router.post("/v1/captions", response_model=CaptionResponse)
+@router.post("/v1/captions", response_model=CaptionResponse, responses=error_responses(400, 404, 413, 415, 422, 429, 503))
 async def caption(
     request: Request,
+    form: Annotated[CaptionForm, Form()],
     file: UploadFile = File(..., description="The image: JPEG, PNG, WebP, ..."),
-    model: str = Form(..., description="Catalog id of a caption model."),
-    prompt: str | None = Form(None, description="Optional prompt or caption prefix."),
-    max_new_tokens: int | None = Form(None, ge=1, le=512),
 ) -> CaptionResponse:
     h = host(request)
     settings = h.settings
-    h.runtime.entry(model)  # 404 for an unknown model before reading the upload
-    if prompt is not None and len(prompt) > MAX_PROMPT_CHARS:
-        raise BadRequest(f"prompt is longer than {MAX_PROMPT_CHARS} characters", param="prompt")
+    h.runtime.entry(form.model)  # 404 for an unknown model before reading the upload
+    options = validated(CaptionOptions, form.model_dump(exclude={"model"}))
     t0 = time.perf_counter()
     data = await file.read(settings.max_upload_bytes + 1)
     image = await run_in_threadpool(
@@ -39,10 +39,10 @@ async def caption(
         max_pixels=settings.max_image_pixels, max_side=settings.max_image_side,
     )
     t1 = time.perf_counter()
-    async with h.runtime.lease(model) as lease:
-        result = await lease.infer(CaptionItem(image=image, prompt=prompt or None, max_new_tokens=max_new_tokens))
+    async with h.runtime.lease(form.model) as lease:
+        result = await lease.infer(CaptionItem(image=image, prompt=options.prompt, max_new_tokens=options.max_new_tokens))
     t2 = time.perf_counter()
     return CaptionResponse(
-        model=model, caption=result["caption"], tokens=result["tokens"], width=image.width, height=image.height,
+        model=form.model, caption=result["caption"], tokens=result["tokens"], width=image.width, height=image.height,
         timings=CaptionTimings(decode_ms=(t1 - t0) * 1000, inference_ms=(t2 - t1) * 1000),
     )

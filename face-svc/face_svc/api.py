@@ -1,5 +1,10 @@
 """Face routes: parse → lease → infer → response. Nothing else lives here.
 
+The requests and responses are the face family's contract (``modelhost.families.face``): each form is its
+``...Form`` model (a value of the wrong type is 422), the options are checked with ``DetectOptions`` and
+``verify_options`` (400); what only this service knows (its ``max_faces``, whether a box lies in its image,
+whether an image has a face) it checks here.
+
 Coordinates: images are decoded upright and scaled down to ``max_image_side`` for the model; boxes and
 landmarks go back to the client in the uploaded image's pixels, and given boxes come in them.
 """
@@ -8,24 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
-import math
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from modelhost.app import host
-from modelhost.errors import BadRequest
+from modelhost.errors import BadRequest, error_responses
+from modelhost.families import validated
+from modelhost.families.face import (DetectForm, DetectOptions, EmbedForm, FaceDetection, FaceEmbeddings,
+                                     FaceTimings, FaceVerification, VerifyForm, verify_options, verify_threshold)
 
-from .backends import DEFAULT_VERIFY_THRESHOLDS
 from .config import FaceSettings
 from .images import Decoded, decode_image, encode_png
 from .items import DetectItem, EmbedItem
-from .schemas import DetectResponse, EmbedResponse, Timings, VerifyResponse
 
 router = APIRouter(tags=["faces"])
+
+ERRORS = error_responses(400, 404, 413, 415, 422, 429, 503)
 
 
 async def _decode(upload: UploadFile, settings: FaceSettings, param: str) -> Decoded:
@@ -42,19 +48,10 @@ def _max_faces(value: int | None, limit: int) -> int:
     return value
 
 
-def _box(value: str | None, param: str, image: Decoded) -> tuple[float, float, float, float] | None:
-    """``"x1,y1,x2,y2"`` or ``"[x1, y1, x2, y2]"`` in uploaded pixels → the box in the decoded image."""
-    if value is None or not value.strip():
+def _box(box: list[float] | None, param: str, image: Decoded) -> tuple[float, float, float, float] | None:
+    """A box (valid as such) in uploaded pixels → the box in the decoded image; 400 when it lies outside it."""
+    if box is None:
         return None
-    text = value.strip()
-    try:
-        numbers = json.loads(text) if text.startswith("[") else [float(v) for v in text.split(",")]
-        box = [float(v) for v in numbers]
-    except (ValueError, TypeError):
-        raise BadRequest(f"{param} must be four numbers x1,y1,x2,y2", param=param, code="invalid_box")
-    if len(box) != 4 or not all(math.isfinite(v) for v in box) or box[2] <= box[0] or box[3] <= box[1]:
-        raise BadRequest(f"{param} must be four finite numbers x1,y1,x2,y2 with x2 > x1 and y2 > y1",
-                         param=param, code="invalid_box")
     x1, y1, x2, y2 = max(0.0, box[0]), max(0.0, box[1]), min(float(image.width), box[2]), min(float(image.height), box[3])
     if x2 - x1 < 1 or y2 - y1 < 1:
         raise BadRequest(f"{param} lies outside the {image.width}x{image.height} image", param=param, code="invalid_box")
@@ -79,41 +76,41 @@ def _face_out(face: dict[str, Any], scale: float, *, embedding: bool = True) -> 
     return out
 
 
-@router.post("/v1/faces/detect", response_model=DetectResponse, response_model_exclude_none=True)
+@router.post("/v1/faces/detect", response_model=FaceDetection, response_model_exclude_none=True, responses=ERRORS)
 async def detect(
     request: Request,
+    form: Annotated[DetectForm, Form()],
     file: UploadFile = File(..., description="The image: JPEG, PNG, WebP, ..."),
-    model: str = Form(..., description="Catalog id of a face model."),
-    embed: bool = Form(False, description="Add each face's normalised embedding."),
-    crops: bool = Form(False, description="Add each face's aligned crop (base64 PNG)."),
-    max_faces: int | None = Form(None, description="Most faces to report, largest first (default and limit: the service's max_faces)."),
 ) -> Any:
     h = host(request)
     settings: FaceSettings = h.settings  # type: ignore[assignment]
+    model = form.model
     h.runtime.entry(model)  # 404 for an unknown model before reading the upload
-    limit = _max_faces(max_faces, settings.max_faces)
+    options = validated(DetectOptions, form.model_dump(exclude={"model"}))
+    limit = _max_faces(options.max_faces, settings.max_faces)
     t0 = time.perf_counter()
     image = await _decode(file, settings, "file")
     t1 = time.perf_counter()
     async with h.runtime.lease(model) as lease:
-        result = await lease.infer(DetectItem(image=image.pixels, max_faces=limit, embed=embed, crops=crops))
+        result = await lease.infer(DetectItem(image=image.pixels, max_faces=limit, embed=options.embed, crops=options.crops))
     t2 = time.perf_counter()
     faces = await run_in_threadpool(lambda: [_face_out(f, image.scale) for f in result["faces"]])
     return {
         "model": model, "faces": faces, "found": result["found"], "truncated": result["found"] > len(faces),
         "width": image.width, "height": image.height, "recognition_batch": result["recognition_batch"],
-        "timings": Timings(decode_ms=(t1 - t0) * 1000, inference_ms=(t2 - t1) * 1000),
+        "timings": FaceTimings(decode_ms=(t1 - t0) * 1000, inference_ms=(t2 - t1) * 1000),
     }
 
 
-@router.post("/v1/faces/embed", response_model=EmbedResponse)
+@router.post("/v1/faces/embed", response_model=FaceEmbeddings, responses=ERRORS)
 async def embed(
     request: Request,
+    form: Annotated[EmbedForm, Form()],
     file: list[UploadFile] = File(..., description="One or more aligned face crops (repeat the field), as detect's crops."),
-    model: str = Form(..., description="Catalog id of a face model: the one whose detect made the crops."),
 ) -> Any:
     h = host(request)
     settings: FaceSettings = h.settings  # type: ignore[assignment]
+    model = form.model
     h.runtime.entry(model)
     if len(file) > settings.max_faces:
         raise BadRequest(f"{len(file)} crops sent; the limit is {settings.max_faces} per request", param="file",
@@ -129,27 +126,27 @@ async def embed(
         "model": model, "dim": int(vectors[0].shape[0]) if vectors else 0,
         "data": [{"index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)],
         "recognition_batch": result["recognition_batch"],
-        "timings": Timings(decode_ms=(t1 - t0) * 1000, inference_ms=(t2 - t1) * 1000),
+        "timings": FaceTimings(decode_ms=(t1 - t0) * 1000, inference_ms=(t2 - t1) * 1000),
     }
 
 
-@router.post("/v1/faces/verify", response_model=VerifyResponse)
+@router.post("/v1/faces/verify", response_model=FaceVerification, responses=ERRORS)
 async def verify(
     request: Request,
+    form: Annotated[VerifyForm, Form()],
     file_a: UploadFile = File(..., description="The first image."),
     file_b: UploadFile = File(..., description="The second image."),
-    model: str = Form(..., description="Catalog id of a face model."),
-    box_a: str | None = Form(None, description="The face to use in file_a, x1,y1,x2,y2 (default: its largest face)."),
-    box_b: str | None = Form(None, description="The face to use in file_b (default: its largest face)."),
 ) -> Any:
     h = host(request)
     settings: FaceSettings = h.settings  # type: ignore[assignment]
+    model = form.model
     spec = h.runtime.entry(model).spec
-    threshold = float(spec.options.get("verify_threshold", DEFAULT_VERIFY_THRESHOLDS.get(spec.backend, 0.5)))
+    threshold = verify_threshold(spec.backend, spec.options)
+    options = verify_options(form.model_dump(exclude={"model"}))
     t0 = time.perf_counter()
     a = await _decode(file_a, settings, "file_a")
     b = await _decode(file_b, settings, "file_b")
-    boxes = (_box(box_a, "box_a", a), _box(box_b, "box_b", b))
+    boxes = (_box(options.box_a, "box_a", a), _box(options.box_b, "box_b", b))
     items = [DetectItem(image=img.pixels, max_faces=1, embed=True, boxes=None if box is None else (box,))
              for img, box in ((a, boxes[0]), (b, boxes[1]))]
     t1 = time.perf_counter()
@@ -158,7 +155,7 @@ async def verify(
         ra, rb = await asyncio.gather(lease.infer(items[0]), lease.infer(items[1]))
     t2 = time.perf_counter()
     faces = []
-    for result, param, box in ((ra, "file_a", box_a), (rb, "file_b", box_b)):
+    for result, param, box in ((ra, "file_a", options.box_a), (rb, "file_b", options.box_b)):
         face = result["faces"][0] if result["faces"] else None
         if face is None:
             where = f"the box {param.replace('file', 'box')}" if box else "the image"
@@ -169,5 +166,5 @@ async def verify(
         "model": model, "similarity": round(similarity, 6), "threshold": threshold,
         "verdict": "same" if similarity >= threshold else "different",
         "face_a": _face_out(faces[0], a.scale, embedding=False), "face_b": _face_out(faces[1], b.scale, embedding=False),
-        "timings": Timings(decode_ms=(t1 - t0) * 1000, inference_ms=(t2 - t1) * 1000),
+        "timings": FaceTimings(decode_ms=(t1 - t0) * 1000, inference_ms=(t2 - t1) * 1000),
     }
