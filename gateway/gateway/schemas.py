@@ -1,8 +1,10 @@
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, Field
+
+from modelhost.contract import DeviceMemory, ModelRow
+
+from .coordinator.views import DeviceLedger, LedgerState
 
 
 class ModelCard(BaseModel):
@@ -36,13 +38,53 @@ class AdminModel(BaseModel):
     queue_depth: int = Field(0, description="Requests waiting at the coordinator plus items waiting in the service's batcher.")
     ledger_state: str = Field("unloaded", description="The coordinator's view: unloaded, loading, ready, draining, unloading.")
     device_ledger: str = Field("cpu", description="The device whose memory budget the model is charged to.")
+    charged_bytes: int | None = Field(None, description="What the coordinator's ledger charges it now.")
     ttl_s: float | None = None
     pin: bool = False
     priority: int = 0
     group: str | None = None
 
 
+class AdminService(BaseModel):
+    """A family service as the gateway sees it."""
+
+    url: str
+    reachable: bool
+    error: str | None = Field(None, description="Why it could not be read.")
+    worker_pid: int | None = Field(None, description="Its worker process, while any model is loaded.")
+    worker_memory_bytes: int | None = None
+    meter: str | None = Field(None, description="How it measures memory: nvml or host.")
+    device: DeviceMemory | None = None
+
+
 class AdminModels(BaseModel):
     object: str = "list"
     data: list[AdminModel]
-    services: dict[str, Any] = Field(description="Per family service: reachable, worker pid, worker memory, error.")
+    services: dict[str, AdminService] = Field(description="Per family service: reachable, worker pid, worker memory, error.")
+
+
+class AdminLoaded(ModelRow):
+    """``POST /admin/models/{id}/load``: the model as its service reports it once ready, and its ledger entry."""
+
+    ledger: LedgerState
+
+
+class AdminUnloaded(BaseModel):
+    """``POST /admin/models/{id}/unload``: answered once the release is over."""
+
+    model: str
+    state: str = Field("unloaded", description="Always unloaded: the answer comes once the model has left.")
+    was_resident: bool = Field(description="False when nothing was resident, so there was nothing to release.")
+    freed_bytes: int = Field(description="What the release gave back, as the model's service measured it.")
+    verified: bool = Field(description="The service said unloaded and, on a GPU, the device's meter showed the "
+                                       "memory back within the release timeout.")
+    seconds: float = Field(description="From the unload action (after the drain) until the release was verified.")
+    worker_stopped: bool = Field(description="The service's last resident model left, so its worker process ended.")
+    detail: str = Field(description="How the release was verified, or why it was not.")
+
+
+class AdminGpu(BaseModel):
+    """``GET /admin/gpu``: the coordinator's ledger per device, beside the device's own meter."""
+
+    devices: dict[str, DeviceLedger]
+    unverified_releases: int = Field(description="Releases the meter did not confirm in time since the gateway started.")
