@@ -172,3 +172,52 @@ def test_two_families_share_one_budget_one_at_a_time(tmp_path: Path, logdir: Pat
         gw.stop()
         cap.stop()
         asr.stop()
+
+
+def test_admin_unload_drains_the_requests_in_flight_then_answers_with_the_verified_release(
+        tiny_catalog: Path, logdir: Path, tmp_path: Path) -> None:
+    """POST /admin/models/{id}/unload goes through the coordinator: with requests in flight it is 409
+    without drain; with drain the model takes no new grants, its requests in flight all finish, and
+    the answer comes once the service released the memory, which the ledger then no longer charges."""
+    model = "tiny-qwen25vl"  # 512 new tokens take about a second: long enough to be seen in flight
+    svc = procs.start_caption_svc(tiny_catalog, logdir)
+    gw = procs.start_gateway(tiny_catalog, {"caption": svc.url}, logdir, name="gateway-admin-unload",
+                             data_dir=str(tmp_path / "data"))
+
+    def cpu() -> dict:
+        return httpx.get(gw.url + "/admin/gpu").json()["devices"]["cpu"]
+
+    def slow_caption() -> httpx.Response:
+        return httpx.post(gw.url + "/v1/images/captions", files={"file": ("a.png", image_bytes("PNG"))},
+                          data={"model": model, "max_new_tokens": "512"}, timeout=180)
+
+    def unload(drain: bool) -> httpx.Response:
+        return httpx.post(f"{gw.url}/admin/models/{model}/unload", params={"drain": str(drain).lower()}, timeout=180)
+
+    try:
+        assert caption(gw.url, model).status_code == 200  # loaded, measured, idle
+        before = cpu()
+        charged = before["resident"][model]["charged_bytes"]
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            in_flight = [pool.submit(slow_caption) for _ in range(3)]
+            procs.wait_until(lambda: cpu()["resident"][model]["in_flight"] == 3, 60, interval_s=0.01)
+            refused = unload(drain=False)
+            assert refused.status_code == 409 and refused.json()["error"]["code"] == "model_in_use", refused.text
+            answer = pool.submit(unload, True)
+            procs.wait_until(lambda: cpu()["resident"][model]["draining"], 30, interval_s=0.01)
+            assert not answer.done()  # it waits for the requests in flight
+            assert [f.result(timeout=180).status_code for f in in_flight] == [200] * 3
+            r = answer.result(timeout=180)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == model and body["state"] == "unloaded" and body["was_resident"] is True
+        assert body["verified"] is True and body["freed_bytes"] > 0 and body["worker_stopped"] is True
+        after = cpu()
+        assert model not in after["resident"] and after["unloading"] == {}
+        assert after["used_bytes"] == before["used_bytes"] - charged
+        # Not resident any more: answered at once, saying so.
+        again = unload(drain=False).json()
+        assert again["was_resident"] is False and again["freed_bytes"] == 0
+    finally:
+        gw.stop()
+        svc.stop()
