@@ -4,29 +4,33 @@ tasks and files: how each kind of failure ends an item, and that every item ends
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import pytest
 from PIL import Image
 
 from gateway.config import JobSettings
+from gateway.coordinator.policy import BULK
 from gateway.jobs.inputs import BlobStore, Library
-from gateway.jobs.runner import JobRunner
+from gateway.jobs.reading import ItemLimits
+from gateway.jobs.runner import JobRunner, RunnerParts
 from gateway.jobs.store import AsyncStore, NewItem
 from gateway.metrics import GatewayMetrics
-from modelhost.client import UpstreamEnvelope
-from modelhost.errors import ModelNotFound
+from modelhost.errors import (DeadlineExceeded, InsufficientMemory, ModelNotFound, Overloaded, ServiceNotConfigured,
+                              UpstreamEnvelope)
+from modelhost.families.caption import CaptionResponse
 
 pytestmark = pytest.mark.unit
 
 
 def jpeg(i: int) -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", (16, 16), (i, 0, 0)).save(buf, "JPEG")
+    Image.new("RGB", (16, 16), (i * 40 % 256, i * 40 // 256 * 40, 0)).save(buf, "JPEG")  # distinct after JPEG
     return buf.getvalue()
 
 
@@ -34,12 +38,36 @@ def envelope(status: int, code: str) -> UpstreamEnvelope:
     return UpstreamEnvelope(status, {"src": "caption-svc", "error": {"code": code, "message": code}}, None)
 
 
-class FakeAccess:
-    """ModelAccess.use/spec with the service replaced by ``answer(image bytes, attempt) -> dict or raise``."""
+class FakeCoordinator:
+    """The coordinator's public view: nothing else is in flight; every model is on the CPU."""
 
-    def __init__(self, answer: Callable[[bytes, int], Any]) -> None:
+    def requests_active(self, dev: str) -> int:
+        return 0
+
+    def model_state(self, model: str) -> Any:
+        return SimpleNamespace(ledger_state="ready", queue_depth=0, device_ledger="cpu", charged_bytes=None)
+
+
+def file_part(body: bytes) -> bytes:
+    """The ``file`` part of a multipart body as ``modelhost.client.multipart`` builds it."""
+    after = body.split(b'name="file"', 1)[1]
+    return after.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n--", 1)[0]
+
+
+def caption_reply(text: str) -> dict[str, Any]:
+    return CaptionResponse(model="m", caption=text, tokens=2, width=16, height=16,
+                           timings={"decode_ms": 1.0, "inference_ms": 1.0}).model_dump()
+
+
+class FakeAccess:
+    """ModelAccess.hold/spec with the service replaced by ``answer(image bytes, attempt) -> reply or raise``;
+    ``refuse`` is raised by ``hold`` itself, as the catalog or the coordinator would."""
+
+    def __init__(self, answer: Callable[[bytes, int], Any], refuse: Exception | None = None) -> None:
         self.answer = answer
+        self.refuse = refuse
         self.calls: dict[bytes, int] = {}
+        self.lanes: set[str] = set()
         self.known = {"m"}
 
     def spec(self, model: str, family: str | None = None) -> Any:
@@ -47,25 +75,43 @@ class FakeAccess:
             raise ModelNotFound(f"no {model}", param="model")
         return SimpleNamespace(id=model, family=family, max_batch=4, options={}, backend="blip")
 
-    async def use(self, model: str, family: str, call: Callable, *, lane: str, timeout_s: float) -> Any:
+    @contextlib.asynccontextmanager
+    async def hold(self, model: str, family: str, *, lane: str, timeout_s: float) -> AsyncIterator[Any]:
+        self.lanes.add(lane)
+        if self.refuse is not None:
+            raise self.refuse
         access = self
 
-        class Client:
-            async def request(self, method: str, path: str, *, data: Any, timeout_s: float) -> Any:
-                image = next(f[2] for f in data._fields if f[0]["name"] == "file")
+        class FakeUpstream:
+            async def request(self, method: str, path: str, *, data: bytes, **kwargs: Any) -> Any:
+                image = file_part(data)
                 n = access.calls[image] = access.calls.get(image, 0) + 1
                 await asyncio.sleep(0)
                 return access.answer(image, n)
-        return await call(Client())
+        yield FakeUpstream()
 
 
-async def run_job(tmp_path: Path, answer: Callable[[bytes, int], Any], images: list[bytes], **settings: Any) -> tuple[dict, list, FakeAccess]:
+def make_runner(tmp_path: Path, store: AsyncStore, access: FakeAccess, settings: JobSettings) -> JobRunner:
+    parts = RunnerParts(store=store, access=access, coordinator=FakeCoordinator(), metrics=GatewayMetrics(),  # type: ignore[arg-type]
+                        library=Library([tmp_path]), blobs=BlobStore(tmp_path / "blobs"), scratch_dir=tmp_path / "tmp")
+    limits = ItemLimits(max_image_bytes=1 << 20, max_image_pixels=10**6, max_file_bytes=settings.jobs_max_file_bytes)
+    return JobRunner(parts, settings, limits=limits, request_timeout_s=10)
+
+
+async def wait_ended(store: AsyncStore, job_id: str, timeout_s: float = 20) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while (job := await store.get_job(job_id))["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        await asyncio.sleep(0.02)
+    return job
+
+
+async def run_job(tmp_path: Path, answer: Callable[[bytes, int], Any], images: list[bytes], *,
+                  refuse: Exception | None = None, **settings: Any) -> tuple[dict, list, FakeAccess]:
     store = AsyncStore(tmp_path / "jobs.sqlite3")
-    access = FakeAccess(answer)
-    js = JobSettings(library_roots=[tmp_path], jobs_yield_s=None, jobs_max_attempts=2, **settings)
-    runner = JobRunner(store, access, catalog=None, settings=js, coordinator=SimpleNamespace(cores={}, device_of={}),  # type: ignore[arg-type]
-                       metrics=GatewayMetrics(), blobs=BlobStore(tmp_path / "blobs"), library=Library([tmp_path]),
-                       scratch_dir=tmp_path / "tmp", request_timeout_s=10, max_image_bytes=1 << 20, max_image_pixels=10**6)
+    access = FakeAccess(answer, refuse)
+    runner = make_runner(tmp_path, store, access,
+                         JobSettings(library_roots=[tmp_path], jobs_yield_s=None, jobs_max_attempts=2, **settings))
     items = []
     for i, data in enumerate(images):
         (tmp_path / f"{i}.jpg").write_bytes(data)
@@ -73,10 +119,7 @@ async def run_job(tmp_path: Path, answer: Callable[[bytes, int], Any], images: l
     await store.create_job("job_t", "caption", "m", {}, items, open_=False)
     await runner.start()
     try:
-        deadline = time.monotonic() + 20
-        while (job := await store.get_job("job_t"))["state"] in ("queued", "running"):
-            assert time.monotonic() < deadline, job
-            await asyncio.sleep(0.02)
+        job = await wait_ended(store, "job_t")
         rows = await store.results_page("job_t", after_seq=-1, limit=100)
     finally:
         await runner.close()
@@ -85,8 +128,8 @@ async def run_job(tmp_path: Path, answer: Callable[[bytes, int], Any], images: l
 
 
 async def test_every_kind_of_failure_ends_its_item_once(tmp_path: Path) -> None:
-    images = [jpeg(i) for i in range(5)]
-    ok, flaky, bad, broken, bug = images
+    images = [jpeg(i) for i in range(6)]
+    ok, flaky, bad, broken, garbled, bug = images
 
     def answer(image: bytes, n: int) -> Any:
         if image == flaky and n == 1:
@@ -95,38 +138,58 @@ async def test_every_kind_of_failure_ends_its_item_once(tmp_path: Path) -> None:
             raise envelope(400, "corrupt_image")     # the item's final error at once
         if image == broken:
             raise envelope(500, "inference_failed")  # a server error: tried jobs_max_attempts times
+        if image == garbled:
+            return {"no": "caption"}                 # an answer off the contract: a 502, tried again
         if image == bug:
-            return {"no": "caption"}                 # an answer the adapter cannot read
-        return {"caption": "a photo", "tokens": 2, "width": 16, "height": 16}
+            raise RuntimeError("a bug")              # unforeseen: an attempt like a 5xx, never left pending
+        return caption_reply("a photo")
 
     job, rows, access = await run_job(tmp_path, answer, images)
     assert job["state"] == "completed"
-    assert [r["state"] for r in rows] == ["done", "done", "error", "error", "error"]
-    assert [r["error"]["code"] for r in rows[2:]] == ["corrupt_image", "inference_failed", "internal_error"]
+    assert [r["state"] for r in rows] == ["done", "done", "error", "error", "error", "error"]
+    assert [r["error"]["code"] for r in rows[2:]] == ["corrupt_image", "inference_failed", "bad_upstream_response",
+                                                      "internal_error"]
     assert access.calls[flaky] == 2 and access.calls[bad] == 1 and access.calls[broken] == 2
-    assert (job["n_done"], job["n_error"]) == (2, 3)
+    assert access.calls[garbled] == 2 and access.calls[bug] == 2
+    assert (job["n_done"], job["n_error"]) == (2, 4)
+    assert access.lanes == {BULK}
+
+
+async def test_a_transient_error_pauses_the_job_without_counting_an_attempt(tmp_path: Path) -> None:
+    image = jpeg(1)
+
+    def answer(data: bytes, n: int) -> Any:
+        if n <= 3:  # more transient failures than jobs_max_attempts (2): none of them counts
+            raise [Overloaded("queue full"), DeadlineExceeded("slow"), envelope(429, "overloaded")][n - 1]
+        return caption_reply("at last")
+
+    job, rows, access = await run_job(tmp_path, answer, [image])
+    assert job["state"] == "completed" and rows[0]["result"]["caption"] == "at last"
+    assert access.calls[image] == 4
 
 
 async def test_identical_images_in_flight_together_are_inferred_once(tmp_path: Path) -> None:
     same = jpeg(7)
-    job, rows, access = await run_job(tmp_path, lambda image, n: {"caption": "x", "tokens": 1}, [same] * 6)
+    job, rows, access = await run_job(tmp_path, lambda image, n: caption_reply("x"), [same] * 6)
     assert access.calls == {same: 1}
     assert job["n_done"] == 6 and job["n_reused"] == 5
+
+
+@pytest.mark.parametrize("error", [ServiceNotConfigured("no caption service"), InsufficientMemory("never fits"),
+                                   ModelNotFound("gone meanwhile")], ids=lambda e: type(e).__name__)
+async def test_an_error_no_item_can_get_past_fails_the_job(tmp_path: Path, error: Exception) -> None:
+    job, rows, access = await run_job(tmp_path, lambda image, n: caption_reply("x"), [jpeg(1), jpeg(2)], refuse=error)
+    assert job["state"] == "failed" and job["error"]["code"] == error.code  # type: ignore[attr-defined]
+    assert job["n_cancelled"] == 2 and not access.calls
 
 
 async def test_a_model_gone_from_the_catalog_fails_the_job(tmp_path: Path) -> None:
     store = AsyncStore(tmp_path / "jobs.sqlite3")
     await store.create_job("job_g", "caption", "gone", {}, [NewItem("a", "/nowhere", False, "image")], open_=False)
-    runner = JobRunner(store, FakeAccess(lambda i, n: {}), None, JobSettings(jobs_yield_s=None),  # type: ignore[arg-type]
-                       coordinator=SimpleNamespace(cores={}, device_of={}), metrics=GatewayMetrics(),
-                       blobs=BlobStore(tmp_path / "blobs"), library=Library([]), scratch_dir=tmp_path / "tmp",
-                       request_timeout_s=10, max_image_bytes=1 << 20, max_image_pixels=10**6)
+    runner = make_runner(tmp_path, store, FakeAccess(lambda i, n: {}), JobSettings(jobs_yield_s=None))
     await runner.start()
     try:
-        deadline = time.monotonic() + 10
-        while (job := await store.get_job("job_g"))["state"] == "queued":
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+        job = await wait_ended(store, "job_g", timeout_s=10)
     finally:
         await runner.close()
         store.close()

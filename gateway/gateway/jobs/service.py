@@ -14,7 +14,8 @@ from modelhost.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
 
 from ..access import ModelAccess
 from .inputs import BlobStore, Library, kind_of, sniff_kind
-from .runner import JobRunner, new_job_id
+from .reading import ItemLimits
+from .runner import JobRunner, RunnerParts, new_job_id
 from .store import ACTIVE_STATES, AsyncStore, NewItem
 from .tasks import TASKS, Task
 
@@ -44,9 +45,11 @@ class Jobs:
         store = AsyncStore(root / "jobs.sqlite3")
         library = Library(list(settings.library_roots))
         blobs = BlobStore(root / "blobs")
-        runner = JobRunner(store, access, catalog, settings, coordinator=coordinator, metrics=metrics, blobs=blobs,
-                           library=library, scratch_dir=root / "tmp", request_timeout_s=gateway_settings.request_timeout_s,
-                           max_image_bytes=gateway_settings.max_upload_bytes, max_image_pixels=gateway_settings.max_image_pixels)
+        parts = RunnerParts(store=store, access=access, coordinator=coordinator, metrics=metrics, library=library,
+                            blobs=blobs, scratch_dir=root / "tmp")
+        limits = ItemLimits(max_image_bytes=gateway_settings.max_upload_bytes,
+                            max_image_pixels=gateway_settings.max_image_pixels, max_file_bytes=settings.jobs_max_file_bytes)
+        runner = JobRunner(parts, settings, limits=limits, request_timeout_s=gateway_settings.request_timeout_s)
         for task in TASKS:
             for outcome in ("inferred", "deduplicated", "error", "cancelled"):
                 metrics.items.labels(task, outcome)
@@ -111,12 +114,9 @@ class Jobs:
             raise BadRequest("the job names no input: upload files ('file') or name library paths ('paths')",
                              param="paths", code="no_inputs")
         job_id = new_job_id()
-        self.runner.uploads_in_progress += 1
-        try:
+        with self.runner.receiving_uploads():
             items = paths + await self.store_uploads(uploads)
             await self.store.create_job(job_id, cls.name, model, params, items, open_=open_)
-        finally:
-            self.runner.uploads_in_progress -= 1
         self.runner.kick()
         return await self.status(job_id)
 
@@ -129,13 +129,10 @@ class Jobs:
         items = self.resolve_paths(cls, paths, job["n_total"]) if paths else []
         if job["n_total"] + len(items) + len(uploads) > self.settings.jobs_max_items:
             raise PayloadTooLarge(f"a job holds at most {self.settings.jobs_max_items} items", code="too_many_items")
-        self.runner.uploads_in_progress += 1
-        try:
+        with self.runner.receiving_uploads():
             items += await self.store_uploads(uploads)
             if not await self.store.add_items(job_id, items, close=close):
                 raise Conflict(f"job {job_id} takes no more inputs", code="job_closed")
-        finally:
-            self.runner.uploads_in_progress -= 1
         self.runner.wake(job_id)
         self.runner.kick()
         return await self.status(job_id)

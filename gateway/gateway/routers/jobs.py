@@ -235,7 +235,7 @@ async def job_events(request: Request, job_id: str) -> Any:
     async def stream() -> AsyncIterator[bytes]:
         last: Any = None
         while True:
-            changed = jobs.runner.change_event(job_id)  # before reading, so no change is missed
+            changed = jobs.runner.events.change_event(job_id)  # before reading, so no change is missed
             status = await jobs.status(job_id)
             key = (status["state"], status["counts"], status.get("waiting"), status["open"])
             finished = status["counts"]["total"] - status["counts"]["pending"]

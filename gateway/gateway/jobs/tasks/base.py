@@ -5,6 +5,11 @@ time, turns one input into one JSON result (through ``ctx.infer``, which is the 
 service: the bulk lane, the job's concurrency, the yield to interactive traffic, and the pause on an
 unavailable service all live there), and shapes results for the API and the CSV export. Videos are cut
 into keyframes here, once, for every image task.
+
+``ctx.infer(call)`` holds the task's model (``ModelAccess.hold`` in the bulk lane) and awaits
+``call(upstream)`` inside the hold: ``upstream.request(...)`` takes the arguments of
+``ModelHostClient.request``. A call may be made more than once (after a pause for an unavailable
+service), so it must not consume anything it is given.
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ import json
 from typing import Any, Awaitable, Callable, ClassVar, Protocol
 
 from modelhost.catalog import ModelSpec
-from modelhost.client import ModelHostClient
 
+from ...access import Upstream
 from ..kinds import TASK_KINDS
 from ..media import extract_keyframes
 
@@ -36,7 +41,7 @@ class Context(Protocol):
     settings: Any  # JobSettings
     request_timeout_s: float
 
-    async def infer(self, call: Callable[[ModelHostClient], Awaitable[Any]], *, timeout_s: float | None = None) -> Any: ...
+    async def infer(self, call: Callable[[Upstream], Awaitable[Any]], *, timeout_s: float | None = None) -> Any: ...
 
     async def cached(self, key: str, compute: Callable[[], Awaitable[Any]]) -> Any: ...
 
