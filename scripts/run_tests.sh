@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test tier in the environment it belongs to and prints one closing line for all of
-# them. Exits non-zero if any run failed (or collected nothing).
+# Runs every test tier in the environment it belongs to, then the OpenAPI contract against the running
+# `make dev` stack (scripts/schemathesis.sh), and prints one closing line for all of them. Exits
+# non-zero if any run failed (or collected nothing). SCHEMATHESIS=0 skips the contract run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 GW_PY=${GW_PY:-.venvs/gateway/bin/python}
@@ -24,6 +25,12 @@ run caption-svc "$CAP_PY" caption-svc/tests
 run face-svc "$FACE_PY" face-svc/tests
 run tts-svc "$TTS_PY" tts-svc/tests
 run asr-svc "$ASR_PY" asr-svc/tests
+
+# schemathesis: every operation of the gateway's /openapi.json, every check, against the stack that
+# scripts/dev.sh starts; about 2.5 min (a 120 s budget, plus the stack's start and stop).
+if [ "${SCHEMATHESIS:-1}" != 0 ]; then
+  GW_PY=$GW_PY CAP_PY=$CAP_PY FACE_PY=$FACE_PY TTS_PY=$TTS_PY ASR_PY=$ASR_PY scripts/schemathesis.sh "$out" || status=1
+fi
 
 # promtool: the Prometheus config, rules and rule unit tests (monitoring/); one junit file beside the others.
 scripts/check_monitoring.sh "$out" || status=1
