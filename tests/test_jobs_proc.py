@@ -122,7 +122,7 @@ def test_paths_outside_the_library_are_refused_with_403_and_no_job(jobs_gateway:
     ({"task": "caption", "paths": ["nowhere/at/all.jpg"]}, 400, "path_not_found"),
     ({"task": "caption", "paths": ["x"], "options": {"colour": "red"}}, 400, "bad_request"),
     ({"task": "caption", "paths": ["x"], "options": {"max_new_tokens": 0}}, 400, "bad_request"),
-    ({"task": "transcribe", "paths": ["x"]}, 400, "bad_request"),  # no asr model in this catalog
+    ({"task": "transcribe", "paths": ["x"]}, 400, "no_default_model"),  # no asr model in this catalog
 ])
 def test_bad_job_requests_get_their_envelope(jobs_gateway: procs.Proc, body: dict, status: int, code: str) -> None:
     r = httpx.post(jobs_gateway.url + "/v1/jobs", json=body)

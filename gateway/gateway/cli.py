@@ -95,7 +95,7 @@ def chunks(files: list[Path], max_files: int, max_bytes: int) -> Iterator[list[P
 
 
 def _form(fields: list[tuple[str, str]], files: list[Path], base: Path | None) -> tuple[aiohttp.FormData, list[Any]]:
-    form = aiohttp.FormData()
+    form = aiohttp.FormData(default_to_multipart=True)
     for k, v in fields:
         form.add_field(k, v)
     handles = []
@@ -193,9 +193,9 @@ async def submit(client: Client, args: argparse.Namespace) -> int:
     base = Path(args.inputs[0]).resolve() if len(args.inputs) == 1 and Path(args.inputs[0]).is_dir() else None
     fields = {"task": args.task, **({"model": args.model} if args.model else {}), **_options(args.option)}
     progress = Progress()
-    if not files:
-        job = await client.call("POST", "/v1/jobs", json={"task": args.task, **({"model": args.model} if args.model else {}),
-                                                          "paths": args.path, "options": _options(args.option)})
+    if not files:  # a form, not JSON: --option values are text, which a form field may be (JSON takes typed values)
+        form, _ = _form([*fields.items(), *(("path", p) for p in args.path)], [], None)
+        job = await client.call("POST", "/v1/jobs", data=form)
     else:
         pieces = list(chunks([f.resolve() for f in files], args.chunk_files, args.chunk_mb * 2**20))
         job = None

@@ -1,5 +1,6 @@
-"""Jobs as the API sees them: building the store and runner, creating jobs from validated inputs,
-and the status view (counts, rate, ETA)."""
+"""Jobs as the API sees them: the one object the routes (gateway/routers/jobs.py) talk to. It builds the
+store and the runner, creates jobs from validated requests, cancels them, and shows them (the status
+view with counts, rate and ETA; results; people). The routes never reach the store or the runner."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ from typing import Any, BinaryIO
 
 from modelhost.catalog import Catalog
 from modelhost.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+from modelhost.families import default_model
 
 from ..access import ModelAccess
 from .inputs import BlobStore, Library, kind_of, sniff_kind
 from .reading import ItemLimits
 from .runner import JobRunner, RunnerParts, new_job_id
-from .store import ACTIVE_STATES, AsyncStore, NewItem
+from .schemas import InputsRequest, JobRequest
+from .store import ACTIVE_STATES, CANCELLED, COMPLETED, AsyncStore, NewItem
 from .tasks import TASKS, Task
 
 
@@ -65,7 +68,7 @@ class Jobs:
     # submitting ----------------------------------------------------------------------------------
 
     def task_class(self, name: Any) -> type[Task]:
-        if name not in TASKS:
+        if not isinstance(name, str) or name not in TASKS:
             raise BadRequest(f"task must be one of {sorted(TASKS)}", param="task", code="unknown_task")
         return TASKS[name]
 
@@ -73,18 +76,11 @@ class Jobs:
         configured = {"caption": self.gateway_settings.default_caption_model,
                       "asr": getattr(self.gateway_settings, "default_asr_model", None),
                       "face": getattr(self.gateway_settings, "default_face_model", None)}.get(cls.family)
-        if configured:
-            return configured
-        for m in self.catalog.models:
-            if m.family == cls.family:
-                return m.id
-        raise BadRequest(f"no {cls.family} model is in the catalog; name one with 'model'", param="model")
+        return default_model(self.catalog.models, cls.family, configured)
 
-    def prepare(self, task: Any, model: Any, options: dict[str, Any]) -> tuple[type[Task], str, dict[str, Any]]:
+    def prepare(self, task: Any, model: str | None, options: dict[str, Any]) -> tuple[type[Task], str, dict[str, Any]]:
         """Validate task, model and options (400/404/503) before anything is read or stored."""
         cls = self.task_class(task)
-        if model is not None and not isinstance(model, str):
-            raise BadRequest("model must be a string", param="model")
         model = model or self.default_model(cls)
         spec = self.access.spec(model, cls.family)  # 404
         self.access.client(spec)  # 503 when its service is not configured
@@ -98,6 +94,7 @@ class Jobs:
         items = []
         for up in uploads:
             name = Path(up.filename or "upload").name or "upload"
+            name = name.encode("utf-8", "replace").decode("utf-8")  # a name is stored and shown: valid text only
             digest, path, size = await asyncio.to_thread(self.blobs.put, up.file, max_bytes=self.settings.jobs_max_file_bytes)
             kind = kind_of(name)
             if kind == "other":
@@ -105,6 +102,13 @@ class Jobs:
                     kind = sniff_kind(f.read(16))
             items.append(NewItem(source=name, path=path, upload=True, kind=kind))
         return items
+
+    async def submit(self, req: JobRequest, uploads: list[Upload]) -> dict[str, Any]:
+        """A new job from a validated request: its status (the job is stored before this returns)."""
+        cls, model, params = self.prepare(req.task, req.model, req.options.given() if req.options else {})
+        paths = req.path_list()
+        items = self.resolve_paths(cls, paths) if paths else []
+        return await self.create(cls, model, params, items, uploads, open_=req.open)
 
     async def create(self, cls: type[Task], model: str, params: dict[str, Any], paths: list[NewItem],
                      uploads: list[Upload], *, open_: bool) -> dict[str, Any]:
@@ -120,21 +124,31 @@ class Jobs:
         self.runner.kick()
         return await self.status(job_id)
 
-    async def add_inputs(self, job_id: str, paths: list[str], uploads: list[Upload], *, close: bool) -> dict[str, Any]:
+    async def add_inputs(self, job_id: str, req: InputsRequest, uploads: list[Upload]) -> dict[str, Any]:
         job = await self.get(job_id)
         if not job["open"] or job["state"] not in ACTIVE_STATES:
             raise Conflict(f"job {job_id} takes no more inputs (it is {job['state']}{'' if job['open'] else ', closed'})",
                            code="job_closed")
         cls = self.task_class(job["task"])
+        paths = req.path_list()
         items = self.resolve_paths(cls, paths, job["n_total"]) if paths else []
         if job["n_total"] + len(items) + len(uploads) > self.settings.jobs_max_items:
             raise PayloadTooLarge(f"a job holds at most {self.settings.jobs_max_items} items", code="too_many_items")
         with self.runner.receiving_uploads():
             items += await self.store_uploads(uploads)
-            if not await self.store.add_items(job_id, items, close=close):
+            if not await self.store.add_items(job_id, items, close=req.close):
                 raise Conflict(f"job {job_id} takes no more inputs", code="job_closed")
         self.runner.wake(job_id)
         self.runner.kick()
+        return await self.status(job_id)
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel an active job (again: a no-op); 409 for one that already ended otherwise."""
+        job = await self.get(job_id)
+        if job["state"] in ACTIVE_STATES:
+            await self.runner.cancel(job_id)
+        elif job["state"] != CANCELLED:
+            raise Conflict(f"job {job_id} already ended ({job['state']})", code="job_finished")
         return await self.status(job_id)
 
     # reading -------------------------------------------------------------------------------------
@@ -196,3 +210,20 @@ class Jobs:
                 r["result"] = task.public(r["result"], people, embeddings=embeddings)
             out.append(r)
         return out
+
+    async def rows(self, job: dict[str, Any], *, after: int, limit: int) -> list[dict[str, Any]]:
+        """Finished items as stored, with their people labels (for the CSV export)."""
+        return await self.store.results_page(job["id"], after_seq=after, limit=limit)
+
+    async def people(self, job_id: str) -> dict[str, Any]:
+        """A completed faces job's people: 400 for another task, 409 before it has grouped them."""
+        job = await self.get(job_id)
+        if job["task"] != "faces":
+            raise BadRequest(f"job {job_id} is a {job['task']} job; people come from faces jobs", code="not_a_faces_job")
+        if job["state"] != COMPLETED and not job["summary"]:
+            raise Conflict(f"job {job_id} is {job['state']}; people are grouped when it completes", code="job_not_finished")
+        return {"object": "list", "job": job_id, "summary": job["summary"], "data": await self.store.people(job_id)}
+
+    def change_event(self, job_id: str) -> asyncio.Event:
+        """Set at the job's next change: take it before reading the job, then wait on it."""
+        return self.runner.events.change_event(job_id)

@@ -1,0 +1,269 @@
+"""The jobs API's request and response bodies, and the OpenAPI request bodies generated from them.
+
+``POST /v1/jobs`` and ``POST /v1/jobs/{id}/inputs`` take JSON (library paths) or multipart (uploaded
+files, and paths too). FastAPI declares one content type per body, so those routes read the body
+themselves and their OpenAPI ``requestBody`` is generated here from the same models that validate it
+(``request_body``). The JSON models are strict (a number is a number, not a string holding one); the
+form models take text, as multipart sends it, and convert it.
+
+Validation answers 400 ``bad_request`` naming the field (``modelhost.families.validated``), and 400
+``unknown_task`` for a missing or unknown task. Each task checks the options it reads (ranges, the
+model's limits) when the job is created; options of other tasks are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Json
+
+from modelhost.errors import BadRequest
+from modelhost.families import validated
+
+TaskName = Literal["caption", "faces", "transcribe"]
+JobState = Literal["queued", "running", "completed", "cancelled", "failed"]
+ItemState = Literal["done", "error", "cancelled"]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _unicode(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+
+
+# requests ----------------------------------------------------------------------------------------
+
+class _OptionFields(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)  # a job's options are echoed as JSON, which has no NaN
+
+    prompt: Text | None = Field(None, description="caption: the captioner's prompt; transcribe: text that primes the "
+                                "transcriber (names, spelling).")
+    max_new_tokens: int | None = Field(None, description="caption: the most tokens of one caption.")
+    language: Text | None = Field(None, description="transcribe: the spoken language as an ISO-639-1 code such as "
+                                  "'en' (default: detected).")
+    cluster: bool | None = Field(None, description="faces: group the faces into people when the job ends (default: true).")
+    cluster_threshold: float | None = Field(None, description="faces: the cosine similarity at which two faces are "
+                                            "one person (default: the model's).")
+    max_faces: int | None = Field(None, description="faces: the most faces taken from one image or keyframe.")
+
+
+class JobOptions(_OptionFields):
+    """The task's options: each task reads its own and ignores the others'."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    def given(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class JobRequest(BaseModel):
+    """POST /v1/jobs as JSON: library paths, folders and globs (under GATEWAY_LIBRARY_ROOTS)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    task: TaskName
+    model: Text | None = Field(None, description="A catalog model of the task's family (default: the gateway's).")
+    paths: list[Text] | Text = Field(default_factory=list, description="Files, folders and globs; a relative path "
+                                     "is taken inside the first library root.")
+    open: bool = Field(False, description="Take more inputs through POST /v1/jobs/{id}/inputs until one says close.")
+    options: JobOptions | None = None
+
+    def path_list(self) -> list[str]:
+        return [self.paths] if isinstance(self.paths, str) else list(self.paths)
+
+
+class JobForm(_OptionFields):
+    """POST /v1/jobs as multipart: uploaded files and/or library paths; the options as fields of their
+    own or as one JSON object (`options`; its own fields win)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: TaskName
+    model: Text | None = Field(None, description="A catalog model of the task's family (default: the gateway's).")
+    open: bool = Field(False, description="Take more inputs through POST /v1/jobs/{id}/inputs until one says close.")
+    file: list[bytes] = Field(default_factory=list, description="An uploaded file (repeat the field for more).")
+    path: list[Text] = Field(default_factory=list, description="A library file, folder or glob (repeat for more).")
+    paths: list[Text] = Field(default_factory=list, description="The same as path.")
+    options: Json[JobOptions] | None = Field(None, description="The options as one JSON object.")
+
+    def request(self) -> JobRequest:
+        own = self.model_dump(include=set(_OptionFields.model_fields), exclude_none=True)
+        options = JobOptions.model_validate({**(self.options.given() if self.options else {}), **own})
+        return JobRequest(task=self.task, model=self.model, paths=self.path + self.paths, open=self.open, options=options)
+
+
+class InputsRequest(BaseModel):
+    """POST /v1/jobs/{id}/inputs as JSON: more library paths for an open job."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    paths: list[Text] | Text = Field(default_factory=list, description="Files, folders and globs, as for a new job.")
+    close: bool = Field(False, description="These are the job's last inputs.")
+
+    def path_list(self) -> list[str]:
+        return [self.paths] if isinstance(self.paths, str) else list(self.paths)
+
+
+class InputsForm(BaseModel):
+    """POST /v1/jobs/{id}/inputs as multipart: more uploads and/or library paths for an open job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: list[bytes] = Field(default_factory=list, description="An uploaded file (repeat the field for more).")
+    path: list[Text] = Field(default_factory=list, description="A library file, folder or glob (repeat for more).")
+    paths: list[Text] = Field(default_factory=list, description="The same as path.")
+    close: bool = Field(False, description="These are the job's last inputs.")
+
+    def request(self) -> InputsRequest:
+        return InputsRequest(paths=self.path + self.paths, close=self.close)
+
+
+def parse(model: type[M], values: dict[str, Any]) -> M:
+    """``values`` as ``model``; 400 naming the first bad field (``unknown_task`` when it is the task)."""
+    try:
+        return validated(model, values)
+    except BadRequest as e:
+        if e.param == "task":
+            e.code = "unknown_task"
+        raise
+
+
+# responses ---------------------------------------------------------------------------------------
+
+class JobCounts(BaseModel):
+    total: int
+    pending: int
+    done: int
+    error: int
+    cancelled: int
+    deduplicated: int = Field(description="Done items whose result was already known (the same content).")
+
+
+class JobWaiting(BaseModel):
+    reason: str = Field(description="Why the job is paused: its service is unavailable or overloaded.")
+    retry_in_s: float
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class Job(BaseModel):
+    """A job's status: counts, rate and ETA; ``waiting`` while paused, ``yielding`` while it runs."""
+
+    id: str
+    object: Literal["job"]
+    task: str
+    model: str
+    options: dict[str, Any]
+    state: JobState
+    open: bool
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    counts: JobCounts
+    progress: float = Field(description="Finished items over all items, 0..1.")
+    rate_per_s: float | None
+    eta_s: float | None
+    elapsed_s: float | None
+    waiting: JobWaiting | None = None
+    yielding: bool | None = Field(None, description="Stepping aside for interactive requests on its device.")
+    error: ErrorInfo | None = Field(None, description="Why the job failed.")
+    summary: dict[str, Any] | None = Field(None, description="What the task adds at the end (a faces job's people).")
+
+
+class JobList(BaseModel):
+    object: Literal["list"]
+    data: list[Job]
+
+
+class ItemResult(BaseModel):
+    seq: int
+    source: str
+    kind: str
+    state: ItemState
+    sha256: str | None
+    reused: bool = Field(description="The result was already known (the same content).")
+    seconds: float | None
+    result: dict[str, Any] | None
+    error: ErrorInfo | None
+
+
+class ResultsPage(BaseModel):
+    object: Literal["list"]
+    job: str
+    state: JobState
+    data: list[ItemResult]
+    has_more: bool
+    next_after: int = Field(description="Pass as `after` for the next page.")
+
+
+class PersonFace(BaseModel):
+    seq: int
+    face: str = Field(description='"3": face 3 of an image; "2.0": keyframe 2, face 0 of a video.')
+    source: str
+
+
+class Person(BaseModel):
+    person: int
+    faces: list[PersonFace]
+
+
+class PeopleList(BaseModel):
+    object: Literal["list"]
+    job: str
+    summary: dict[str, Any] | None
+    data: list[Person]
+
+
+# the OpenAPI request bodies ----------------------------------------------------------------------
+
+def request_body(json_model: type[BaseModel], form_model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` declaring both content types of a route, generated from its two models."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": _inline(json_model.model_json_schema())},
+        "multipart/form-data": {"schema": _without_null(_inline(form_model.model_json_schema()))},
+    }}}
+
+
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with its ``$defs`` put in place (they would not resolve inside the OpenAPI document)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                rest = {k: walk(v) for k, v in node.items() if k != "$ref"}
+                return {**walk(copy.deepcopy(defs[ref.removeprefix("#/$defs/")])), **rest}
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+    return walk(schema)
+
+
+def _without_null(node: Any) -> Any:
+    """A form's schema without ``null``: a multipart field is absent or text, never null. (Inside a field
+    that holds JSON, ``contentSchema``, null stays what it is.)"""
+    if isinstance(node, dict):
+        node = {k: v if k == "contentSchema" else _without_null(v) for k, v in node.items()
+                if not (k == "default" and v is None)}
+        options = node.get("anyOf")
+        if options is not None:
+            kept = [o for o in options if o != {"type": "null"}]
+            node.pop("anyOf")
+            node = {**kept[0], **node} if len(kept) == 1 else {**node, "anyOf": kept}
+        return node
+    if isinstance(node, list):
+        return [_without_null(v) for v in node]
+    return node
