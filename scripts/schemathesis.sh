@@ -17,7 +17,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 GW_PY=${GW_PY:-.venvs/gateway/bin/python}
-ST=$(dirname "$GW_PY")/st
+ST=$(cd "$(dirname "$GW_PY")" && pwd)/st
 out=${1:-build/test-results}
 MAX_EXAMPLES=${SCHEMATHESIS_MAX_EXAMPLES:-20}
 MAX_TIME_S=${SCHEMATHESIS_MAX_TIME_S:-120}
@@ -30,7 +30,8 @@ if [ ! -x "$ST" ]; then
   echo "schemathesis is not installed in $(dirname "$GW_PY") (it comes with gateway[test]: make venvs)" >&2
   exit 1
 fi
-mkdir -p "$out" build/logs
+mkdir -p "$out" build/logs build/schemathesis
+out=$(cd "$out" && pwd)
 rm -f "$out/schemathesis.xml"
 state=$(mktemp -d "${TMPDIR:-/tmp}/roundhouse-schemathesis.XXXXXX")
 log=build/logs/schemathesis-stack.log
@@ -87,8 +88,10 @@ fi
 # .hypothesis/ folder in the tree, and each run draws afresh (the seed it prints reproduces one).
 # One worker: the stack shares the machine's cores anyway, and with two, hypothesis (6.170 on Python
 # 3.11) failed an operation with "AST constructor recursion depth mismatch", an error of its own.
+# st keeps the cases it failed in .schemathesis/ under its working folder: build/schemathesis, not the tree.
+# Each failure above comes with the curl command that reproduces it.
 t1=$SECONDS
-timeout --kill-after=10 $((MAX_TIME_S + REQUEST_TIMEOUT_S + 30)) "$ST" run "$base/openapi.json" \
+(cd build/schemathesis && exec timeout --kill-after=10 $((MAX_TIME_S + REQUEST_TIMEOUT_S + 30)) "$ST" run "$base/openapi.json" \
   --checks all \
   --max-examples "$MAX_EXAMPLES" \
   --max-time "$MAX_TIME_S" \
@@ -98,7 +101,7 @@ timeout --kill-after=10 $((MAX_TIME_S + REQUEST_TIMEOUT_S + 30)) "$ST" run "$bas
   --generation-database none \
   --report junit --report-junit-path "$out/schemathesis.xml" \
   --no-color \
-  ${auth[@]+"${auth[@]}"}
+  ${auth[@]+"${auth[@]}"})
 status=$?
 echo "=== schemathesis: exit $status after $((SECONDS - t1)) s of testing ($((SECONDS - t0)) s with the stack's start)"
 if [ "$status" -ne 0 ] && [ ! -s "$out/schemathesis.xml" ]; then
