@@ -27,15 +27,16 @@ from multiprocessing.connection import Connection
 from typing import Any, Callable
 
 from .contract import LoadMeasurement
+from .meter import MemoryReading, MeterError, NvmlMeter, load_footprint, released_bytes, self_rss_bytes
 from .worker import ItemOutcome, WorkerError
 
 log = logging.getLogger(__name__)
 
 
 class _Sampler:
-    """Samples a memory reading in a thread and keeps the peak (load + warm-up peak)."""
+    """Samples a memory reading in a thread and keeps the peak (load + warm-up peak), field by field."""
 
-    def __init__(self, read: Callable[[], int], interval_s: float = 0.01) -> None:
+    def __init__(self, read: Callable[[], MemoryReading], interval_s: float = 0.01) -> None:
         self._read = read
         self._interval_s = interval_s
         self._stop = threading.Event()
@@ -44,7 +45,13 @@ class _Sampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):
-            self.peak = max(self.peak, self._read())
+            self._sample()
+
+    def _sample(self) -> None:
+        try:
+            self.peak = self.peak.max(self._read())
+        except MeterError as e:  # the GPU went away mid-load: the load itself will fail and say so
+            log.warning("worker: memory sampling failed: %s", e)
 
     def __enter__(self) -> "_Sampler":
         self._thread.start()
@@ -53,40 +60,38 @@ class _Sampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self._read())
+        self._sample()
 
 
 class _ChildMeter:
-    """What the child measures about itself: its own GPU bytes through NVML where the driver
-    reports them per process, else the device's used bytes; on a host without a GPU, its RSS."""
+    """What the child measures about itself: its own GPU bytes through NVML where the driver lists
+    it, and the device's used bytes (``MemoryReading``; ``load_footprint`` picks one basis); on a
+    host without a GPU, its resident set. ``gpu_index`` is CUDA's ordinal (cuda:N); the meter maps
+    it to NVML's device by PCI bus id, so it watches the card the model is on."""
 
     def __init__(self, gpu_index: int | None) -> None:
-        self._nvml = None
+        self._nvml: NvmlMeter | None = None
         if gpu_index is not None:
             try:
-                import pynvml
+                self._nvml = NvmlMeter.open(gpu_index)
+            except Exception as e:  # NVML's error family, no library, or no such GPU
+                log.warning("worker: NVML not usable for cuda:%d (%s); measuring host memory", gpu_index, e)
 
-                pynvml.nvmlInit()
-                self._nvml = pynvml
-                self._handle = pynvml.nvmlDeviceGetHandleByIndex(gpu_index)
-            except Exception as e:  # NVML's error family, or no library
-                log.warning("worker: NVML not usable (%s); measuring host memory", e)
-                self._nvml = None
+    @property
+    def kind(self) -> str:
+        return "host" if self._nvml is None else "nvml"
 
-    def read(self) -> int:
+    def read(self) -> MemoryReading:
         if self._nvml is None:
-            from .meter import self_rss_bytes
+            return MemoryReading(self_rss_bytes())
+        return self._nvml.reading(os.getpid())
 
-            return self_rss_bytes()
+    def read_or_none(self) -> MemoryReading | None:
         try:
-            procs = self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
-            mine = [int(p.usedGpuMemory or 0) for p in procs if p.pid == os.getpid()]
-            if mine:
-                return sum(mine)
-        except self._nvml.NVMLError:
-            pass
-        # Containers without the host pid namespace: the device total is the next best truth.
-        return int(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used)
+            return self.read()
+        except MeterError as e:
+            log.warning("worker: %s", e)
+            return None
 
 
 def _release_host_memory() -> None:
@@ -134,9 +139,9 @@ class _Child:
         spec = ModelSpec(**payload["spec"])
         if spec.id in self.models:
             raise WorkerError("already_loaded", f"{spec.id} is already loaded in this worker")
-        before = self.meter.read()
         backend = None
-        try:
+        try:  # a meter that fails (a lost GPU) fails the load, which then frees what it took
+            before = self.meter.read()
             with _Sampler(self.meter.read) as sampler:
                 t0 = time.perf_counter()
                 backend = import_backend(payload["backend_path"])(spec, payload["cache_dir"])
@@ -144,6 +149,7 @@ class _Child:
                 t1 = time.perf_counter()
                 backend.warmup()
                 t2 = time.perf_counter()
+            after = self.meter.read()
         except BaseException as e:
             if backend is not None:
                 try:
@@ -153,12 +159,14 @@ class _Child:
             del backend
             _release_host_memory()
             raise WorkerError("load_failed", f"{type(e).__name__}: {e}") from e
-        after = self.meter.read()
         self.models[spec.id] = backend
+        footprint = load_footprint(before, sampler.peak, after)
+        log.info("worker: %s measured on its %s bytes (%s meter): %d resident, %d peak", spec.id, footprint.basis,
+                 self.meter.kind, footprint.memory_bytes, footprint.peak_memory_bytes)
         return LoadMeasurement(
             device=str(device),
-            memory_bytes=max(0, after - before),
-            peak_memory_bytes=max(0, sampler.peak - before, after - before),
+            memory_bytes=footprint.memory_bytes,
+            peak_memory_bytes=footprint.peak_memory_bytes,
             load_s=t1 - t0,
             warmup_s=t2 - t1,
         )
@@ -168,13 +176,15 @@ class _Child:
         backend = self.models.pop(name, None)
         if backend is None:
             return {"freed_bytes": 0, "was_loaded": False}
-        before = self.meter.read()
+        before = self.meter.read_or_none()  # a lost GPU must not keep the model here
         try:
             backend.close()
         finally:
             del backend
             _release_host_memory()
-        return {"freed_bytes": max(0, before - self.meter.read()), "was_loaded": True}
+        after = self.meter.read_or_none()
+        freed = released_bytes(before, after) if before is not None and after is not None else 0
+        return {"freed_bytes": freed, "was_loaded": True}
 
     def op_infer(self, payload: dict) -> dict:
         backend = self.models.get(payload["model"])
@@ -208,7 +218,7 @@ class _Child:
             return [ItemOutcome(ok=False, kind="inference_failed", message=f"{type(e).__name__}: {e}")]
 
     def op_memory(self, payload: dict) -> dict:
-        return {"bytes": self.meter.read(), "models": sorted(self.models)}
+        return {"bytes": self.meter.read().bytes, "models": sorted(self.models)}
 
     # loop -----------------------------------------------------------------------------------
 
