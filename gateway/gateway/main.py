@@ -11,18 +11,19 @@ from typing import AsyncIterator
 import uvicorn
 from fastapi import FastAPI
 
-from modelhost.catalog import Catalog, load_catalog
+from modelhost.catalog import load_catalog
 from modelhost.client import ModelHostClient, new_session
 from modelhost.errors import install_error_handlers
 from modelhost.logs import setup_logging
-from modelhost.meter import HostMeter, MemoryMeter, NvmlMeter
+from modelhost.meter import MemoryMeter
 
 from .access import ModelAccess
 from .auth import ApiKeyMiddleware
+from .budgets import memory_budgets, open_meters
 from .config import CoordinatorSettings, GatewaySettings, JobSettings
 from .coordinator.effects import HttpEffects
 from .coordinator.footprints import FootprintStore
-from .coordinator.loop import Coordinator, device_key
+from .coordinator.loop import Coordinator
 from .coordinator.policy import PolicyConfig
 from .gpu_metrics import GpuCollector
 from .jobs.service import Jobs
@@ -35,39 +36,6 @@ from .state import Gateway
 log = logging.getLogger(__name__)
 
 SERVICE_NAMES = {"caption": "caption-svc", "face": "face-svc", "asr": "asr-svc", "tts": "tts-svc"}
-
-
-def memory_budgets(catalog: Catalog, cs: CoordinatorSettings, meters: dict[str, MemoryMeter | None]) -> dict[str, int]:
-    """One budget per device the catalog uses: configured, else NVML total minus the reserve on a
-    GPU, else 75 % of host memory on the CPU."""
-    budgets: dict[str, int] = {}
-    for dev in sorted({device_key(m) for m in catalog.models}):
-        if dev in cs.memory_budget_mb:
-            budgets[dev] = cs.memory_budget_mb[dev] * 2**20
-        elif dev == "cpu":
-            budgets[dev] = int(HostMeter().device().total_bytes * 0.75)
-        else:
-            meter = meters.get(dev)
-            if meter is None:
-                raise RuntimeError(f"the catalog puts models on {dev} but NVML sees no such GPU; "
-                                   f'set GATEWAY_MEMORY_BUDGET_MB=\'{{"{dev}": <MiB>}}\' or use a CPU catalog')
-            budgets[dev] = max(0, meter.device().total_bytes - cs.gpu_reserve_mb * 2**20)
-    return budgets
-
-
-def open_meters(catalog: Catalog) -> dict[str, MemoryMeter | None]:
-    """NVML meters for the GPUs the catalog names (None where NVML cannot see one)."""
-    meters: dict[str, MemoryMeter | None] = {}
-    for dev in sorted({device_key(m) for m in catalog.models}):
-        if dev == "cpu":
-            meters[dev] = None
-            continue
-        try:
-            meters[dev] = NvmlMeter.open(int(dev.split(":")[1]))
-        except Exception as e:  # NVML's error family, or no library
-            log.warning("NVML cannot see %s (%s)", dev, e)
-            meters[dev] = None
-    return meters
 
 
 def create_app(settings: GatewaySettings | None = None, coordinator_settings: CoordinatorSettings | None = None,
