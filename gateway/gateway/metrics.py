@@ -4,6 +4,8 @@ from typing import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from .coordinator.actions import FailKind, UnloadReason
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 LOAD_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
@@ -11,8 +13,8 @@ RELEASE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30)
 JOB_ITEM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 # Closed label sets, created at 0 by init_labels.
 UPSTREAM_ERROR_KINDS = ("unreachable", "timeout", "status_5xx", "bad_response", "models")
-EVICTION_REASONS = ("swap", "request", "reconcile")  # coordinator.core.Unload
-REJECTION_KINDS = ("queue_full", "not_ready_in_time", "too_large", "load_failed", "deadline")  # coordinator.core.Fail
+EVICTION_REASONS = tuple(str(r) for r in UnloadReason)  # every label exists at 0 from the start
+REJECTION_KINDS = tuple(str(k) for k in FailKind)
 
 
 class GatewayMetrics:
