@@ -266,6 +266,17 @@ _STARLETTE_STATUS = {
 }
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on the request's path. Starlette's own 405 names only the first
+    route whose path matched, though a path often has several (GET and POST /v1/jobs)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(request.url.path) and getattr(route, "methods", None):
+            methods |= set(route.methods)
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI, src: str) -> None:
     """Render every error raised in ``app`` as the envelope, naming ``src`` as the answering component."""
 
@@ -295,10 +306,12 @@ def install_error_handlers(app: FastAPI, src: str) -> None:
             err = cls(str(exc.detail))
         if exc.status_code == 404 and cls is NotFound:
             err = NotFound(f"no route for {request.method} {request.url.path}", code="route_not_found")
+        headers = exc.headers
         if exc.status_code == 405:
             err = BadRequest(f"method {request.method} not allowed on {request.url.path}", code="method_not_allowed")
             err.status = 405
-        return error_response(src, request_id_of(request), err, exc.headers)
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        return error_response(src, request_id_of(request), err, headers)
 
     @app.exception_handler(Exception)
     async def _unknown(request: Request, exc: Exception) -> JSONResponse:

@@ -45,6 +45,10 @@ def _app() -> FastAPI:
     async def custom_code() -> dict:
         raise E.BadRequest("the file is empty", param="file", code="empty_file")
 
+    @app.delete("/boom")
+    async def boom_delete() -> dict:
+        return {}
+
     @app.get("/boom")
     async def boom() -> dict:
         raise RuntimeError("password=hunter2 at /srv/secret/path.py line 12")
@@ -155,7 +159,8 @@ def test_wrong_method_is_405_envelope_with_allow(client) -> None:
     r = client.post("/boom")
     assert r.status_code == 405
     _assert_envelope(r.json(), code="method_not_allowed", type="invalid_request_error")
-    assert r.headers["Allow"] == "GET"  # RFC 9110: a 405 names the methods that are allowed
+    # RFC 9110: a 405 names every method allowed on the path, not only the first route's
+    assert r.headers["Allow"] == "DELETE, GET"
 
 
 @pytest.mark.parametrize(("status", "code"), [(400, "bad_request"), (409, "conflict"), (413, "payload_too_large")])
