@@ -15,6 +15,9 @@ Invariants:
 3. A computation that fails or is cancelled is forgotten at once; a waiter whose owner was cancelled
    (another job's cancel) computes it itself, while one whose owner failed gets the same error (the
    content is the same, so is the answer).
+4. A waiter that is cancelled itself ends, even when its owner was cancelled at the same moment (one
+   job's cancel reaches both): it must not take the owner's cancellation for another job's and carry on
+   computing, which left a cancelled job's worker running and its cancel waiting for it.
 """
 
 from __future__ import annotations
@@ -43,8 +46,9 @@ class Dedup:
             try:
                 return await asyncio.shield(fut), True
             except asyncio.CancelledError:
-                if fut.cancelled():
-                    continue  # its owner was cancelled (another job); compute it here
+                me = asyncio.current_task()
+                if fut.cancelled() and not (me is not None and me.cancelling()):
+                    continue  # its owner was cancelled (another job), not this caller: compute it here
                 raise
         fut = asyncio.get_running_loop().create_future()
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no "never retrieved" noise
