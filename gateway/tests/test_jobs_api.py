@@ -124,7 +124,7 @@ async def test_bad_job_requests_are_4xx_in_the_envelope(client: httpx.AsyncClien
 
 
 @pytest.mark.parametrize("path", ["/v1/jobs?state=bogus", "/v1/jobs?limit=0", "/v1/jobs/job_x/results?format=xml",
-                                  "/v1/jobs/job_x/results?after=-2"])
+                                  "/v1/jobs/job_x/results?after=-2", f"/v1/jobs/job_x/results?after={2**63}"])
 async def test_bad_queries_are_422_in_the_envelope(client: httpx.AsyncClient, path: str) -> None:
     r = await client.get(path)
     assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error", r.text
@@ -161,7 +161,7 @@ async def test_a_form_job_takes_typed_options_and_an_open_job_takes_more_inputs(
     page = (await client.get(f"/v1/jobs/{job['id']}/results")).json()
     assert [row["state"] for row in page["data"]] == ["cancelled"] * 3 and not page["has_more"]
     people = await client.get(f"/v1/jobs/{job['id']}/people")
-    assert people.status_code == 400 and people.json()["error"]["code"] == "not_a_faces_job"
+    assert people.status_code == 409 and people.json()["error"]["code"] == "not_a_faces_job"
     listed = (await client.get("/v1/jobs", params={"state": "cancelled"})).json()
     assert [j["id"] for j in listed["data"]] == [job["id"]]
     events = await client.get(f"/v1/jobs/{job['id']}/events")
@@ -175,3 +175,22 @@ async def test_unknown_jobs_are_404_on_every_route(client: httpx.AsyncClient) ->
         r = await client.request(method.upper(), path.format(job_id="job_nope"),
                                  **({"json": {"paths": ["a.jpg"]}} if method == "post" else {}))
         assert r.status_code == 404 and r.json()["error"]["code"] == "job_not_found", (method, path, r.text)
+
+
+@pytest.mark.parametrize("method,path,allow", [("PUT", "/v1/jobs", "GET, POST"), ("OPTIONS", "/v1/jobs", "GET, POST"),
+                                               ("DELETE", "/v1/jobs", "GET, POST"), ("POST", "/v1/jobs/job_x", "GET, DELETE"),
+                                               ("PATCH", "/v1/jobs/job_x", "GET, DELETE")])
+@pytest.mark.xfail(strict=True, reason="modelhost.errors._allowed_methods walks app.router.routes, where FastAPI 0.165 "
+                   "keeps each included router as one _IncludedRouter (no path_regex, no methods): Allow comes out empty")
+async def test_another_method_is_405_naming_every_method_of_the_path(client: httpx.AsyncClient, method: str, path: str,
+                                                                     allow: str) -> None:
+    r = await client.request(method, path)
+    assert r.status_code == 405 and r.headers["allow"] == allow and r.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_each_event_of_the_stream_is_documented_with_the_job_it_carries(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    event = doc["paths"]["/v1/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"]
+    assert event["properties"]["event"]["enum"] == ["progress", "end"]
+    assert event["properties"]["data"]["contentSchema"] == {"$ref": "#/components/schemas/Job"}
+    assert "Job" in doc["components"]["schemas"]

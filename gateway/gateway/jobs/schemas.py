@@ -7,8 +7,10 @@ themselves and their OpenAPI ``requestBody`` is generated here from the same mod
 form models take text, as multipart sends it, and convert it.
 
 Validation answers 400 ``bad_request`` naming the field (``modelhost.families.validated``), and 400
-``unknown_task`` for a missing or unknown task. Each task checks the options it reads (ranges, the
-model's limits) when the job is created; options of other tasks are accepted and ignored.
+``unknown_task`` for a missing or unknown task. The options carry the limits their family modules declare
+(so the document shows them), and each task checks the options it reads again with its family's model
+when the job is created (a language Whisper knows, the model's own limits); the options of other tasks
+are accepted and ignored.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from __future__ import annotations
 import copy
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Json
+import annotated_types
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Json, StringConstraints
 
 from modelhost.errors import BadRequest
-from modelhost.families import validated
+from modelhost.families import asr, caption, face, validated
 
 TaskName = Literal["caption", "faces", "transcribe"]
 JobState = Literal["queued", "running", "completed", "cancelled", "failed"]
@@ -41,18 +44,32 @@ Text = Annotated[str, AfterValidator(_unicode)]
 
 # requests ----------------------------------------------------------------------------------------
 
+def _family_option(model: type[BaseModel], name: str, task: str) -> Any:
+    """A family's option as a job option: its type and limits, as the family's own model declares them (the
+    task validates it with that model again), and which task reads it."""
+    info = model.model_fields[name]
+    limits = [m for m in info.metadata if isinstance(m, annotated_types.BaseMetadata)]  # not its form-only validators
+    return Annotated[info.annotation, *limits, Field(description=f"{task}: {info.description}")]
+
+
+MaxNewTokens = _family_option(caption.CaptionOptions, "max_new_tokens", "caption")
+MaxFaces = _family_option(face.DetectOptions, "max_faces", "faces")
+PROMPT_CHARS = min(caption.MAX_PROMPT_CHARS, asr.MAX_PROMPT_CHARS)
+PromptText = Annotated[str, StringConstraints(max_length=PROMPT_CHARS), AfterValidator(_unicode)]
+
+
 class _OptionFields(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False)  # a job's options are echoed as JSON, which has no NaN
 
-    prompt: Text | None = Field(None, description="caption: the captioner's prompt; transcribe: text that primes the "
-                                "transcriber (names, spelling).")
-    max_new_tokens: int | None = Field(None, description="caption: the most tokens of one caption.")
-    language: Text | None = Field(None, description="transcribe: the spoken language as an ISO-639-1 code such as "
-                                  "'en' (default: detected).")
+    prompt: PromptText | None = Field(None, description="caption: the captioner's prompt or caption prefix; "
+                                      "transcribe: text that conditions the transcript (spellings, style).")
+    max_new_tokens: MaxNewTokens = None
+    language: Text | None = Field(None, description="transcribe: the spoken language, ISO-639-1 (a name or a region is "
+                                  "taken too); default: detected.")
     cluster: bool | None = Field(None, description="faces: group the faces into people when the job ends (default: true).")
-    cluster_threshold: float | None = Field(None, description="faces: the cosine similarity at which two faces are "
-                                            "one person (default: the model's).")
-    max_faces: int | None = Field(None, description="faces: the most faces taken from one image or keyframe.")
+    cluster_threshold: float | None = Field(None, ge=-1.0, le=1.0, description="faces: the cosine similarity at which two "
+                                            "faces are one person (default: the model's).")
+    max_faces: MaxFaces = None
 
 
 class JobOptions(_OptionFields):
@@ -223,6 +240,22 @@ class PeopleList(BaseModel):
     job: str
     summary: dict[str, Any] | None
     data: list[Person]
+
+
+class JobEvent(BaseModel):
+    """One server-sent event of GET /v1/jobs/{id}/events (comments, the keep-alives, are not events)."""
+
+    event: Literal["progress", "end"]
+    id: str = Field(description="Items finished so far.")
+    data: Json[Job] = Field(description="The job's status, as GET /v1/jobs/{id} answers it.")
+
+
+def event_stream_schema() -> dict[str, Any]:
+    """The schema of each event of a job's event stream (Open API 3.1: ``schema`` describes one event).
+    Its ``Job`` is the document's own component (the routes that answer a ``Job`` put it there)."""
+    schema = JobEvent.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    return schema
 
 
 # the OpenAPI request bodies ----------------------------------------------------------------------

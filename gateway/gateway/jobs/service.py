@@ -216,10 +216,12 @@ class Jobs:
         return await self.store.results_page(job["id"], after_seq=after, limit=limit)
 
     async def people(self, job_id: str) -> dict[str, Any]:
-        """A completed faces job's people: 400 for another task, 409 before it has grouped them."""
+        """A completed faces job's people: 409 for another task's job (it has none) and for a faces job
+        before it has grouped them (the job exists: not a 404)."""
         job = await self.get(job_id)
         if job["task"] != "faces":
-            raise BadRequest(f"job {job_id} is a {job['task']} job; people come from faces jobs", code="not_a_faces_job")
+            raise Conflict(f"job {job_id} is a {job['task']} job; people come from faces jobs", param="job_id",
+                           code="not_a_faces_job")
         if job["state"] != COMPLETED and not job["summary"]:
             raise Conflict(f"job {job_id} is {job['state']}; people are grouped when it completes", code="job_not_finished")
         return {"object": "list", "job": job_id, "summary": job["summary"], "data": await self.store.people(job_id)}

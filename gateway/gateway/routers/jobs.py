@@ -17,13 +17,14 @@ from modelhost.errors import BadRequest, ErrorEnvelope, PayloadTooLarge, Roundho
 from ..bodies import parse_json_object, read_body
 from ..jobs import export
 from ..jobs.schemas import (InputsForm, InputsRequest, Job, JobForm, JobList, JobRequest, JobState, PeopleList,
-                            ResultsPage, parse, request_body)
+                            ResultsPage, event_stream_schema, parse, request_body)
 from ..jobs.service import Jobs, Upload
 
 router = APIRouter(tags=["jobs"])
 
 MAX_JSON_BYTES = 16 * 1024 * 1024
 LIST_FIELDS = frozenset({"path", "paths"})  # form fields that may repeat
+MAX_SEQ = 2**63 - 1  # the largest item number SQLite holds (``after`` beyond it would be a 500)
 OUTSIDE_LIBRARY = {403: {"model": ErrorEnvelope, "description": "A path outside the library roots, or no roots set."}}
 
 
@@ -149,7 +150,7 @@ async def cancel_job(request: Request, job_id: str) -> Any:
             responses={200: {"content": {"application/x-ndjson": {"schema": {"type": "string"}},
                                          "text/csv": {"schema": {"type": "string"}}}},
                        **error_responses(404, 422)})
-async def job_results(request: Request, job_id: str, after: int = Query(-1, ge=-1), limit: int = Query(100, ge=1, le=1000),
+async def job_results(request: Request, job_id: str, after: int = Query(-1, ge=-1, le=MAX_SEQ), limit: int = Query(100, ge=1, le=1000),
                       format: Literal["json", "jsonl", "csv"] = Query("json"), embeddings: bool = Query(False)) -> Any:
     jobs = jobs_of(request)
     job = await jobs.get(job_id)
@@ -167,7 +168,9 @@ async def job_results(request: Request, job_id: str, after: int = Query(-1, ge=-
 
 
 @router.get("/v1/jobs/{job_id}/people", response_model=PeopleList,
-            summary="A faces job's people: its faces grouped by person", responses=error_responses(400, 404, 409, 422))
+            summary="A faces job's people: its faces grouped by person",
+            description="409 for a job of another task (it has no people) and for a faces job that has not ended.",
+            responses=error_responses(404, 409, 422))
 async def job_people(request: Request, job_id: str) -> Any:
     return await jobs_of(request).people(job_id)
 
@@ -175,9 +178,10 @@ async def job_people(request: Request, job_id: str) -> Any:
 @router.get("/v1/jobs/{job_id}/events", response_class=StreamingResponse, summary="A job's progress as server-sent events",
             description="`progress` events (the job's status, as GET /v1/jobs/{id}) whenever it changes, at most "
             "five a second, and one `end` event when the job ends; a comment every 15 s keeps the stream open.",
-            responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}, **error_responses(404, 422)})
+            responses={200: {"content": {"text/event-stream": {"schema": event_stream_schema()}}}, **error_responses(404, 422)})
 async def job_events(request: Request, job_id: str) -> Any:
     jobs = jobs_of(request)
     await jobs.get(job_id)  # 404 before the stream starts
     return StreamingResponse(export.progress_events(jobs, job_id), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
