@@ -95,6 +95,27 @@ def test_first_audio_arrives_before_the_last_sentence_is_synthesised(client: ope
     assert len(arrived) >= 3  # it came in pieces, sentence by sentence, not as one body
 
 
+def holds_ended(tts_gateway: procs.Proc, model: str, outcome: str = "ok") -> float:
+    """Holds of ``model`` the gateway has closed (each observes its time when it ends)."""
+    text = httpx.get(tts_gateway.url + "/metrics", timeout=10).text
+    return metric(text, "roundhouse_gateway_model_request_seconds_count", family="tts", model=model, outcome=outcome)
+
+
+def test_the_model_is_held_until_the_last_byte_is_relayed(tts_gateway: procs.Proc) -> None:
+    text = " ".join(f"This is sentence number {i}." for i in range(30))  # under TTS_MAX_INPUT_CHARS
+    body = {"model": "tiny-vits", "voice": "tiny", "input": text, "response_format": "pcm"}
+    httpx.post(tts_gateway.url + "/v1/audio/speech", json={**body, "input": "Warm up."}, timeout=120)
+    before = holds_ended(tts_gateway, "tiny-vits")
+    with httpx.stream("POST", tts_gateway.url + "/v1/audio/speech", json=body, timeout=120) as r:
+        assert r.status_code == 200
+        chunks = r.iter_bytes()
+        next(chunks)
+        assert holds_ended(tts_gateway, "tiny-vits") == before  # audio still to come: still held
+        for _ in chunks:
+            pass
+    procs.wait_until(lambda: holds_ended(tts_gateway, "tiny-vits") == before + 1, timeout_s=30)
+
+
 def test_a_client_that_leaves_mid_stream_stops_the_synthesis(tts_gateway: procs.Proc, tts_svc: procs.Proc) -> None:
     n = 40
     text = " ".join(f"Sentence {i} is here." for i in range(n))  # under TTS_MAX_INPUT_CHARS

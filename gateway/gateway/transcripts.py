@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 from typing import Any, Literal, get_args
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
-from modelhost.families.asr import Segment, TranscriptionOptions, TranscriptionResponse
+from modelhost.families.asr import Prompt, Segment, Temperature, TranscriptionResponse
 from modelhost.languages import LANGUAGES, language_code
 
 __all__ = ["LANGUAGES", "language_code", "render"]
@@ -22,22 +23,43 @@ ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
 Granularity = Literal["segment", "word"]
 RESPONSE_FORMATS: tuple[str, ...] = get_args(ResponseFormat)
 GRANULARITIES: tuple[str, ...] = get_args(Granularity)
+MAX_FORM_FIELDS = 32
 TEXT_FORMATS = frozenset({"text", "srt", "vtt"})
 """Returned as ``text/plain``, as OpenAI does; the others as JSON."""
 
 
-class TranscriptionUpload(TranscriptionOptions):
-    """OpenAI's multipart form of ``/v1/audio/transcriptions`` and ``/v1/audio/translations``. The route reads
-    the form itself (each bad field keeps its own 4xx code); this model is what the OpenAPI document shows."""
+def _form_schema(schema: dict[str, Any]) -> None:
+    """A form field is a string or left out, never null (no ``"default": null``); like OpenAI's, timestamp
+    granularities go with verbose_json only; and the route reads at most ``MAX_FORM_FIELDS`` fields."""
+    for prop in schema["properties"].values():
+        if "default" in prop and prop["default"] is None:
+            del prop["default"]
+    schema["maxProperties"] = MAX_FORM_FIELDS - len(GRANULARITIES)  # the granularities: one property, two fields
+    schema["anyOf"] = [{"properties": {"timestamp_granularities[]": {"maxItems": 0}}},
+                       {"properties": {"response_format": {"const": "verbose_json"}}, "required": ["response_format"]}]
 
-    file: bytes = Field(description="The audio: wav, flac, mp3, ogg/opus, m4a/aac, webm, mp4.")
-    model: str | None = Field(None, description="An asr model of the catalog; default: GATEWAY_DEFAULT_ASR_MODEL, "
-                                                "else the catalog's first.")
+
+class TranscriptionUpload(BaseModel):
+    """OpenAI's multipart form of ``/v1/audio/transcriptions`` and ``/v1/audio/translations``, as the OpenAPI
+    document shows it. The route reads the form itself, so that each bad field keeps its own 4xx code, and
+    checks the options with the asr family's ``TranscriptionOptions``, whose limits these types are."""
+
+    model_config = ConfigDict(json_schema_extra=_form_schema)
+
+    file: bytes = Field(description="The audio: wav, flac, mp3, ogg/opus, m4a/aac, webm, mp4.", min_length=1)
+    model: str | SkipJsonSchema[None] = Field(
+        None, description="An asr model of the catalog; default: GATEWAY_DEFAULT_ASR_MODEL, else the catalog's first.")
+    language: str | SkipJsonSchema[None] = Field(
+        None, description="ISO-639-1 code of the spoken language (Whisper's English name, and a region as in "
+        "'en-US', are taken too); default: detected. For a translation, the source language.",
+        json_schema_extra={"enum": list(LANGUAGES)})
+    prompt: Prompt | SkipJsonSchema[None] = Field(None, description="Text that conditions the transcript (spellings, style).")
+    temperature: Temperature | SkipJsonSchema[None] = None
     response_format: ResponseFormat = "json"
     timestamp_granularities: list[Granularity] = Field(
-        default_factory=list, alias="timestamp_granularities[]",
+        default_factory=list, alias="timestamp_granularities[]", max_length=len(GRANULARITIES),
         description="With verbose_json: segment (the default) and/or word.")
-    stream: bool = Field(False, description="Streamed transcripts are not supported: 400 when true.")
+    stream: Literal[False] = Field(False, description="Streamed transcripts are not offered.")
 
 
 def render(result: TranscriptionResponse, response_format: str, granularities: list[str], task: str) -> Any:

@@ -22,6 +22,7 @@ BAD = [
     ("input not a string", {"input": ["hi"]}, 400, "bad_request", "input"),
     ("empty input", {"input": ""}, 400, "empty_input", "input"),
     ("white space input", {"input": " \n\t"}, 400, "empty_input", "input"),
+    ("control characters only", {"input": "\x00\x1b"}, 400, "empty_input", "input"),
     ("input over the limit", {"input": "a" * (LIMIT + 1)}, 413, "input_too_long", "input"),
     ("model not a string", {"input": "hi", "model": 1}, 400, "bad_request", "model"),
     ("unknown format", {"input": "hi", "response_format": "ogg"}, 400, "unsupported_response_format", "response_format"),
@@ -50,6 +51,12 @@ def test_limits_pass_and_nulls_are_the_defaults() -> None:
     for fmt in tts.RESPONSE_FORMATS:
         assert tts.speech_request({"input": "hi", "response_format": fmt, "stream_format": "audio"},
                                   max_input_chars=LIMIT).response_format == fmt
+
+
+def test_control_characters_are_spaces_and_a_lone_surrogate_is_a_replacement_character() -> None:
+    req = tts.speech_request({"input": "a\x00b\x7fc\td\ud800 \ud83d\ude00"}, max_input_chars=LIMIT)
+    assert req.input == "a b c\td\ufffd \U0001f600"
+    req.input.encode("utf-8")
 
 
 VOICES = tts.ModelVoices(model="flite", backend="flite", voices=[tts.VoiceCard(id="slt"), tts.VoiceCard(id="rms")])

@@ -30,7 +30,7 @@ from modelhost.families import asr, default_model
 
 from ..bodies import FORM_OVERHEAD_BYTES, read_body
 from ..state import Gateway, gw
-from ..transcripts import GRANULARITIES, RESPONSE_FORMATS, TEXT_FORMATS, TranscriptionUpload, render
+from ..transcripts import GRANULARITIES, MAX_FORM_FIELDS, RESPONSE_FORMATS, TEXT_FORMATS, TranscriptionUpload, render
 
 router = APIRouter(tags=["audio"])
 
@@ -75,7 +75,7 @@ async def _handle(request: Request, task: asr.Task) -> Response:
                                    code="unsupported_content_type")
     await read_body(request, limit + FORM_OVERHEAD_BYTES)
     try:
-        form = await request.form(max_files=1, max_fields=32)
+        form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS)
     except Exception as e:  # python-multipart's parse errors, or more files/fields than allowed
         raise BadRequest(f"the multipart body could not be parsed: {e}", code="invalid_multipart")
     upload = form.get("file")

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Annotated, Any, Literal, Mapping, Protocol, get_args
 
 import aiohttp
@@ -26,6 +27,7 @@ RESPONSE_FORMATS: tuple[str, ...] = get_args(ResponseFormat)
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 STREAM_FORMATS = ("audio",)
 """OpenAI's ``stream_format``: the bytes stream as they are made ("sse" is not offered)."""
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class SpeechRequest(BaseModel):
@@ -37,12 +39,13 @@ class SpeechRequest(BaseModel):
     model: StrictStr | None = Field(None, description="A tts model of the catalog (GET /v1/audio/voices); "
                                                       "default: the catalog's first.")
     input: StrictStr = Field(description="The text to speak; split into sentences, each streamed as it is made. "
-                                         "Over the configured length: 413.",
-                             json_schema_extra={"minLength": 1})
+                                         "Over the configured length: 413. Control characters are read as spaces.",
+                             json_schema_extra={"minLength": 1, "pattern": r"[^\s\x00-\x1f\x7f]"})
     voice: StrictStr | None = Field(None, description="One of the model's voices; default: its first.")
-    response_format: StrictStr = Field("mp3", description="The audio's format.",
-                                       json_schema_extra={"enum": list(RESPONSE_FORMATS)})
-    speed: Annotated[float, Strict(), Field(allow_inf_nan=False)] = Field(
+    # null is the default for these two (never None once validated)
+    response_format: StrictStr | None = Field("mp3", description="The audio's format.",
+                                              json_schema_extra={"enum": [*RESPONSE_FORMATS, None]})
+    speed: Annotated[float, Strict(), Field(allow_inf_nan=False)] | None = Field(
         1.0, description="1.0 is the voice's natural rate.", json_schema_extra={"minimum": MIN_SPEED, "maximum": MAX_SPEED})
     language: StrictStr | None = Field(None, description="Language of a multilingual model (XTTS-v2); default: the model's.")
     stream_format: StrictStr | None = Field(None, description="'audio': the bytes stream as they are made.",
@@ -52,6 +55,14 @@ class SpeechRequest(BaseModel):
     @classmethod
     def _null_is_default(cls, value: Any, info: Any) -> Any:
         return cls.model_fields[info.field_name].default if value is None else value
+
+    @field_validator("input")
+    @classmethod
+    def _speakable(cls, value: str) -> str:
+        """Control characters (a NUL stops a synthesiser's C library) as spaces, a lone surrogate (JSON lets
+        one through; UTF-8 has none) as U+FFFD."""
+        value = _CONTROL.sub(" ", value)
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def check(req: SpeechRequest, *, max_input_chars: int) -> None:
