@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger(__name__)
 
@@ -268,13 +269,11 @@ _STARLETTE_STATUS = {
 
 def _allowed_methods(request: Request) -> list[str]:
     """Every method some route serves on the request's path. Starlette's own 405 names only the first
-    route whose path matched, though a path often has several (GET and POST /v1/jobs)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        regex = getattr(route, "path_regex", None)
-        if regex is not None and regex.match(request.url.path) and getattr(route, "methods", None):
-            methods |= set(route.methods)
-    return sorted(methods)
+    route whose path matched, though a path often has several (GET and POST /v1/jobs). Each method is
+    asked of the routes through their public ``matches``, which also looks inside included routers."""
+    routes = request.app.router.routes
+    return [method for method in ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+            if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)]
 
 
 def install_error_handlers(app: FastAPI, src: str) -> None:
