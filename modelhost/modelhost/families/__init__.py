@@ -14,13 +14,25 @@ Pydantic, the standard library and ``modelhost``'s own plumbing only: every envi
 
 from __future__ import annotations
 
-from typing import Any, Iterable, TypeVar
+import contextlib
+from typing import Any, Iterable, Protocol, TypeVar
 
+import aiohttp
 from pydantic import BaseModel, ValidationError
 
-from ..errors import BadRequest
+from ..client import multipart
+from ..errors import BadRequest, UpstreamError
 
 P = TypeVar("P", bound=BaseModel)
+R = TypeVar("R", bound=BaseModel)
+
+
+class Requester(Protocol):
+    """What the upstream calls use: the ``Upstream`` of ``ModelAccess.hold`` (or a ``ModelHostClient``)."""
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any: ...
+
+    def stream(self, method: str, path: str, **kwargs: Any) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]: ...
 
 def validated(cls: type[P], values: dict[str, Any]) -> P:
     """``values`` as ``cls``, or 400 ``bad_request`` naming the first bad field (``param``)."""
@@ -43,3 +55,29 @@ def default_model(models: Iterable[Any], family: str, configured: str | None = N
             return m.id
     raise BadRequest(f"no {family} model is in the catalog; name one with 'model'", param="model",
                      code="no_default_model")
+
+
+def reply_as(cls: type[R], body: Any, service: str) -> R:
+    """A service's answer as ``cls``; one that does not fit the contract is the service's fault (502)."""
+    try:
+        return cls.model_validate(body)
+    except ValidationError as e:
+        raise UpstreamError(f"{service} answered a {cls.__name__} that does not fit the contract: "
+                            f"{e.errors()[0].get('msg')}", code="bad_upstream_response") from None
+
+
+def form_text(value: Any) -> str | None:
+    """A form field as a service's form model reads it back: booleans as true/false, None left out."""
+    if value is None or isinstance(value, str):
+        return value
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+async def post_form(upstream: Requester, path: str, form: BaseModel, files: list[tuple[str, str, bytes]],
+                    reply: type[R], *, service: str, timeout_s: float, request_id: str | None = None) -> R:
+    """POST ``form``'s fields and ``files`` (name, filename, bytes) as one multipart body; the answer as
+    ``reply``. The service's errors come as the ``Upstream`` maps them."""
+    body, content_type = multipart({k: form_text(v) for k, v in form.model_dump().items()}, files)
+    answer = await upstream.request("POST", path, data=body, content_type=content_type, timeout_s=timeout_s,
+                                    request_id=request_id)
+    return reply_as(reply, answer, service)

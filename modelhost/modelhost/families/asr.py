@@ -12,15 +12,14 @@ the ``transcribe`` job) and asr-svc (``POST /v1/transcriptions``, ``POST /v1/tra
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Mapping, Protocol
+from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import BaseModel, BeforeValidator, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
-from ..client import multipart
-from ..errors import BadRequest, UpstreamError
+from ..errors import BadRequest
 from ..languages import language_code
-from . import validated
+from . import Requester, post_form, validated
 
 FAMILY = "asr"
 MAX_PROMPT_CHARS = 2000
@@ -133,25 +132,11 @@ class TranscriptionResponse(BaseModel):
     timings: Timings
 
 
-class Requester(Protocol):
-    """What ``transcribe`` calls: the ``Upstream`` of ``ModelAccess.hold`` (or a ``ModelHostClient``)."""
-
-    async def request(self, method: str, path: str, **kwargs: Any) -> Any: ...
-
-
 async def transcribe(upstream: Requester, *, model: str, audio: bytes, options: TranscriptionOptions,
                      task: Task = "transcribe", word_timestamps: bool = False, timeout_s: float,
                      request_id: str | None = None) -> TranscriptionResponse:
     """The full transcript of ``audio`` (any container the service decodes); the service's errors as the
     ``Upstream`` maps them, an answer that does not fit ``TranscriptionResponse`` as 502."""
     form = TranscriptionForm(model=model, word_timestamps=word_timestamps, **options.model_dump())
-    fields = {k: (("true" if v else "false") if isinstance(v, bool) else None if v is None else str(v))
-              for k, v in form.model_dump().items()}
-    body, content_type = multipart(fields, [("file", "audio", audio)])
-    reply = await upstream.request("POST", PATHS[task], data=body, content_type=content_type, timeout_s=timeout_s,
-                                   request_id=request_id)
-    try:
-        return TranscriptionResponse.model_validate(reply)
-    except ValidationError as e:
-        raise UpstreamError(f"the asr service answered a transcript that does not fit the contract: "
-                            f"{e.errors()[0].get('msg')}", code="bad_upstream_response") from None
+    return await post_form(upstream, PATHS[task], form, [("file", "audio", audio)], TranscriptionResponse,
+                           service="asr-svc", timeout_s=timeout_s, request_id=request_id)

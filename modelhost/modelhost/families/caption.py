@@ -11,12 +11,11 @@ caption-svc (``POST /v1/captions``).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, Field
 
-from ..client import multipart
-from ..errors import UpstreamError
+from . import Requester, post_form
 
 FAMILY = "caption"
 PATH = "/v1/captions"
@@ -61,23 +60,10 @@ class CaptionResponse(BaseModel):
     timings: CaptionTimings
 
 
-class Requester(Protocol):
-    """What ``caption`` calls: the ``Upstream`` of ``ModelAccess.hold`` (or a ``ModelHostClient``)."""
-
-    async def request(self, method: str, path: str, **kwargs: Any) -> Any: ...
-
-
 async def caption(upstream: Requester, model: str, image: bytes, options: CaptionOptions, *, timeout_s: float,
                   request_id: str | None = None) -> CaptionResponse:
     """The caption of ``image`` (bytes of any format the service decodes); the service's errors as the
     ``Upstream`` maps them, an answer that does not fit ``CaptionResponse`` as 502."""
     form = CaptionForm(model=model, prompt=options.prompt, max_new_tokens=options.max_new_tokens)
-    fields = {k: None if v is None else str(v) for k, v in form.model_dump().items()}
-    body, content_type = multipart(fields, [("file", "image", image)])
-    reply = await upstream.request("POST", PATH, data=body, content_type=content_type, timeout_s=timeout_s,
-                                   request_id=request_id)
-    try:
-        return CaptionResponse.model_validate(reply)
-    except ValidationError as e:
-        raise UpstreamError(f"the caption service answered a caption that does not fit the contract: "
-                            f"{e.errors()[0].get('msg')}", code="bad_upstream_response") from None
+    return await post_form(upstream, PATH, form, [("file", "image", image)], CaptionResponse, service="caption-svc",
+                           timeout_s=timeout_s, request_id=request_id)

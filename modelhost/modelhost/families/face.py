@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Any, Mapping, Protocol, TypeVar
+from typing import Annotated, Any, Mapping, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, Field, ValidationError, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from ..client import multipart
-from ..errors import BadRequest, UpstreamError
-from . import validated
+from ..errors import BadRequest
+from . import Requester, post_form, validated
 
 FAMILY = "face"
 MAX_FACES = 1024
@@ -179,31 +178,7 @@ class FaceVerification(BaseModel):
     timings: FaceTimings
 
 
-class Requester(Protocol):
-    """What the calls call: the ``Upstream`` of ``ModelAccess.hold`` (or a ``ModelHostClient``)."""
-
-    async def request(self, method: str, path: str, **kwargs: Any) -> Any: ...
-
-
 R = TypeVar("R", bound=BaseModel)
-
-
-def _text(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return ("true" if value else "false") if isinstance(value, bool) else str(value)
-
-
-async def _post(upstream: Requester, path: str, form: BaseModel, files: list[tuple[str, str, bytes]],
-                reply: type[R], *, timeout_s: float, request_id: str | None) -> R:
-    body, content_type = multipart({k: _text(v) for k, v in form.model_dump().items()}, files)
-    answer = await upstream.request("POST", path, data=body, content_type=content_type, timeout_s=timeout_s,
-                                    request_id=request_id)
-    try:
-        return reply.model_validate(answer)
-    except ValidationError as e:
-        raise UpstreamError(f"the face service answered a {reply.__name__} that does not fit the contract: "
-                            f"{e.errors()[0].get('msg')}", code="bad_upstream_response") from None
 
 
 async def detect(upstream: Requester, model: str, image: bytes, options: DetectOptions, *, timeout_s: float,
@@ -211,16 +186,16 @@ async def detect(upstream: Requester, model: str, image: bytes, options: DetectO
     """The faces of ``image``; the service's errors as the ``Upstream`` maps them, an answer that does not
     fit as 502."""
     form = DetectForm(model=model, embed=options.embed, crops=options.crops, max_faces=options.max_faces)
-    return await _post(upstream, "/v1/faces/detect", form, [("file", "image", image)], FaceDetection,
-                       timeout_s=timeout_s, request_id=request_id)
+    return await post_form(upstream, "/v1/faces/detect", form, [("file", "image", image)], FaceDetection,
+                           service="face-svc", timeout_s=timeout_s, request_id=request_id)
 
 
 async def embed(upstream: Requester, model: str, crops: list[bytes], *, timeout_s: float,
                 request_id: str | None = None) -> FaceEmbeddings:
     """One embedding per aligned crop (as ``detect`` returns them with ``crops``), in order."""
     files = [("file", f"crop{i}", crop) for i, crop in enumerate(crops)]
-    return await _post(upstream, "/v1/faces/embed", EmbedForm(model=model), files, FaceEmbeddings,
-                       timeout_s=timeout_s, request_id=request_id)
+    return await post_form(upstream, "/v1/faces/embed", EmbedForm(model=model), files, FaceEmbeddings,
+                           service="face-svc", timeout_s=timeout_s, request_id=request_id)
 
 
 async def verify(upstream: Requester, model: str, image_a: bytes, image_b: bytes, options: VerifyOptions, *,
@@ -229,5 +204,5 @@ async def verify(upstream: Requester, model: str, image_a: bytes, image_b: bytes
     one person."""
     form = VerifyForm(model=model, box_a=None if options.box_a is None else json.dumps(options.box_a),
                       box_b=None if options.box_b is None else json.dumps(options.box_b))
-    return await _post(upstream, "/v1/faces/verify", form, [("file_a", "a", image_a), ("file_b", "b", image_b)],
-                       FaceVerification, timeout_s=timeout_s, request_id=request_id)
+    return await post_form(upstream, "/v1/faces/verify", form, [("file_a", "a", image_a), ("file_b", "b", image_b)],
+                           FaceVerification, service="face-svc", timeout_s=timeout_s, request_id=request_id)

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Annotated, Any, Literal, Mapping, Protocol, get_args
+from typing import Annotated, Any, Literal, Mapping, get_args
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, Strict, StrictStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictStr, field_validator
 
-from ..errors import BadRequest, NotFound, PayloadTooLarge, UpstreamError
-from . import validated
+from ..errors import BadRequest, NotFound, PayloadTooLarge
+from . import Requester, reply_as, validated
 
 FAMILY = "tts"
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
@@ -122,24 +122,12 @@ class VoiceList(BaseModel):
     data: list[ModelVoices]
 
 
-class Requester(Protocol):
-    """What the calls use: the ``Upstream`` of ``ModelAccess.hold``, or a ``ModelHostClient``."""
-
-    async def request(self, method: str, path: str, **kwargs: Any) -> Any: ...
-
-    def stream(self, method: str, path: str, **kwargs: Any) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]: ...
-
-
 async def voices(upstream: Requester, *, model: str | None = None, timeout_s: float = 10.0,
                  request_id: str | None = None) -> VoiceList:
     """The service's voices, of every model or of ``model``. The service reads them without loading a model."""
     reply = await upstream.request("GET", "/v1/audio/voices", params={"model": model} if model else None,
                                    timeout_s=timeout_s, request_id=request_id)
-    try:
-        return VoiceList.model_validate(reply)
-    except ValidationError as e:
-        raise UpstreamError(f"the tts service answered a voice list that does not fit the contract: "
-                            f"{e.errors()[0].get('msg')}", code="bad_upstream_response") from None
+    return reply_as(VoiceList, reply, "tts-svc")
 
 
 def speak(upstream: Requester, req: SpeechRequest, *, first_byte_timeout_s: float,
