@@ -102,3 +102,30 @@ def test_without_nvml_the_worker_measures_its_resident_set(tmp_path: Path, monke
     child = _Child(None, 0)
     assert child.meter.kind == "host"
     assert child.op_memory({})["bytes"] > 10 * MiB  # this Python process's RSS
+
+
+# --- the service's own meter of its worker (app: create_host_app, a real worker process) -----------
+
+
+@pytest.mark.app
+async def test_the_last_unload_reports_the_bytes_nvml_listed_for_the_worker(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    from modelhost.app import Family, create_host_app
+    from modelhost.catalog import Catalog
+    from modelhost.settings import HostSettings
+
+    nvml = install(monkeypatch, one_gpu())  # the service's process; its worker child measures its host memory
+    family = Family(name="arith", service="arith-svc", backends={"arith": "tests.doubles.arithmetic:ArithmeticBackend"})
+    catalog = Catalog(models=[ModelSpec(id="a", family="arith", backend="arith", source="none", device="cuda:0",
+                                        allow_cpu_fallback=True)])
+    app = create_host_app(family, HostSettings(cache_dir=tmp_path), catalog)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=30) as c:
+            assert (await c.post("/v1/models/a/load")).status_code == 200
+            worker = (await c.get("/v1/models")).json()["worker_pid"]
+            nvml.gpus[0].processes = {worker: 1536 * MiB, 424242: GiB}  # the worker, and someone else
+            assert (await c.get("/v1/models")).json()["worker_memory_bytes"] == 1536 * MiB
+            reply = (await c.post("/v1/models/a/unload")).json()
+    assert reply["worker_stopped"] and reply["freed_bytes"] == 1536 * MiB

@@ -1,7 +1,7 @@
 """``make gpu-check``: prove Roundhouse's VRAM claims on a real NVIDIA GPU in one run; ``--rehearsal``
 runs the same script on a CPU against the fake NVML, so it cannot rot while no GPU is lent.
 
-    python tools/gpu_check/run.py --out OUT_DIR [--rehearsal] [--budget-s 450] [--swaps 50]
+    python tools/gpu_check/run.py --out OUT_DIR [--rehearsal] [--budget-s 420] [--swaps 50]
 
 Builds BLIP-large-, BLIP-2- and Qwen2.5-VL-sized caption models with random weights on the spot
 (``build_models.py``), starts caption-svc and the gateway on cuda:0, and measures through NVML:
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder for report.json, summary.txt and logs/")
     p.add_argument("--rehearsal", action="store_true", help="on a CPU against the fake NVML, with tiny-width models")
-    p.add_argument("--budget-s", type=float, default=450.0, help="the whole run, set-up included (default %(default)s)")
+    p.add_argument("--budget-s", type=float, default=420.0, help="the whole run, set-up included (default %(default)s)")
     p.add_argument("--swaps", type=int, default=50, help="unload/load cycles timed for the release figures")
     p.add_argument("--python", help="interpreter of the gateway (default: this one)")
     p.add_argument("--caption-python", help="interpreter of caption-svc and the model builder (default: --python)")
