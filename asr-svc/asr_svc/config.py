@@ -22,4 +22,3 @@ class AsrSettings(HostSettings):
         "transcript without running the model (Whisper invents text on silence).")
     infer_timeout_s: float = Field(
         3600.0, gt=0, description="Longest single batch before the request fails (long audio on CPU takes a while).")
-    max_prompt_chars: int = Field(2000, gt=0, description="Longest prompt accepted (400 above).")

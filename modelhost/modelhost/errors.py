@@ -197,6 +197,7 @@ class ErrorEnvelope(BaseModel):
 _DESCRIPTIONS = {
     400: "Bad input: a field out of range, a file that is not what it claims, ...",
     401: "No or a wrong API key.",
+    403: "The request is not allowed here (a path outside the library, ...).",
     404: "An unknown model, job or voice.",
     409: "Conflict with the resource's state.",
     413: "The body, a file or an image's pixels over the limit.",
@@ -317,3 +318,10 @@ def install_error_handlers(app: FastAPI, src: str) -> None:
         rid = request_id_of(request)
         log.exception("unhandled error (request_id=%s)", rid)
         return error_response(src, rid, InternalError(f"internal error; quote request_id {rid} when reporting it"))
+
+
+class PromptTooLong(BadRequest):
+    """The prompt alone fills the model's context (the positions its text decoder has), leaving no room for
+    a single new token. A backend finds it before generating; the family's route raises this for it."""
+
+    code = "prompt_too_long"

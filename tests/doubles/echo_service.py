@@ -8,7 +8,7 @@ and not a model. What it answers:
     GET  /v1/models                        200 an empty model list
     POST /v1/models/{name}/load            200 {"id": name, "state": "ready", ...}
     POST /v1/models/{name}/unload          200 {"id": name, "state": "unloaded", ...}
-    POST any other path (/v1/captions ...) 200 a caption shaped like gateway.schemas.CaptionResponse,
+    POST any other path (/v1/captions ...) 200 a caption shaped like modelhost.families.caption.CaptionResponse,
                                                after ``delay_ms`` (asyncio.sleep; 0 = no sleep)
     anything else                          404 an error envelope
 

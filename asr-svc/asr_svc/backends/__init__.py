@@ -13,8 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modelhost.catalog import ModelSpec
-
-from ..languages import LANGUAGES
+from modelhost.languages import LANGUAGES
 
 BACKENDS: dict[str, str] = {
     "whisper": "asr_svc.backends.whisper:WhisperTranscriber",

@@ -30,9 +30,15 @@ MAX_FACES = 1024
 """Most faces one detect may ask for and most crops one embed may carry, at any face service; a service's
 own limit (FACE_SVC_MAX_FACES, at most this) is usually lower and answers 400 above it."""
 
-VERIFY_THRESHOLDS = {"insightface": 0.4, "dlib": 0.92}
+VERIFY_THRESHOLDS = {
+    # ArcFace-style recognisers (w600k_r50 in buffalo_l): 0.4 is a common operating point; tune it on your photos.
+    "insightface": 0.4,
+    # dlib's ResNet: its documented "same" rule is Euclidean distance < 0.6 between raw descriptors; their
+    # norms are about 1.45 (measured), which makes that a cosine similarity of about 0.92.
+    "dlib": 0.92,
+}
 """The cosine similarity at which two faces are one person, per backend, where the catalog's model has no
-``verify_threshold`` option."""
+``verify_threshold`` option. Embeddings differ per model: set it per model in the catalog."""
 
 
 def verify_threshold(backend: str, options: Mapping[str, Any]) -> float:
