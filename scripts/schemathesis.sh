@@ -91,7 +91,8 @@ fi
 # st keeps the cases it failed in .schemathesis/ under its working folder: build/schemathesis, not the tree.
 # Each failure above comes with the curl command that reproduces it.
 t1=$SECONDS
-(cd build/schemathesis && exec timeout --kill-after=10 $((MAX_TIME_S + REQUEST_TIMEOUT_S + 30)) "$ST" run "$base/openapi.json" \
+cfg=$(pwd)/scripts/schemathesis.toml  # where a schema cannot say what a route rightly refuses (read it)
+(cd build/schemathesis && exec timeout --kill-after=10 $((MAX_TIME_S + REQUEST_TIMEOUT_S + 30)) "$ST" --config-file "$cfg" run "$base/openapi.json" \
   --checks all \
   --max-examples "$MAX_EXAMPLES" \
   --max-time "$MAX_TIME_S" \

@@ -35,7 +35,7 @@ class CaptionUpload(caption.CaptionOptions, ModelField):
 class CaptionJSON(caption.CaptionOptions, ModelField):
     """The JSON body."""
 
-    image: str = Field(description="The image, base64 or a data: URL.")
+    image: str = Field(min_length=1, description="The image, base64 or a data: URL.")
 
 
 FIELDS = (*ModelField.model_fields, *caption.CaptionOptions.model_fields)

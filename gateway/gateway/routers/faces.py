@@ -19,7 +19,7 @@ defaults to ``GATEWAY_DEFAULT_FACE_MODEL``, else the catalog's first face model.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Annotated, Iterable
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
@@ -48,7 +48,7 @@ class DetectUpload(face.DetectOptions, ModelField):
 
 
 class DetectJSON(face.DetectOptions, ModelField):
-    image: str = Field(description="The image, base64 or a data: URL.")
+    image: str = Field(min_length=1, description="The image, base64 or a data: URL.")
 
 
 class EmbedUpload(ModelField):
@@ -57,7 +57,7 @@ class EmbedUpload(ModelField):
 
 
 class EmbedJSON(ModelField):
-    images: list[str] = Field(min_length=1, max_length=face.MAX_FACES,
+    images: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, max_length=face.MAX_FACES,
                               description="The aligned face crops, each base64 or a data: URL.")
 
 
@@ -67,8 +67,8 @@ class VerifyUpload(face.VerifyOptions, ModelField):
 
 
 class VerifyJSON(face.VerifyOptions, ModelField):
-    image_a: str = Field(description="The first image, base64 or a data: URL.")
-    image_b: str = Field(description="The second image, base64 or a data: URL.")
+    image_a: str = Field(min_length=1, description="The first image, base64 or a data: URL.")
+    image_b: str = Field(min_length=1, description="The second image, base64 or a data: URL.")
 
 
 async def _read(request: Request, g: Gateway, images: dict[str, str], options: Iterable[str],
