@@ -29,6 +29,7 @@ help:
 	@echo "make venvs        the five environments under $(VENVS)/"
 	@echo "make tiny-models  build tiny local models and $(TINY)/catalog.yaml (no downloads)"
 	@echo "make bench        run the benchmarks in bench/"
+	@echo "make gpu-check    on a machine with an NVIDIA GPU: measure swaps, footprints, admission (README: GPU check)"
 	@echo "make up / down    the compose stack (README); make compose-test is CI's compose stage"
 	@echo "make clean        remove environments and build outputs"
 
@@ -176,3 +177,16 @@ lint: $(VENVS)/gateway/.installed
 
 env-example: $(VENVS)/gateway/.installed
 	$(GW_PY) tools/gen_env_example.py
+
+# --- the GPU check (README: GPU check) --------------------------------------------------------------
+.PHONY: gpu-check gpu-check-wheels gpu-check-rehearsal
+
+gpu-check:  # on a machine with an NVIDIA GPU and CUDA torch as python3, offline; report in $$OUT or build/gpu-check
+	bash tools/gpu_check/gpu_check.sh $(GPU_CHECK_ARGS)
+
+gpu-check-wheels:  # the wheels gpu-check carries to a GPU machine (build/gpu-check-wheels, under 64 MiB)
+	bash tools/gpu_check/build_wheels.sh
+
+# The same check on the CPU against the fake NVML (tests/test_gpu_check_rehearsal.py runs it in make test).
+gpu-check-rehearsal: $(VENVS)/gateway/.installed $(VENVS)/caption-svc/.installed tiny-models
+	$(GW_PY) tools/gpu_check/run.py --rehearsal --out build/gpu-check-rehearsal --caption-python $(CAP_PY) --swaps 10 --budget-s 170
