@@ -160,12 +160,6 @@ class ModelAccess:
             upstream.release()
             self.metrics.model_request_seconds.labels(family, model_id, lane, outcome).observe(time.perf_counter() - t0)
 
-    async def use(self, model_id: str, family: str, call: Any, *, lane: str = INTERACTIVE,
-                  timeout_s: float | None = None) -> Any:
-        """Transitional: ``await call(upstream)`` inside ``hold``. Being removed with the last callback caller."""
-        async with self.hold(model_id, family, lane=lane, timeout_s=timeout_s) as upstream:
-            return await call(upstream)
-
     async def load(self, model_id: str, request_id: str | None = None) -> AdminLoaded:
         """Load through the coordinator (it decides what to evict), then describe the model."""
         spec = self.spec(model_id)

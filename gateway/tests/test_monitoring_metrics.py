@@ -152,11 +152,9 @@ async def test_each_kind_of_upstream_failure_is_counted_once_by_kind(tmp_path: P
         "no_envelope": UpstreamError("caption-svc answered 502 without an error envelope", code="bad_upstream_response"),
     }[error]
 
-    async def call(client) -> None:  # noqa: ANN001
-        raise raised
-
     with pytest.raises(type(raised)):
-        await access.use("cap-a", "caption", call)
+        async with access.hold("cap-a", "caption"):
+            raise raised  # what the upstream call raised
     counts = {k: value(metrics, "roundhouse_gateway_upstream_errors_total", service="caption-svc", kind=k)
               for k in ("status_5xx", "timeout", "bad_response", "unreachable")}
     assert counts == {k: (1.0 if k == kind else 0.0) for k in counts}
@@ -171,15 +169,11 @@ async def test_a_4xx_answer_is_not_an_upstream_error_and_a_success_is_timed_as_o
 
     access, metrics, _ = access_with(tmp_path)
 
-    async def bad_input(client) -> None:  # noqa: ANN001
-        raise UpstreamEnvelope(400, {"src": "caption-svc", "error": {"code": "corrupt_image", "message": "x"}}, None)
-
-    async def ok(client) -> str:  # noqa: ANN001
-        return "a caption"
-
     with pytest.raises(UpstreamEnvelope):
-        await access.use("cap-b", "caption", bad_input)
-    assert await access.use("cap-b", "caption", ok) == "a caption"
+        async with access.hold("cap-b", "caption"):
+            raise UpstreamEnvelope(400, {"src": "caption-svc", "error": {"code": "corrupt_image", "message": "x"}}, None)
+    async with access.hold("cap-b", "caption") as upstream:
+        assert upstream.model == "cap-b"
     assert metrics.registry.get_sample_value("roundhouse_gateway_upstream_errors_total",
                                              {"service": "caption-svc", "kind": "status_5xx"}) is None
     assert value(metrics, "roundhouse_gateway_model_request_seconds_count",
