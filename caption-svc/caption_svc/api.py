@@ -12,12 +12,12 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from modelhost.app import host
-from modelhost.errors import error_responses
+from modelhost.errors import PromptTooLong, error_responses
 from modelhost.families import validated
 from modelhost.families.caption import CaptionForm, CaptionOptions, CaptionResponse, CaptionTimings
 
 from .images import decode_image
-from .items import CaptionItem
+from .items import CaptionItem, PromptFillsContext
 
 router = APIRouter(tags=["captions"])
 
@@ -42,6 +42,11 @@ async def caption(
     async with h.runtime.lease(form.model) as lease:
         result = await lease.infer(CaptionItem(image=image, prompt=options.prompt, max_new_tokens=options.max_new_tokens))
     t2 = time.perf_counter()
+    if isinstance(result, PromptFillsContext):
+        raise PromptTooLong(
+            f"the prompt takes {result.prompt_tokens} of the {result.context_tokens} token positions model "
+            f"{form.model} has for prompt and caption together (its own start and image tokens included), "
+            "leaving none for the caption; shorten it", param="prompt")
     return CaptionResponse(
         model=form.model, caption=result["caption"], tokens=result["tokens"], width=image.width, height=image.height,
         timings=CaptionTimings(decode_ms=(t1 - t0) * 1000, inference_ms=(t2 - t1) * 1000),

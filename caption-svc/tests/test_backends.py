@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from caption_svc.backends import BACKENDS
-from caption_svc.items import CaptionItem
+from caption_svc.items import CaptionItem, PromptFillsContext
 from modelhost.backend import Backend, import_backend
 from modelhost.catalog import Catalog, ModelSpec, load_catalog
 
@@ -100,6 +100,55 @@ def test_item_max_new_tokens_caps_only_that_item(loaded, items) -> None:
     assert short["tokens"] <= 3
     assert full["tokens"] > 3
     assert full["caption"].startswith(short["caption"])  # greedy: the short caption is a prefix
+
+
+def _positions_before_the_caption(backend: Backend) -> int:
+    """What the text decoder holds before the first new token when there is no prompt: BLIP's [DEC] token;
+    BLIP-2's query tokens and BOS; for Qwen2.5-VL (rotary, no table) nothing is checked."""
+    if backend.spec.backend == "blip":
+        return 1
+    if backend.spec.backend == "blip2":
+        return backend.model.config.num_query_tokens + 1
+    return 0
+
+
+@pytest.mark.parametrize("prompt", [None, "a picture of"])
+def test_max_new_tokens_at_the_public_limit_stays_inside_the_context(loaded, prompt: str | None) -> None:
+    # The API takes max_new_tokens up to 512; the tiny BLIP's decoder has 64 positions, BLIP-2's 128 (and
+    # the released BLIP's 512): asking for 512 once ran off the position table (IndexError, a 500).
+    backend, _ = loaded
+    [result] = backend.infer([CaptionItem(image=_noise(64, 80, seed=1), prompt=prompt, max_new_tokens=512)])
+    assert isinstance(result, dict) and result["caption"].strip()
+    assert 1 <= result["tokens"] <= 512
+    context = getattr(backend, "context_tokens", None)
+    if context is not None:
+        assert result["tokens"] <= context - _positions_before_the_caption(backend) - (prompt is not None)
+
+
+def test_prompt_that_fills_the_context_is_reported_and_spares_its_batch_mates(loaded, items) -> None:
+    backend, _ = loaded
+    if backend.spec.backend == "qwen_vl":
+        pytest.skip("rotary positions: no table for a prompt the API takes to fill")
+    long = CaptionItem(image=items[0].image, prompt="a " * 999, max_new_tokens=512)  # 1998 of the 2000 characters
+    first, too_long, last = backend.infer([items[0], long, items[1]])
+    assert too_long == PromptFillsContext(prompt_tokens=too_long.prompt_tokens, context_tokens=backend.context_tokens)
+    assert too_long.prompt_tokens >= backend.context_tokens
+    assert [first, last] == backend.infer([items[0], items[1]])
+
+
+def test_batch_near_the_end_of_the_context_equals_single_items(loaded) -> None:
+    # Prompts of different lengths asking for as much as each can hold: a BLIP-2 batch padded into one
+    # generate would carry the longest prompt past the end, so it runs per prompt length.
+    backend, _ = loaded
+    batch_items = [
+        CaptionItem(image=_noise(64, 80, seed=1), max_new_tokens=512),
+        CaptionItem(image=_noise(50, 50, seed=4), prompt="a " * 40, max_new_tokens=512),
+        CaptionItem(image=_noise(120, 50, seed=2), prompt="a picture of", max_new_tokens=5),
+    ]
+    batch = backend.infer(batch_items)
+    assert batch == [backend.infer([item])[0] for item in batch_items]
+    assert all(isinstance(r, dict) and r["tokens"] >= 1 for r in batch)
+    assert batch[2]["tokens"] <= 5
 
 
 @pytest.mark.parametrize("model_id", TINY_MODELS)

@@ -10,6 +10,12 @@ column, so prompts of different lengths cannot be padded into one tensor. A batc
 ``generate`` per distinct prompt, which in bulk captioning (one prompt, or none, for every image) is one
 call. Items asking for fewer new tokens than the group's largest are cut after greedy decoding, which gives
 the same tokens as stopping early.
+
+Length: the text decoder has a learned table of ``max_position_embeddings`` positions (512 in the released
+models, 64 in the tiny test model), shared by the prompt and the caption; a position past it is an
+IndexError inside ``generate``. So an item's ``max_new_tokens`` is clamped to the room the prompt leaves
+(the tokens reported are those really generated), and a prompt that leaves none is a ``PromptFillsContext``,
+found before anything is generated. A group shares one prompt, hence one room.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from PIL import Image
 from modelhost.backend import Backend, torch_device
 from modelhost.catalog import ModelSpec
 
-from ..items import CaptionItem
+from ..items import CaptionItem, PromptFillsContext
 from ._weights import pretrained_kwargs, torch_dtype
 
 log = logging.getLogger(__name__)
@@ -37,6 +43,8 @@ class BlipCaptioner(Backend):
         self.processor: Any = None
         self.device = "cpu"
         self.dtype: Any = None
+        self.context_tokens = 0
+        """Positions of the text decoder: prompt (its start token included) and caption together."""
         self.max_new_tokens = int(spec.options.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
         self.default_prompt: str | None = spec.options.get("prompt")
 
@@ -51,6 +59,7 @@ class BlipCaptioner(Backend):
         # generate() runs the text decoder, whose own generation config is a default one: give it the
         # config saved with the model (token limits, suppressed tokens, beams).
         model.text_decoder.generation_config = model.generation_config
+        self.context_tokens = int(model.config.text_config.max_position_embeddings)
         self.model = model.to(device).eval()
         self.device = str(next(self.model.parameters()).device)
         return self.device
@@ -58,31 +67,34 @@ class BlipCaptioner(Backend):
     def warmup(self) -> None:
         image = Image.linear_gradient("L").resize((64, 48)).convert("RGB")
         [result] = self.infer([CaptionItem(image=image)])
-        if not isinstance(result["caption"], str):
+        if not isinstance(result, dict) or not isinstance(result["caption"], str):
             raise RuntimeError(f"warm-up produced {result!r}, not a caption")
 
-    def infer(self, items: list[CaptionItem]) -> list[dict[str, Any]]:
+    def infer(self, items: list[CaptionItem]) -> list[dict[str, Any] | PromptFillsContext]:
         groups: dict[str | None, list[int]] = {}
         for i, item in enumerate(items):
             prompt = item.prompt if item.prompt is not None else self.default_prompt
             groups.setdefault(prompt or None, []).append(i)
-        results: list[dict[str, Any]] = [{}] * len(items)
+        results: list[dict[str, Any] | PromptFillsContext] = [{}] * len(items)
         for prompt, indices in groups.items():
             for i, result in zip(indices, self._generate(prompt, [items[i] for i in indices])):
                 results[i] = result
         return results
 
-    def _generate(self, prompt: str | None, items: list[CaptionItem]) -> list[dict[str, Any]]:
+    def _generate(self, prompt: str | None, items: list[CaptionItem]) -> list[dict[str, Any] | PromptFillsContext]:
         import torch
 
         images = [_rgb(item.image) for item in items]
-        limits = [item.max_new_tokens or self.max_new_tokens for item in items]
         if prompt is None:
             inputs = self.processor(images=images, return_tensors="pt")
             prompt_len = 1  # the model starts from its [DEC] token alone
         else:
             inputs = self.processor(images=images, text=[prompt] * len(images), return_tensors="pt")
             prompt_len = inputs["input_ids"].shape[1] - 1  # the model drops the trailing [SEP]
+        room = self.context_tokens - prompt_len
+        if room < 1:
+            return [PromptFillsContext(prompt_tokens=prompt_len, context_tokens=self.context_tokens)] * len(items)
+        limits = [min(item.max_new_tokens or self.max_new_tokens, room) for item in items]
         inputs = inputs.to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         with torch.inference_mode():

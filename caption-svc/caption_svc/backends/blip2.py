@@ -8,6 +8,14 @@ Batching: the language model is decoder-only, so prompts of different lengths ar
 positions follow the attention mask, so padding does not shift them) and one ``generate`` runs the whole
 batch. Items asking for fewer new tokens than the batch's largest are cut after greedy decoding, which
 gives the same tokens as stopping early.
+
+Length: the language model (OPT) has a learned table of ``max_position_embeddings`` positions (2048 in the
+released models, 128 in the tiny test model), shared by the image's query tokens, the prompt and the
+caption; a position past it is an IndexError inside ``generate``. So an item's ``max_new_tokens`` is
+clamped to the room its prompt leaves (the tokens reported are those really generated), and a prompt that
+leaves none is a ``PromptFillsContext``, found before anything is generated. Every row of a ``generate``
+runs as many steps as the batch's largest limit, from its own prompt length, so a batch that would carry a
+long prompt past the end runs as one ``generate`` per prompt length instead (``_runs``).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from PIL import Image
 from modelhost.backend import Backend, torch_device
 from modelhost.catalog import ModelSpec
 
-from ..items import CaptionItem
+from ..items import CaptionItem, PromptFillsContext
 from ._weights import pretrained_kwargs, torch_dtype
 
 log = logging.getLogger(__name__)
@@ -35,6 +43,8 @@ class Blip2Captioner(Backend):
         self.processor: Any = None
         self.device = "cpu"
         self.dtype: Any = None
+        self.context_tokens = 0
+        """Positions of the language model: query tokens, prompt (its BOS included) and caption together."""
         self.max_new_tokens = int(spec.options.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
         self.default_prompt: str | None = spec.options.get("prompt")
 
@@ -50,6 +60,7 @@ class Blip2Captioner(Backend):
         # generate() runs the language model, whose own generation config is a default one: give it the
         # config saved with the model (token limits, suppressed tokens, beams).
         model.language_model.generation_config = model.generation_config
+        self.context_tokens = int(model.config.text_config.max_position_embeddings)
         self.model = model.to(device).eval()
         self.device = str(next(self.model.parameters()).device)
         return self.device
@@ -57,16 +68,38 @@ class Blip2Captioner(Backend):
     def warmup(self) -> None:
         image = Image.linear_gradient("L").resize((64, 48)).convert("RGB")
         [result] = self.infer([CaptionItem(image=image)])
-        if not isinstance(result["caption"], str):
+        if not isinstance(result, dict) or not isinstance(result["caption"], str):
             raise RuntimeError(f"warm-up produced {result!r}, not a caption")
 
-    def infer(self, items: list[CaptionItem]) -> list[dict[str, Any]]:
-        import torch
-
+    def infer(self, items: list[CaptionItem]) -> list[dict[str, Any] | PromptFillsContext]:
         images = [_rgb(item.image) for item in items]
         prompts = [_prompt(item.prompt, self.default_prompt) for item in items]
-        limits = [item.max_new_tokens or self.max_new_tokens for item in items]
-        inputs = self.processor(images=images, text=prompts, padding=True, return_tensors="pt")
+        inputs = self._inputs(images, prompts)
+        # The positions an item's prompt takes: its row without the left padding (query tokens included).
+        lengths = [int(n) for n in inputs["attention_mask"].sum(dim=1).tolist()]
+        results: list[Any] = [None] * len(items)
+        limits: dict[int, int] = {}
+        for i, (item, length) in enumerate(zip(items, lengths)):
+            room = self.context_tokens - length
+            if room < 1:
+                results[i] = PromptFillsContext(prompt_tokens=length, context_tokens=self.context_tokens)
+            else:
+                limits[i] = min(item.max_new_tokens or self.max_new_tokens, room)
+        for run in _runs(lengths, limits, self.context_tokens):
+            if len(run) < len(items):  # padded again: a shorter padding gives the same tokens
+                run_inputs = self._inputs([images[i] for i in run], [prompts[i] for i in run])
+            else:
+                run_inputs = inputs
+            for i, result in zip(run, self._generate(run_inputs, [limits[i] for i in run])):
+                results[i] = result
+        return results
+
+    def _inputs(self, images: list[Image.Image], prompts: list[str]) -> Any:
+        return self.processor(images=images, text=prompts, padding=True, return_tensors="pt")
+
+    def _generate(self, inputs: Any, limits: list[int]) -> list[dict[str, Any]]:
+        import torch
+
         inputs = inputs.to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         with torch.inference_mode():
@@ -94,6 +127,23 @@ def _prompt(prompt: str | None, default: str | None) -> str:
     """The text after the image: the item's prompt, else the catalog's, else none (an empty text still
     gets the tokenizer's BOS, which is where BLIP-2 starts a plain caption)."""
     return prompt if prompt is not None else (default or "")
+
+
+def _runs(lengths: list[int], limits: dict[int, int], context_tokens: int) -> list[list[int]]:
+    """The items to caption (the keys of ``limits``, each already clamped to its own room) as ``generate``
+    calls that stay inside the context. A call runs every row for its largest limit, from that row's prompt
+    length (positions follow the attention mask, not the padding), so it fits when its longest prompt plus
+    its largest limit does: the whole batch is one call when that holds, else one call per prompt length
+    (rows of one length always fit together). Only long generations near the context's end split."""
+    todo = list(limits)
+    if not todo:
+        return []
+    if max(lengths[i] for i in todo) + max(limits.values()) <= context_tokens:
+        return [todo]
+    by_length: dict[int, list[int]] = {}
+    for i in todo:
+        by_length.setdefault(lengths[i], []).append(i)
+    return list(by_length.values())
 
 
 def _ids(value: int | list[int] | None) -> set[int]:

@@ -9,6 +9,11 @@ multimodal rotary positions are computed from the attention mask, so padding doe
 ``generate`` runs the whole batch. Items asking for fewer new tokens than the batch's largest are cut after
 greedy decoding, which gives the same tokens as stopping early.
 
+Length: unlike BLIP's and BLIP-2's decoders, Qwen2.5-VL has no position table to run off: its rotary
+positions are computed for any length, so ``max_new_tokens`` is not clamped here. Its context (128,000
+positions in the released models) holds the longest prompt the API takes plus 512 new tokens and the
+vision tokens of even an unbounded image; the tiny test model's nominal 512 is exceeded without error.
+
 Options (catalog ``options``): ``max_new_tokens`` (default 30), ``prompt``, and ``max_pixels``: the most
 pixels an image is resized to before it becomes vision tokens (one token per 28x28 pixels). The model's
 own limit is about 12.8 million pixels, some 16,000 tokens for a large photo; a few hundred thousand
