@@ -59,6 +59,24 @@ def test_qwen_caption_with_a_prompt(gateway: procs.Proc) -> None:
     assert 1 <= r.json()["tokens"] <= 4
 
 
+def test_max_new_tokens_past_a_models_context_is_a_caption_and_a_prompt_filling_it_is_400(
+        gateway: procs.Proc, caption_svc: procs.Proc) -> None:
+    # The API takes max_new_tokens up to 512; the tiny BLIP's decoder holds 64 positions, BLIP-2's 128 (the
+    # released BLIP's 512). Asking for 512 was a 500 (IndexError in the position table): it generates what
+    # fits. A prompt that alone fills the context is the service's 400, passed on by the gateway.
+    for model in ("tiny-blip", "tiny-blip2", "tiny-qwen25vl"):
+        for prompt in ({}, {"prompt": "a picture of"}):
+            r = httpx.post(gateway.url + "/v1/images/captions", files={"file": ("a.jpg", image_bytes())},
+                           data={"model": model, "max_new_tokens": "512", **prompt}, timeout=120)
+            assert r.status_code == 200, (model, prompt, r.text)
+            assert 1 <= r.json()["tokens"] <= 512
+    r = httpx.post(gateway.url + "/v1/images/captions", files={"file": ("a.jpg", image_bytes())},
+                   data={"model": "tiny-blip", "prompt": "a " * 999, "max_new_tokens": "512"}, timeout=120)
+    body = assert_envelope(r, 400, "prompt_too_long", src="caption-svc")
+    assert body["error"]["param"] == "prompt"
+    assert gateway.proc.poll() is None and caption_svc.proc.poll() is None
+
+
 def test_exif_orientation_is_honoured(gateway: procs.Proc) -> None:
     im = Image.new("RGB", (40, 20), "red")
     exif = Image.Exif()
