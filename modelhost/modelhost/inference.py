@@ -17,6 +17,7 @@ READY and closes it when it leaves READY.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Awaitable, Callable
 
 from .batching import Batcher
@@ -26,6 +27,8 @@ from .metrics import HostMetrics
 from .model_entry import ModelEntry
 from .settings import HostSettings
 from .worker import ItemOutcome, WorkerDied, WorkerProcess
+
+log = logging.getLogger(__name__)
 
 
 class Lease:
@@ -91,4 +94,7 @@ def _outcome(metrics: HostMetrics, family: str, name: str, o: ItemOutcome) -> An
     metrics.requests.labels(family, name, o.kind or "error").inc()
     if o.kind == "out_of_memory":
         return OutOfMemory(f"the input does not fit in {name}'s device memory even alone", retry_after_s=5)
-    return InferenceFailed(f"inference on {name} failed: {o.message}")
+    # The cause (a backend's exception text) is the operator's, in this service's log; the client gets no
+    # internals, only the envelope's request id to quote.
+    log.warning("inference on %s failed: %s", name, o.message)
+    return InferenceFailed(f"inference on {name} failed; the {family} service's log has the cause")

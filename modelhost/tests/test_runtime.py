@@ -323,7 +323,8 @@ async def test_bad_item_fails_only_itself(make_runtime) -> None:
     await rt.ensure_ready("a")
     results = await infer_each(rt, "a", [1, "bad", 3])
     assert isinstance(results[1], InferenceFailed)
-    assert results[1].status == 500 and results[1].code == "inference_failed" and "bad" in results[1].message
+    assert results[1].status == 500 and results[1].code == "inference_failed"
+    assert "cannot double" not in results[1].message  # the backend's exception text stays in the service's log
     assert results[0]["value"] == 2 and results[2]["value"] == 6
     assert rt.entries["a"].state is S.READY
 
