@@ -62,6 +62,11 @@ class GatewayMetrics:
         self.ledger_used = Gauge(
             "roundhouse_coordinator_ledger_used_bytes", "Bytes the ledger charges (resident + loading + unverified).",
             ["device"], registry=r)
+        self.ledger_unverified = Gauge(
+            "roundhouse_coordinator_unverified_bytes",
+            "Bytes the ledger still charges for releases the meter did not confirm (part of ledger_used_bytes), until "
+            "the meter shows them back, the service's worker is gone or an operator forgets them.",
+            ["device"], registry=r)
         self.ledger_budget = Gauge(
             "roundhouse_coordinator_budget_bytes", "The device's memory budget.", ["device"], registry=r)
         self.model_charged = Gauge(
@@ -104,6 +109,7 @@ class GatewayMetrics:
 
     def observe_core(self, core) -> None:  # noqa: ANN001 - a coordinator Core
         self.ledger_used.labels(core.device).set(core.used_bytes())
+        self.ledger_unverified.labels(core.device).set(core.unverified.total())
         self.ledger_budget.labels(core.device).set(core.budget_bytes)
         for model, q in core.queues.items():
             self.queue_depth.labels(model).set(len(q))

@@ -16,6 +16,7 @@ from gateway.coordinator.core import (
     Held,
     InvariantBroken,
     Load,
+    Released,
     Unload,
     UnloadAnswer,
     UnloadOutcome,
@@ -31,6 +32,11 @@ GiB = 2**30
 
 def core(budget=10 * GiB, family: str | None = None, **models: int) -> Core:
     return Core("test", budget, {m: ModelInfo(m, b, family=family) for m, b in models.items()}, config=PolicyConfig())
+
+
+def freed(nbytes: int, *, verified: bool = True, **kwargs) -> Released:
+    """A release as the effects report it: the service measured ``nbytes`` freed."""
+    return Released(nbytes, verified, 0.1, "test release", **kwargs)
 
 
 def loaded(c: Core, model: str, now: float, *, req_id: int, peak: int) -> None:
@@ -120,7 +126,7 @@ def test_operator_unload_drains_then_charges_the_model_as_unloading_until_its_re
     assert Unload("A", UnloadReason.REQUEST) in acts
     assert c.state_of("A") == "unloading" and c.unloading == {"A": 3 * GiB} and c.used_bytes() == 3 * GiB
     c.check_invariants()
-    acts = c.unload_done("A", 4, freed_bytes=3 * GiB)
+    acts = c.unload_done("A", 4, freed(3 * GiB))
     assert UnloadAnswer(100, "A", UnloadOutcome.RELEASED) in acts
     # Its waiting request stayed queued and brings it back.
     assert Load("A") in acts and c.loading_bytes == 3 * GiB
@@ -191,7 +197,7 @@ def test_what_a_release_leaves_in_its_worker_moves_to_a_model_of_the_same_family
     c.load_done("B", 3, ok=True, peak_memory_bytes=1 * GiB)
     c.release("A", 4)
     c.request_unload(100, "A", 5)
-    c.unload_done("A", 6, freed_bytes=1 * GiB)  # 2 GiB stayed with the worker that B still uses
+    c.unload_done("A", 6, freed(1 * GiB))  # 2 GiB stayed with the worker that B still uses
     assert c.resident["B"].charged_bytes == 3 * GiB and c.used_bytes() == 3 * GiB
 
 

@@ -21,6 +21,7 @@ from modelhost.errors import (
     InsufficientMemory,
     ModelLeased,
     ModelLoadFailed,
+    ModelNotReady,
     Overloaded,
     RoundhouseError,
     ServiceUnreachable,
@@ -43,13 +44,15 @@ class Clock:
 
 class RecordingEffects:
     """Every call is recorded in ``calls``; a load or an unload then waits until the test completes it
-    (``finish``) with a result or an exception. ``rows`` is what ``models(family)`` answers."""
+    (``finish``) with a result or an exception. ``rows`` is what ``models(family)`` answers, ``used``
+    what ``device_used(device)`` does (None: not metered)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
         self.charged: dict[str, int] = {}  # model -> the charge its last unload was asked to release
         self.pending: dict[tuple[str, str], asyncio.Future] = {}
         self.rows: dict[str, list[ModelRow] | RoundhouseError] = {}
+        self.used: dict[str, int | None] = {}
 
     async def _wait(self, kind: str, model: str) -> Any:
         self.calls.append((kind, model))
@@ -70,6 +73,10 @@ class RecordingEffects:
         if isinstance(rows, RoundhouseError):
             raise rows
         return rows
+
+    def device_used(self, device: str) -> int | None:
+        self.calls.append(("meter", device))
+        return self.used.get(device)
 
     def count(self, kind: str, model: str) -> int:
         return self.calls.count((kind, model))
@@ -102,8 +109,9 @@ def row(model: str, state: str, peak_mb: int | None = None, family: str = "capti
                     peak_memory_bytes=None if peak_mb is None else peak_mb * MiB, memory_estimate_bytes=100 * MiB)
 
 
-def released(mb: int, *, verified: bool = True) -> Released:
-    return Released(freed_bytes=mb * MiB, verified=verified, seconds=0.25, detail="test release", worker_stopped=True)
+def released(mb: int, *, verified: bool = True, used_mb: int | None = None) -> Released:
+    return Released(freed_bytes=mb * MiB, verified=verified, seconds=0.25, detail="test release", worker_stopped=True,
+                    returned_bytes=None if verified else 0, device_used_bytes=None if used_mb is None else used_mb * MiB)
 
 
 def loaded(mb: int) -> Loaded:
@@ -215,8 +223,12 @@ async def test_a_failed_unload_answers_the_operator_with_its_error_and_reads_the
     await world.effects.finish("unload", "A", ServiceUnreachable("caption-svc refused the connection"))
     with pytest.raises(ServiceUnreachable):
         await asyncio.wait_for(unload, 5)
-    assert world.effects.count("models", "caption") == 1
-    assert world.cpu().used_bytes == 0 and world.c.unverified_releases == 1
+    assert world.effects.count("models", "caption") == 1 and world.c.unverified_releases == 1
+    # Nobody knows what the service still holds: the charge stays, unverified, until it can be read.
+    assert world.cpu().used_bytes == 350 * MiB and world.cpu().unverified == {"A": 350 * MiB}
+    world.effects.rows["caption"] = []  # back, holding nothing: its worker is gone
+    await world.c.reconcile_all()
+    assert world.cpu().used_bytes == 0 and world.cpu().unverified == {}
 
 
 async def test_reconcile_hands_the_services_rows_to_the_core(world: World) -> None:
@@ -271,7 +283,8 @@ def test_every_failure_kind_maps_to_exactly_one_error() -> None:
     assert set(FAIL_ERRORS) == set(FailKind)
     assert {kind: cls.status for kind, (cls, _) in FAIL_ERRORS.items()} == {
         FailKind.QUEUE_FULL: 429, FailKind.NOT_READY_IN_TIME: 503, FailKind.TOO_LARGE: 503,
-        FailKind.LOAD_FAILED: 500, FailKind.DEADLINE: 504}
+        FailKind.LOAD_FAILED: 500, FailKind.DEADLINE: 504, FailKind.MEMORY_UNVERIFIED: 503}
+    assert FAIL_ERRORS[FailKind.MEMORY_UNVERIFIED][0].retryable  # transient: a bulk job pauses, not fails
 
 
 async def test_a_caller_that_goes_away_while_waiting_leaves_the_queue(world: World) -> None:
@@ -282,3 +295,53 @@ async def test_a_caller_that_goes_away_while_waiting_leaves_the_queue(world: Wor
     await world.effects.finish("load", "A", loaded(350))
     await asyncio.wait_for(staying, 5)
     assert leaving.cancelled() and world.cpu().resident["A"].in_flight == 1  # no lease left behind
+
+
+# Releases no one verified --------------------------------------------------------------------------
+
+
+async def unverified_a(world: World, mb: int = 800, used_mb: int | None = None) -> None:
+    """A loaded with ``mb`` and unloaded by an operator; its release not verified."""
+    await world.granted("A", mb)
+    world.c.release("A")
+    unload = asyncio.create_task(world.c.unload("A", drain=True, timeout_s=30))
+    await world.effects.finish("unload", "A", released(mb, verified=False, used_mb=used_mb))
+    assert not (await asyncio.wait_for(unload, 5)).verified
+    assert world.cpu().unverified == {"A": mb * MiB} and world.cpu().used_bytes == mb * MiB
+
+
+async def test_a_request_kept_out_by_unverified_bytes_rereads_the_truth_then_is_refused_503(world: World) -> None:
+    await unverified_a(world)
+    world.effects.rows["caption"] = [row("A", "unloaded"), row("B", "loading")]  # its worker lives on
+    with pytest.raises(ModelNotReady) as info:  # B (300 MiB) fits the budget, not beside 800 MiB unverified
+        await asyncio.wait_for(world.c.acquire("B", timeout_s=60), 5)
+    assert info.value.status == 503 and info.value.retry_after_s == 15.0
+    assert world.effects.count("models", "caption") == 1 and world.effects.count("meter", "cpu") == 1
+    assert world.effects.count("load", "B") == 0 and world.cpu().unverified == {"A": 800 * MiB}
+
+
+async def test_a_request_kept_out_by_unverified_bytes_is_served_once_the_reread_finds_the_worker_gone(world: World) -> None:
+    await unverified_a(world)
+    world.effects.rows["caption"] = [row("A", "unloaded"), row("B", "unloaded")]
+    task = world.start("B")
+    await world.effects.finish("load", "B", loaded(300))
+    await asyncio.wait_for(task, 5)
+    assert world.cpu().unverified == {} and world.cpu().used_bytes == 300 * MiB
+
+
+async def test_the_periodic_reconcile_lets_unverified_bytes_go_once_the_meter_shows_them_back(world: World) -> None:
+    await unverified_a(world, used_mb=5000)  # the meter read 5000 MiB when the release was given up on
+    world.effects.rows["caption"] = ServiceUnreachable("caption-svc refused the connection")  # no word from it
+    world.effects.used["cpu"] = 5000 * MiB
+    await world.c.reconcile_all()
+    assert world.cpu().unverified == {"A": 800 * MiB}
+    world.effects.used["cpu"] = 4300 * MiB  # 700 of the 800 MiB back: more than 80 %
+    await world.c.reconcile_all()
+    assert world.cpu().unverified == {} and world.cpu().used_bytes == 0
+
+
+async def test_an_operator_can_let_unverified_bytes_go(world: World) -> None:
+    await unverified_a(world)
+    assert world.c.forget_unverified("cpu", "B") == 0
+    assert world.c.forget_unverified("cpu") == 800 * MiB
+    assert world.cpu().used_bytes == 0

@@ -24,6 +24,7 @@ class FailKind(_Kind):
     TOO_LARGE = "too_large"  # its model can never fit in the device's budget
     LOAD_FAILED = "load_failed"  # the load it waited for failed
     DEADLINE = "deadline"  # its deadline passed while it waited
+    MEMORY_UNVERIFIED = "memory_unverified"  # it fits the budget only once releases no one verified are let go
 
 
 class UnloadReason(_Kind):
@@ -85,10 +86,33 @@ class Wake:
     at: float
 
 
-Action = Grant | Fail | Load | Unload | UnloadAnswer | Wake
+@dataclass(frozen=True)
+class Recheck:
+    """Requests wait for room that releases no one verified still hold: re-read the truth about them
+    (the ``families``' services, then the device's meter) and answer with ``Core.rechecked``."""
+
+    families: tuple[str, ...]
+
+
+Action = Grant | Fail | Load | Unload | UnloadAnswer | Wake | Recheck
 
 
 # Inputs -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Released:
+    """How an ``Unload`` ended (the input of ``Core.unload_done``; the effects return it, and an
+    operator's unload is answered with it)."""
+
+    freed_bytes: int  # what the release gave back, as the service measured it
+    verified: bool  # the service said unloaded and (on a GPU) the meter agreed in time
+    seconds: float  # from asking for the unload until verified (or given up on)
+    detail: str  # how it was verified, or why not
+    worker_stopped: bool = False  # the service's last resident model left, so its worker process ended
+    unloaded: bool = True  # the service said the model is unloaded (False: it answered otherwise, or failed)
+    returned_bytes: int | None = None  # what the meter showed back; None without a meter reading
+    device_used_bytes: int | None = None  # the meter's last reading of the device's used bytes
 
 
 @dataclass(frozen=True)

@@ -2,25 +2,28 @@
 
 ``Core`` is synchronous and owns every piece of state. The world talks to it only through events
 (``arrive``, ``release``, ``cancel``, ``tick``, ``load_done``, ``unload_done``, ``request_unload``,
-``vanished``, ``reconcile``); each returns the actions the world must carry out (grant or fail a
-request, start a load or an unload, answer an operator's unload, wake me at time t). The asyncio
-run loop (``loop.py``) and the virtual-clock simulator (``sim.py``) are the two worlds, so the same
-code is tested on recorded traces and runs for real. Every decision about what the world's news
-means for the ledger is made here, never in a world.
+``vanished``, ``reconcile``, ``rechecked``, ``forget_unverified``); each returns the actions the
+world must carry out (grant or fail a request, start a load or an unload, answer an operator's
+unload, re-read the truth, wake me at time t). The asyncio run loop (``loop.py``) and the
+virtual-clock simulator (``sim.py``) are the two worlds, so the same code is tested on recorded
+traces and runs for real. Every decision about what the world's news means for the ledger is made
+here (and in ``reconciliation.py``, which it calls), never in a world.
 
 Invariants (checked by ``check_invariants`` after every event in the tests):
 
-1. The ledger never exceeds the budget: resident charges + the load in flight + releases not yet
-   verified ≤ budget. A load starts only after its evictions are verified released. The one way
-   past it is a first measurement bigger than the estimate a model was admitted with: the ledger
-   then charges the truth and at once drains and evicts others until it is back inside.
+1. The ledger never exceeds the budget: resident charges + the load in flight + releases in flight
+   + what releases left unverified ≤ budget. A load starts only after its evictions are released.
+   The one way past it is a first measurement bigger than the estimate a model was admitted with:
+   the ledger then charges the truth and at once drains and evicts others until it is back inside.
+   Bytes no one verified released stay charged until the truth is known (``unverified.py``).
 2. At most one swap is in flight per device; a model is never loaded twice (a model is resident,
    loading, unloading, or none of them — never two), and requests arriving during its load join it.
 3. A model with requests in flight is never unloaded; a victim is drained first (no new grants,
    in-flight ones finish) and unloaded when its last lease is released. An operator's unload is
    the same path: drain, ``Unload``, charged as unloading until ``unload_done``.
 4. Every request ends exactly once: granted, or failed with a ``FailKind``. A timer is always set
-   while anyone waits, so nothing hangs. Every operator unload is answered exactly once.
+   while anyone waits, so nothing hangs; requests that only unverified bytes keep out wait for one
+   ``Recheck``, then are refused. Every operator unload is answered exactly once.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import collections
 import logging
 
+from . import reconciliation
 from .actions import (
     Action,
     Fail,
@@ -35,6 +39,8 @@ from .actions import (
     Grant,
     Held,
     Load,
+    Recheck,
+    Released,
     Unload,
     UnloadAnswer,
     UnloadOutcome,
@@ -53,10 +59,11 @@ from .policy import (
     next_patience_deadline,
     plan_swap,
 )
+from .unverified import Unverified
 
 # Re-exported: the actions are part of the Core's interface.
-__all__ = ["Action", "Core", "Fail", "FailKind", "Grant", "Held", "InvariantBroken", "Load", "Unload", "UnloadAnswer",
-           "UnloadOutcome", "UnloadReason", "Wake"]
+__all__ = ["Action", "Core", "Fail", "FailKind", "Grant", "Held", "InvariantBroken", "Load", "Recheck", "Released",
+           "Unload", "UnloadAnswer", "UnloadOutcome", "UnloadReason", "Wake"]
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +84,9 @@ class Core:
         self.queues: dict[str, collections.deque[Waiter]] = {m: collections.deque() for m in models}
         self.loading: str | None = None
         self.loading_bytes = 0
-        self.unloading: dict[str, int] = {}  # model -> charged bytes until its release is verified
+        self.unloading: dict[str, int] = {}  # model -> charged bytes until its release is over
+        self.unverified = Unverified()  # bytes releases left unverified: charged until the truth is known
+        self.rechecking = False  # a Recheck is out: requests blocked by unverified bytes wait for it
         self.swap: SwapPlan | None = None
         # model -> why it is to be unloaded once drained: an operator asked, or over_budget
         self.pending_unloads: dict[str, UnloadReason] = {}
@@ -90,12 +99,15 @@ class Core:
     # views ---------------------------------------------------------------------------------------
 
     def used_bytes(self) -> int:
-        return sum(r.charged_bytes for r in self.resident.values()) + self.loading_bytes + sum(self.unloading.values())
+        return sum(r.charged_bytes for r in self.resident.values()) + self.loading_bytes + self._reserved()
+
+    def _reserved(self) -> int:
+        return sum(self.unloading.values()) + self.unverified.total()
 
     def snapshot(self, now: float) -> Snapshot:
         return Snapshot(now=now, budget_bytes=self.budget_bytes, models=self.models, resident=self.resident,
                         queues={m: list(q) for m, q in self.queues.items()},
-                        reserved_bytes=self.loading_bytes + sum(self.unloading.values()), config=self.config)
+                        reserved_bytes=self.loading_bytes + self._reserved(), config=self.config)
 
     def state_of(self, model: str) -> str:
         if model == self.loading:
@@ -115,6 +127,8 @@ class Core:
         for m in self.unloading:
             if m in self.resident:
                 raise InvariantBroken(f"{m} is unloading and resident at once")
+        if any(b <= 0 for b in self.unverified.by_model.values()):
+            raise InvariantBroken(f"unverified entries must hold bytes: {self.unverified.by_model}")
         for m, q in self.queues.items():
             r = self.resident.get(m)
             if q and r is not None and not r.draining:
@@ -181,7 +195,7 @@ class Core:
         self.loading = None
         self.loading_bytes = 0
         self.swap = None
-        self._changed(model)
+        self.mark_changed(model)
         info = self.models[model]
         actions: list[Action] = []
         if ok:
@@ -209,21 +223,36 @@ class Core:
             self.queues[model].clear()
         return actions + self._step(now)
 
-    def unload_done(self, model: str, now: float, *, freed_bytes: int | None = None) -> list[Action]:
-        """``model``'s release is over (verified, or given up on: the world counts those): its charge
-        leaves the ledger, and the operator unloads that waited for it are answered RELEASED.
+    def unload_done(self, model: str, now: float, released: Released | None = None) -> list[Action]:
+        """``model``'s unload is over: its charge leaves "unloading", and the operator unloads that
+        waited for it are answered RELEASED. ``released`` says how (None: all of it came back, verified).
 
-        ``freed_bytes`` is what the release gave back. Less than the charge means the rest stayed
-        with its worker (a process-wide cost such as a CUDA context or an imported framework, first
-        charged to the first model loaded): it moves to a model of the same family still resident,
-        so the ledger keeps telling the truth. None: the release is taken to free the whole charge."""
+        What came back: the whole charge when the worker stopped, else the larger of the service's
+        and the meter's figures. Less than the charge means the rest stayed with its worker (a
+        process-wide cost such as a CUDA context or an imported framework, first charged to the first
+        model loaded): it moves to a model of the same family still resident, so the ledger keeps
+        telling the truth. Unverified, what leaves the ledger less what the meter saw back stays
+        charged as unverified (the whole charge when the service did not unload it), and the ledger
+        lets it go only when the truth is known again (``rechecked``, ``reconcile``, an operator)."""
         charged = self.unloading.pop(model, 0)
-        self._changed(model)
-        if freed_bytes is not None and charged > freed_bytes:
-            family = self.models[model].family
-            heir = next((m for m in self.resident if family is not None and self.models[m].family == family), None)
-            if heir is not None:
-                self.resident[heir].charged_bytes += charged - freed_bytes
+        self.mark_changed(model)
+        if released is not None:
+            shown = max(0, released.returned_bytes or 0)
+            kept = charged
+            if released.unloaded:
+                back = charged if released.worker_stopped else max(released.freed_bytes, shown)
+                family = self.models[model].family
+                heir = next((m for m in self.resident if family is not None and self.models[m].family == family), None)
+                if heir is not None and back < charged:
+                    self.resident[heir].charged_bytes += charged - back
+                    kept = back
+                kept = 0 if released.verified else max(0, kept - shown)
+            if kept:
+                self.unverified.add(model, kept)
+                self.unverified.baseline(None if self.loading else released.device_used_bytes, self.used_bytes())
+                log.warning("%s: the release of %s is not verified (%s): %.0f MiB stay charged until the meter shows "
+                            "them back, its worker is gone or an operator forgets them", self.device, model,
+                            released.detail, kept / 2**20)
         return self._answer(model, UnloadOutcome.RELEASED) + self._step(now)
 
     def request_unload(self, ticket: int, model: str, now: float, *, drain: bool = True) -> list[Action]:
@@ -251,56 +280,32 @@ class Core:
     def vanished(self, model: str, now: float) -> list[Action]:
         """The service said ``model`` is not loaded, though the ledger had it: the ledger forgets it."""
         if self.resident.pop(model, None) is not None:
-            self._changed(model)
+            self.mark_changed(model)
+            self.unverified.rebaseline()
         return self._step(now)
 
     def reconcile(self, family: str, held: dict[str, Held] | None, now: float, *, since: int | None = None) -> list[Action]:
         """``family``'s service was read: ``held`` is what it says it holds (model -> ``Held``), or
-        None when it could not be reached — a service that is down holds nothing.
+        None when it could not be reached. ``since``: the ``epoch`` when the read began (None: the
+        reply is current). What that means for the ledger: ``reconciliation.reconcile``."""
+        return reconciliation.reconcile(self, family, held, now, since=since) + self._step(now)
 
-        - A resident model of the family that the service does not hold leaves the ledger.
-        - A model the service holds, settled, that the ledger has neither resident, loading nor
-          unloading is charged: its measured peak, else its footprint. If that breaks the budget,
-          it is unloaded at once (its bytes are already outside the budget; only its release is
-          waited for).
-        - A model loading or unloading, here or at its service, is left alone: the event in flight
-          will tell.
-        - ``since`` is the ``epoch`` when the read began: a model whose residency changed after it
-          (a load or an unload completed while the read was in flight) is left alone, because the
-          reply is older than what the ledger knows. None: the reply is current.
-        """
-        held = held or {}
-        actions: list[Action] = []
+    def rechecked(self, now: float, *, device_used_bytes: int | None = None) -> list[Action]:
+        """The truth about the unverified bytes was read again: their services were reconciled, and
+        ``device_used_bytes`` is the meter's reading (None: none). See ``reconciliation.rechecked``."""
+        return reconciliation.rechecked(self, device_used_bytes) + self._step(now)
 
-        def newer(m: str) -> bool:
-            return since is not None and self.changed.get(m, 0) > since
-
-        for model in [m for m in self.resident if self.models[m].family == family]:
-            if model not in held and not newer(model):
-                log.warning("%s: reconcile %s: %s is not loaded at its service; the ledger forgets it",
-                            self.device, family, model)
-                self.resident.pop(model)
-                self._changed(model)
-        for model, h in held.items():
-            info = self.models.get(model)
-            if info is None or info.family != family or not h.settled or newer(model) \
-                    or self.state_of(model) != "unloaded":
-                continue
-            charged = h.peak_memory_bytes or info.footprint_bytes
-            log.warning("%s: reconcile %s: %s is loaded at its service; the ledger charges %.0f MiB",
-                        self.device, family, model, charged / 2**20)
-            self.resident[model] = Resident(charged_bytes=charged, last_used=now, loaded_at=now)
-            self._changed(model)
-            if self.used_bytes() > self.budget_bytes:
-                del self.resident[model]
-                self.unloading[model] = 0  # its bytes are already outside the budget; only wait for it
-                self.evictions[UnloadReason.RECONCILE] += 1
-                actions.append(Unload(model, UnloadReason.RECONCILE))
-        return actions + self._step(now)
+    def forget_unverified(self, now: float, model: str | None = None) -> list[Action]:
+        """An operator says the unverified bytes of ``model`` (None: all of them) are free: let them go."""
+        for m in [model] if model is not None else list(self.unverified.by_model):
+            if m in self.unverified.by_model:
+                log.warning("%s: an operator lets go of the %.0f MiB %s's release left unverified",
+                            self.device, self.unverified.forget(m) / 2**20, m)
+        return self._step(now)
 
     # the step ------------------------------------------------------------------------------------
 
-    def _changed(self, model: str) -> None:
+    def mark_changed(self, model: str) -> None:
         self.epoch += 1
         self.changed[model] = self.epoch
 
@@ -364,9 +369,14 @@ class Core:
                     self.swaps += 1
                     actions.append(Load(model))
                 else:
-                    self.swap = None  # numbers changed under us (a measurement); plan again
+                    self.swap = None  # numbers changed under us (a measurement, an unverified release); plan again
                     return actions + self._step(now)
-        # 5. A timer whenever anyone waits: deadlines, patience, idle grace.
+        # 5. Requests that cannot fit while the unverified bytes stay charged: read the truth again,
+        # once nothing loads or unloads (a reading then would prove nothing; the completion steps).
+        if not self.rechecking and self.loading is None and not self.unloading and reconciliation.blocked(self):
+            self.rechecking = True
+            actions.append(Recheck(self.unverified.families(self.models)))
+        # 6. A timer whenever anyone waits: deadlines, patience, idle grace.
         wake = self._next_wake(now)
         if wake is not None:
             actions.append(Wake(wake))

@@ -1,5 +1,5 @@
 """The coordinator's reach into the world, behind one narrow interface: load, unload (with
-verified release), and read a service's models. The real one talks HTTP to the family services
+verified release), read a service's models, and read a device's meter. The real one talks HTTP to the family services
 and reads NVML; tests and the simulator use their own."""
 
 from __future__ import annotations
@@ -14,7 +14,11 @@ from modelhost.catalog import ModelSpec
 from modelhost.client import ModelHostClient
 from modelhost.contract import ModelRow
 from modelhost.errors import UpstreamError
-from modelhost.meter import MemoryMeter
+from modelhost.meter import MemoryMeter, MeterError
+
+from .actions import Released
+
+__all__ = ["Effects", "HttpEffects", "Loaded", "Released"]
 
 log = logging.getLogger(__name__)
 
@@ -26,21 +30,17 @@ class Loaded:
     device: str
 
 
-@dataclass(frozen=True)
-class Released:
-    freed_bytes: int  # what the release gave back, as the service measured it
-    verified: bool  # the service said unloaded and (on a GPU) the meter agreed in time
-    seconds: float  # from asking for the unload until verified (or given up on)
-    detail: str  # how it was verified, or why not
-    worker_stopped: bool = False  # the service's last resident model left, so its worker process ended
-
-
 class Effects(Protocol):
     async def load(self, spec: ModelSpec) -> Loaded: ...
 
     async def unload(self, spec: ModelSpec, charged_bytes: int) -> Released: ...
 
     async def models(self, family: str) -> list[ModelRow]: ...
+
+    def device_used(self, device: str) -> int | None:
+        """The device's used bytes by its meter now; None where the device is not metered (the host).
+        Raises ``MeterError`` when the meter cannot read it."""
+        ...
 
 
 class HttpEffects:
@@ -61,31 +61,69 @@ class HttpEffects:
 
     async def unload(self, spec: ModelSpec, charged_bytes: int) -> Released:
         """Unload and verify: the service says the memory is freed AND the meter agrees, within a
-        bounded time. Never a fixed sleep: the meter is polled until it agrees or time is up."""
+        bounded time. Never a fixed sleep: the meter is polled until it agrees or time is up.
+
+        The service is always asked, whatever the meter does: a meter that cannot be read (a lost
+        GPU) makes the release unverified, never skips the unload (it used to be read first, so a
+        lost GPU left every model loaded). On a GPU the meter is the judge, against what the ledger
+        charged (``expected_back``): the service's own figure only lowers that where its worker
+        lives on and keeps the rest for its other models. A service that reports 0 bytes freed (its
+        meter could not see the worker) is verified by NVML alone, and not at all when NVML shows
+        nothing back (it used to be verified by 0 >= 0)."""
         t0 = time.monotonic()
         meter = self.meters.get(spec.device if ":" in spec.device else ("cuda:0" if spec.wants_gpu else "cpu"))
-        used_before = meter.device().used_bytes if meter is not None else None
+        used_before: int | None = None
+        meter_error: MeterError | None = None
+        if meter is not None:
+            try:
+                used_before = meter.device().used_bytes
+            except MeterError as e:
+                meter_error = e  # the service is asked all the same
         reply = await self.clients[spec.family].unload(spec.id, drain=True, timeout_s=self.release_timeout_s + self.load_timeout_s)
         freed, stopped = reply.freed_bytes, reply.worker_stopped
+
+        def done(verified: bool, detail: str, back: int | None = None, used: int | None = None) -> Released:
+            return Released(freed, verified, time.monotonic() - t0, detail, stopped, unloaded=reply.state == "unloaded",
+                            returned_bytes=back, device_used_bytes=used)
+
         if reply.state != "unloaded":
-            return Released(freed, False, time.monotonic() - t0, f"service answered state {reply.state}", stopped)
+            return done(False, f"service answered state {reply.state}")
         if meter is None:
             # Host memory: the service measured its own worker's release (process RSS, or the
             # worker's end); the host's total is too noisy to second-guess it.
-            return Released(freed, True, time.monotonic() - t0, "service-measured release", stopped)
-        expected = self.release_tolerance * min(charged_bytes, freed)
+            return done(True, "service-measured release")
+        if used_before is None:
+            return done(False, f"the meter could not read the device, so nothing verified the release: {meter_error}")
+        expected = self.release_tolerance * expected_back(charged_bytes, freed, stopped)
         deadline = t0 + self.release_timeout_s
         delay = 0.01
+        back: int | None = None
         while True:
-            released = used_before - meter.device().used_bytes
-            if released >= expected:
-                return Released(freed, True, time.monotonic() - t0, f"NVML: {released / 2**20:.0f} MiB back", stopped)
+            try:
+                used = meter.device().used_bytes
+            except MeterError as e:
+                return done(False, f"the meter failed during the check: {e}", back)
+            back = used_before - used
+            if back >= expected:
+                return done(True, f"NVML: {back / 2**20:.0f} MiB back", back, used)
             if time.monotonic() >= deadline:
-                return Released(freed, False, time.monotonic() - t0,
-                                f"NVML shows {released / 2**20:.0f} MiB back of {charged_bytes / 2**20:.0f} MiB after "
-                                f"{self.release_timeout_s:.0f} s", stopped)
+                return done(False, f"NVML shows {back / 2**20:.0f} MiB back of {charged_bytes / 2**20:.0f} MiB after "
+                                   f"{self.release_timeout_s:.0f} s", back, used)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
 
+    def device_used(self, device: str) -> int | None:
+        meter = self.meters.get(device)
+        return None if meter is None else meter.device().used_bytes
+
     async def models(self, family: str) -> list[ModelRow]:
         return (await self.clients[family].models()).data
+
+
+def expected_back(charged_bytes: int, freed_bytes: int, worker_stopped: bool) -> int:
+    """What the meter must show back for a release to be verified (before the tolerance): the whole
+    charge, unless the worker lives on and the service measured less than the charge coming back
+    (the rest stays with the worker, and ``Core.unload_done`` moves it to a model still in it)."""
+    if worker_stopped or not 0 < freed_bytes < charged_bytes:
+        return charged_bytes
+    return freed_bytes

@@ -6,7 +6,8 @@ Core returns are carried out here: grants resolve the waiting request's future, 
 run as tasks whose completion is fed back as the next event, an operator's unload resolves its
 future when the Core answers it, and one timer per device wakes the Core for deadlines and
 patience. Nothing here decides what an event means for the ledger: reading a service for
-reconciliation only fetches its rows and hands them to ``Core.reconcile``.
+reconciliation only fetches its rows and hands them to ``Core.reconcile``, and reading a meter only
+hands its figure to ``Core.rechecked``.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from modelhost.errors import (
     RoundhouseError,
 )
 
-from .actions import Action, Fail, FailKind, Grant, Held, Load, Unload, UnloadAnswer, UnloadOutcome, UnloadReason, Wake
+from .actions import (Action, Fail, FailKind, Grant, Held, Load, Recheck, Released, Unload, UnloadAnswer, UnloadOutcome,
+                      UnloadReason, Wake)
 from .core import Core
-from .effects import Effects, Released
+from .effects import Effects
 from .footprints import FootprintStore
 from .policy import INTERACTIVE, ModelInfo, PolicyConfig
 from .views import DeviceLedger, LedgerState, device_ledger, ledger_state
@@ -47,6 +49,9 @@ FAIL_ERRORS: dict[FailKind, tuple[type[RoundhouseError], float | None]] = {
     FailKind.TOO_LARGE: (InsufficientMemory, None),  # 503 insufficient_memory, permanent
     FailKind.LOAD_FAILED: (ModelLoadFailed, None),  # 500; the service's own 502/503/504 when it was down or slow
     FailKind.DEADLINE: (DeadlineExceeded, None),  # 504
+    # 503 model_not_ready, transient: the room comes back when the truth about it does (the periodic
+    # reconciliation reads it again). Not InsufficientMemory: that one is permanent, and fails a bulk job.
+    FailKind.MEMORY_UNVERIFIED: (ModelNotReady, 15.0),
 }
 
 
@@ -133,9 +138,10 @@ class Coordinator:
     async def unload(self, model: str, *, drain: bool, timeout_s: float) -> Released | None:
         """An operator's unload, through the Core: ``model`` is drained (its requests in flight finish;
         with ``drain`` False and any in flight, 409 ``model_in_use`` and nothing changes), unloaded,
-        and its release verified by the effects. Returns that release, or None when the model was not
-        resident. Requests waiting for it stay queued and bring it back later. 504 when it takes
-        longer than ``timeout_s``; the unload goes on regardless (and if the caller goes away)."""
+        and its release verified by the effects (what is not verified stays charged). Returns that
+        release, or None when the model was not resident. Requests waiting for it stay queued and
+        bring it back later. 504 when it takes longer than ``timeout_s``; the unload goes on
+        regardless (and if the caller goes away)."""
         dev, core = self._core(model)
         ticket = next(self._ids)
         fut = asyncio.get_running_loop().create_future()
@@ -191,6 +197,8 @@ class Coordinator:
                 self._answer(a)
             elif isinstance(a, Wake):
                 self._arm(dev, a.at)
+            elif isinstance(a, Recheck):
+                self._spawn(self._recheck(dev, a.families), f"coordinator-recheck-{dev}")
         if self.metrics is not None:
             self.metrics.observe_core(core)
 
@@ -269,12 +277,13 @@ class Coordinator:
 
     async def _unload(self, dev: str, model: str, reason: UnloadReason) -> None:
         """Carry out an ``Unload``: the effects unload and verify the release; ``unload_done`` then
-        drops the charge (and answers the operator unloads waiting for it)."""
+        drops the charge, or keeps what is unverified (and answers the operator unloads waiting)."""
         spec = self.catalog.get(model)
         core = self.cores[dev]
         charged = core.unloading.get(model, 0)
         if self.metrics is not None:
             self.metrics.evictions.labels(model, reason).inc()
+        t0 = time.monotonic()
         try:
             released = await self.effects.unload(spec, charged)
         except Exception as e:  # never leave the Core believing an unload is in flight
@@ -285,9 +294,10 @@ class Coordinator:
                 log.exception("%s: unload of %s failed unexpectedly; reconciling %s", dev, model, spec.family)
                 self._released[model] = InternalError(f"the unload of {model} failed ({type(e).__name__})")
             self._count_unverified(model)
-            # The service is gone or broken: the charge goes, and the service is read at once for
-            # what it still holds (a service that is down holds nothing).
-            self._apply(dev, core.unload_done(model, self.clock()))
+            # Nobody knows what it still holds: its charge stays, unverified, and the service is read
+            # at once (holding it: charged as resident again; holding nothing: its worker is gone).
+            failed = Released(0, False, time.monotonic() - t0, f"the unload failed: {type(e).__name__}", unloaded=False)
+            self._apply(dev, core.unload_done(model, self.clock(), failed))
             await self.reconcile(spec.family)
             return
         if not released.verified:
@@ -299,7 +309,7 @@ class Coordinator:
         if self.metrics is not None:
             self.metrics.release_seconds.labels(model).observe(released.seconds)
         self._released[model] = released
-        self._apply(dev, core.unload_done(model, self.clock(), freed_bytes=released.freed_bytes))
+        self._apply(dev, core.unload_done(model, self.clock(), released))
 
     def _count_unverified(self, model: str) -> None:
         self.unverified_releases += 1
@@ -328,8 +338,33 @@ class Coordinator:
             self._apply(dev, core.reconcile(family, held, self.clock(), since=since[dev]))
 
     async def reconcile_all(self) -> None:
+        """Every service, then the meter of every device that still charges unverified bytes."""
         families = sorted({s.family for s in self.catalog.models})
         await asyncio.gather(*(self.reconcile(f) for f in families), return_exceptions=True)
+        for dev, core in self.cores.items():
+            if core.unverified.by_model:
+                self._apply(dev, core.rechecked(self.clock(), device_used_bytes=self._device_used(dev)))
+
+    async def _recheck(self, dev: str, families: tuple[str, ...]) -> None:
+        """Carry out a ``Recheck``: read the services whose releases were not verified, then the meter,
+        and always answer (requests wait for it): neither read raises."""
+        await asyncio.gather(*(self.reconcile(f) for f in families), return_exceptions=True)
+        self._apply(dev, self.cores[dev].rechecked(self.clock(), device_used_bytes=self._device_used(dev)))
+
+    def _device_used(self, dev: str) -> int | None:
+        try:
+            return self.effects.device_used(dev)
+        except Exception as e:  # a lost GPU: the unverified bytes stay charged
+            log.warning("%s: the meter cannot be read (%s); what no release verified stays charged", dev, e)
+            return None
+
+    def forget_unverified(self, dev: str, model: str | None = None) -> int:
+        """An operator's word that the unverified bytes of ``model`` (None: all) on ``dev`` are free:
+        the ledger lets them go. Returns how many bytes that was."""
+        core = self.cores[dev]
+        before = core.unverified.total()
+        self._apply(dev, core.forget_unverified(self.clock(), model))
+        return before - core.unverified.total()
 
     async def close(self) -> None:
         for h in self._timers.values():

@@ -14,7 +14,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .core import Core, Fail, Grant, Load, Unload, UnloadAnswer, UnloadOutcome, Wake
+from .core import Core, Fail, Grant, Load, Recheck, Released, Unload, UnloadAnswer, UnloadOutcome, Wake
 from .policy import BULK, INTERACTIVE, ModelInfo, PolicyConfig
 
 
@@ -46,6 +46,7 @@ class SimModel:
     priority: int = 0
     group: str | None = None
     fail_load: bool = False
+    zombie_s: float | None = None  # its releases go unverified: the memory shows back this long after (None: at once)
 
 
 @dataclass
@@ -107,7 +108,9 @@ def simulate_core(trace: list[TraceRequest], models: dict[str, SimModel], budget
                   config: PolicyConfig | None = None, *, check: bool = True, max_queue: int = 10_000,
                   unloads: Sequence[TraceUnload] = ()) -> SimResult:
     """Run ``trace`` (and the operator ``unloads``, ticket = their index) through the real Core.
-    ``check`` verifies the invariants after every event."""
+    ``check`` verifies the invariants after every event. The device's meter reads the ledger's
+    charges plus the memory of the zombies (``SimModel.zombie_s``) still held; a ``Recheck`` is
+    answered with that reading 50 ms later."""
     infos = {m: ModelInfo(m, s.footprint_bytes, pin=s.pin, priority=s.priority, group=s.group,
                           load_s=s.load_s, unload_s=s.unload_s) for m, s in models.items()}
     core = Core("sim", budget_bytes, infos, config=config or PolicyConfig(), max_queue=max_queue)
@@ -119,6 +122,10 @@ def simulate_core(trace: list[TraceRequest], models: dict[str, SimModel], budget
     double_loads = 0
     max_used = 0
     events = 0
+    zombies: list[tuple[float, int]] = []  # (until, bytes) of releases that went unverified
+
+    def device_used(now: float) -> int:
+        return core.used_bytes() - core.unverified.total() + sum(b for until, b in zombies if until > now)
 
     def push(t: float, kind: str, *args) -> None:
         heapq.heappush(heap, (t, next(seq), kind, args))
@@ -151,6 +158,8 @@ def simulate_core(trace: list[TraceRequest], models: dict[str, SimModel], budget
                 answers.setdefault(a.ticket, []).append(a.outcome)
             elif isinstance(a, Wake):
                 push(a.at, "tick")
+            elif isinstance(a, Recheck):
+                push(now + 0.05, "rechecked")
 
     def kick(model: str, now: float) -> None:
         srv = servers[model]
@@ -184,7 +193,16 @@ def simulate_core(trace: list[TraceRequest], models: dict[str, SimModel], budget
                                  load_s=spec.load_s, reason="simulated load failure"), now)
         elif kind == "unload_done":
             (model,) = args
-            apply(core.unload_done(model, now), now)
+            zombie_s = models[model].zombie_s
+            if zombie_s is None:
+                apply(core.unload_done(model, now), now)
+            else:
+                charged, used = core.unloading.get(model, 0), device_used(now)
+                zombies.append((now + zombie_s, charged))
+                apply(core.unload_done(model, now, Released(charged, False, 0.0, "a zombie worker", worker_stopped=True,
+                                                            returned_bytes=0, device_used_bytes=used)), now)
+        elif kind == "rechecked":
+            apply(core.rechecked(now, device_used_bytes=device_used(now)), now)
         elif kind == "tick":
             apply(core.tick(now), now)
         elif kind == "request_unload":

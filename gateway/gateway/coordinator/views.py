@@ -39,10 +39,15 @@ class MeterReading(BaseModel):
 
 class DeviceLedger(BaseModel):
     budget_bytes: int
-    used_bytes: int = Field(description="Charged: resident models + the load in flight + releases not yet verified.")
+    used_bytes: int = Field(description="Charged: resident models + the load in flight + unloads in flight + unverified.")
     loading: str | None = Field(None, description="The model whose load is in flight.")
     unloading: dict[str, int] = Field(
-        description="Models whose unload is in flight: the bytes still charged to each until its release is verified.")
+        description="Models whose unload is in flight: the bytes still charged to each until its release is over.")
+    unverified: dict[str, int] = Field(
+        default_factory=dict,
+        description="Bytes still charged, per model, that its releases gave no proof of (the meter did not show them "
+                    "back, or the service did not unload): let go when a later meter reading shows them back, the "
+                    "service's worker is gone, or an operator forgets them. Loads have that much less room.")
     swap: SwapInFlight | None = None
     swaps: int = Field(description="Swaps committed since the gateway started.")
     resident: dict[str, ResidentCharge]
@@ -66,6 +71,7 @@ def device_ledger(core: Core, store: FootprintStore, now: float) -> DeviceLedger
         used_bytes=core.used_bytes(),
         loading=core.loading,
         unloading=dict(sorted(core.unloading.items())),
+        unverified=dict(sorted(core.unverified.by_model.items())),
         swap=None if core.swap is None else SwapInFlight(load=core.swap.load, evict=list(core.swap.evict)),
         swaps=core.swaps,
         resident={m: ResidentCharge(charged_bytes=r.charged_bytes, in_flight=r.in_flight, draining=r.draining,

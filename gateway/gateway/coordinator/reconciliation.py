@@ -1,0 +1,109 @@
+"""What the world says about one device's memory, against its Core's ledger: a family service's
+models (``reconcile``) and the meter's reading (``rechecked``), and which requests only unverified
+bytes keep out (``blocked``). Called by the Core only (its ``reconcile`` and ``rechecked`` events,
+its step), synchronously, like every other decision about the ledger; the Core then takes its step.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from .actions import Action, Fail, FailKind, Held, Unload, UnloadReason
+from .policy import Resident
+
+if TYPE_CHECKING:
+    from .core import Core
+
+log = logging.getLogger(__name__)
+
+
+def reconcile(core: Core, family: str, held: dict[str, Held] | None, now: float, *, since: int | None = None) -> list[Action]:
+    """``family``'s service was read: ``held`` is what it says it holds (model -> ``Held``), or
+    None when it could not be reached — a service that is down holds nothing.
+
+    - A resident model of the family that the service does not hold leaves the ledger.
+    - The service holds no model at all: its worker is gone, and with it whatever releases of
+      the family left unverified.
+    - A model the service holds, settled, that the ledger has neither resident, loading nor
+      unloading is charged: its measured peak, else its footprint (instead of what its release
+      left unverified, if any). If that breaks the budget, it is unloaded at once (charged no
+      more than it already was; only its release is waited for).
+    - A model loading or unloading, here or at its service, is left alone: the event in flight
+      will tell.
+    - ``since`` is the ``epoch`` when the read began: a model whose residency changed after it
+      (a load or an unload completed while the read was in flight) is left alone, because the
+      reply is older than what the ledger knows. None: the reply is current.
+    """
+    worker_gone = held is not None and not held
+    held = held or {}
+    actions: list[Action] = []
+
+    def newer(m: str) -> bool:
+        return since is not None and core.changed.get(m, 0) > since
+
+    for model in [m for m in core.resident if core.models[m].family == family]:
+        if model not in held and not newer(model):
+            log.warning("%s: reconcile %s: %s is not loaded at its service; the ledger forgets it",
+                        core.device, family, model)
+            core.resident.pop(model)
+            core.mark_changed(model)
+            core.unverified.rebaseline()
+    for model in list(core.unverified.by_model) if worker_gone else ():
+        if core.models[model].family == family and not newer(model):
+            log.info("%s: reconcile %s: its worker is gone; the %.0f MiB %s's release left unverified are let go",
+                     core.device, family, core.unverified.pop(model) / 2**20, model)
+    for model, h in held.items():
+        info = core.models.get(model)
+        if info is None or info.family != family or not h.settled or newer(model) \
+                or core.state_of(model) != "unloaded":
+            continue
+        charged = h.peak_memory_bytes or info.footprint_bytes
+        log.warning("%s: reconcile %s: %s is loaded at its service; the ledger charges %.0f MiB",
+                    core.device, family, model, charged / 2**20)
+        before = core.unverified.pop(model)  # it never left: charged as resident instead
+        core.resident[model] = Resident(charged_bytes=charged, last_used=now, loaded_at=now)
+        core.mark_changed(model)
+        core.unverified.rebaseline()
+        if core.used_bytes() > core.budget_bytes:
+            del core.resident[model]
+            core.unloading[model] = before  # the rest is already outside the budget; only wait for it
+            core.evictions[UnloadReason.RECONCILE] += 1
+            actions.append(Unload(model, UnloadReason.RECONCILE))
+    return actions
+
+
+def rechecked(core: Core, device_used_bytes: int | None) -> list[Action]:
+    """The truth about the unverified bytes was read again (a ``Recheck``, or the periodic
+    reconciliation): their families' services were reconciled, and ``device_used_bytes`` is the
+    meter's reading now (None: the host, or a meter that failed). Taken while nothing loads or
+    unloads, a reading that shows them back lets them go. Requests that still cannot fit are then
+    refused (MEMORY_UNVERIFIED): the truth was just read. While a load or an unload is in flight
+    they wait instead; its completion asks again."""
+    core.rechecking = False
+    quiet = core.loading is None and not core.unloading
+    total = core.unverified.total()
+    if total and device_used_bytes is not None and quiet \
+            and core.unverified.shown_back(device_used_bytes, core.used_bytes() - total):
+        for model in list(core.unverified.by_model):
+            core.unverified.pop(model)
+        log.info("%s: the meter shows the %.0f MiB no release verified back; the ledger lets them go",
+                 core.device, total / 2**20)
+    actions: list[Action] = []
+    for model in blocked(core) if quiet else ():
+        info = core.models[model]
+        for w in core.queues[model]:
+            actions.append(Fail(w.req_id, model, FailKind.MEMORY_UNVERIFIED,
+                                f"{model} needs {info.footprint_bytes / 2**20:.0f} MiB, but "
+                                f"{core.unverified.total() / 2**20:.0f} MiB of the {core.device} budget are held by "
+                                f"releases not verified ({', '.join(sorted(core.unverified.by_model))}); try again later"))
+        core.queues[model].clear()
+    return actions
+
+
+def blocked(core: Core) -> list[str]:
+    """Models with waiting requests that cannot fit while the unverified bytes stay charged."""
+    if not core.unverified.by_model:
+        return []
+    room = core.budget_bytes - core.unverified.total()
+    return [m for m, q in core.queues.items() if q and m != core.loading and core.models[m].footprint_bytes > room]
