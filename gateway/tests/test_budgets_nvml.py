@@ -112,6 +112,27 @@ async def test_the_gateway_budgets_each_gpu_from_nvml_and_shows_the_meter_beside
             gpu = (await c.get("/admin/gpu")).json()["devices"]
     assert gpu["cuda:0"]["budget_bytes"] == 24 * GiB - RESERVE
     assert gpu["cuda:0"]["meter"] == {"kind": "nvml", "total_bytes": 24 * GiB, "used_bytes": 500 * MiB,
-                                      "free_bytes": 24 * GiB - 500 * MiB}
+                                      "free_bytes": 24 * GiB - 500 * MiB, "error": None}
     assert gpu["cuda:1"]["budget_bytes"] == 5 * GiB - RESERVE
     assert gpu["cuda:1"]["meter"]["used_bytes"] == 300 * MiB
+
+
+@pytest.mark.app
+async def test_a_lost_gpu_leaves_the_admin_view_answering_with_the_reason(box: FakeNvml, tmp_path: Path) -> None:
+    (tmp_path / "catalog.yaml").write_text(GPU_CATALOG)
+    settings = GatewaySettings(catalog=tmp_path / "catalog.yaml", services={"caption": f"http://127.0.0.1:{free_port()}"})
+    app = create_app(settings, CoordinatorSettings(data_dir=tmp_path / "data", reconcile_interval_s=None))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            box.gpus[1].lost = True  # the RTX 3090, cuda:0, falls off the bus (an Xid error)
+            r = await c.get("/admin/gpu")
+            assert r.status_code == 200, r.text
+            lost, alive = r.json()["devices"]["cuda:0"], r.json()["devices"]["cuda:1"]
+            assert lost["meter"]["total_bytes"] is None and "lost" in lost["meter"]["error"].lower()
+            assert lost["budget_bytes"] == 24 * GiB - RESERVE  # the ledger is still shown
+            assert alive["meter"]["used_bytes"] == 300 * MiB and alive["meter"]["error"] is None
+
+            r = await c.post("/admin/gpu/cuda:7/forget-unverified")
+            assert r.status_code == 404 and r.json()["error"]["code"] == "device_not_found"
+            r = await c.post("/admin/gpu/cuda:0/forget-unverified")
+            assert r.status_code == 200 and r.json() == {"device": "cuda:0", "model": None, "forgotten_bytes": 0}

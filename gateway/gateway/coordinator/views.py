@@ -32,9 +32,10 @@ class MeterReading(BaseModel):
     """The device's own figures, beside the ledger's."""
 
     kind: str = Field(description="nvml, or host for the host's memory.")
-    total_bytes: int
-    used_bytes: int
+    total_bytes: int | None = Field(None, description="None when the meter cannot read the device (error says why).")
+    used_bytes: int | None = None
     free_bytes: int | None = None
+    error: str | None = Field(None, description="Why the device could not be read (the GPU is lost, ...).")
 
 
 class DeviceLedger(BaseModel):

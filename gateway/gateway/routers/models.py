@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
 
 from modelhost.contract import ModelRow, ModelsReply
-from modelhost.errors import RoundhouseError, error_responses, request_id_of
-from modelhost.meter import HostMeter
+from modelhost.errors import NotFound, RoundhouseError, error_responses, request_id_of
+from modelhost.meter import HostMeter, MeterError
 
 from ..coordinator.views import MeterReading
 from ..schemas import AdminGpu, AdminLoaded, AdminModel, AdminModels, AdminService, AdminUnloaded, ModelCard, ModelList
@@ -100,7 +101,32 @@ async def admin_gpu(request: Request) -> AdminGpu:
     devices = g.coordinator.view()
     for dev, ledger in devices.items():
         meter = g.meters.get(dev) or HostMeter()  # None: the device is the host
-        truth = meter.device()
+        try:
+            truth = meter.device()
+        except MeterError as e:  # a lost GPU is exactly when an operator looks here: show the ledger and why
+            ledger.meter = MeterReading(kind=meter.kind, error=str(e))
+            continue
         ledger.meter = MeterReading(kind=meter.kind, total_bytes=truth.total_bytes, used_bytes=truth.used_bytes,
                                     free_bytes=truth.free_bytes)
     return AdminGpu(devices=devices, unverified_releases=g.coordinator.unverified_releases)
+
+
+class Forgotten(BaseModel):
+    device: str
+    model: str | None = Field(None, description="The model whose unverified bytes were let go; null: every model's.")
+    forgotten_bytes: int = Field(description="Bytes the ledger no longer charges.")
+
+
+@router.post("/admin/gpu/{device}/forget-unverified", response_model=Forgotten, tags=["admin"],
+             summary="Let the ledger go of memory whose release was never verified (the operator's word that it is free)",
+             responses=error_responses(401, 404))
+async def forget_unverified(device: str, request: Request,
+                            model: str | None = Query(None, description="Only this model's unverified bytes.")) -> Forgotten:
+    """A release the meter never confirmed stays charged (``unverified`` in GET /admin/gpu) until the meter
+    shows it back or the service's worker is gone. When the operator knows better (the memory was freed by
+    hand, the meter is misled by another tenant), this lets it go now."""
+    g = gw(request)
+    if device not in g.coordinator.cores:
+        raise NotFound(f"no ledger for device {device!r}; devices: {sorted(g.coordinator.cores)}", param="device",
+                       code="device_not_found")
+    return Forgotten(device=device, model=model, forgotten_bytes=g.coordinator.forget_unverified(device, model))
