@@ -1,4 +1,5 @@
-"""The job store: schema and migrations, exactly one outcome per item, counters, cancel, shared results."""
+"""The job store: schema and migrations, exactly one outcome per item, counters, cancel, shared results,
+and deleting a job without taking what another job holds."""
 
 from __future__ import annotations
 
@@ -108,3 +109,61 @@ def test_active_jobs_are_listed_oldest_first(store: JobStore) -> None:
     store.finish_job("job_c", "cancelled")
     assert [j["id"] for j in store.active_jobs()] == ["job_a", "job_b"]
     assert [j["id"] for j in store.list_jobs()] == ["job_c", "job_b", "job_a"]
+
+
+def test_deleting_a_job_removes_what_only_it_used_and_keeps_what_another_job_holds(store: JobStore) -> None:
+    uploads = [NewItem("a.jpg", "/blobs/aaa", True, "image"), NewItem("v.mp4", "/blobs/vvv", True, "video")]
+    store.create_job("job_a", "faces", "m", {}, uploads + items(1), open_=False)
+    store.create_job("job_b", "faces", "m", {}, items(1), open_=False)
+    store.finish_item("job_a", 0, sha256="shared", result_key="k:shared", body={"faces": [{}]})
+    store.put_result("k:frame:1", {"faces": []}, part_of_job="job_a")  # a keyframe of job_a's video
+    store.finish_item("job_a", 1, sha256="own", result_key="k:own", body={"keyframes": []})
+    store.finish_item("job_a", 2, sha256="x", error=("corrupt_image", "no"))
+    store.finish_job("job_a", "completed", summary={"people": 1}, people=[(0, "0", 0)])
+    store.finish_item("job_b", 0, sha256="shared", result_key="k:shared", body={"faces": [{}]}, reused=True)
+    store.put_result("k:frame:2", {"faces": []}, part_of_job="job_b")
+    store.put_result("k:frame:legacy", {"faces": []})  # stored before parts had an owner: nobody's to remove
+
+    assert store.delete_job("job_a") == {"/blobs/aaa", "/blobs/vvv"}
+    assert store.get_job("job_a") is None and [j["id"] for j in store.list_jobs()] == ["job_b"]
+    for table in ("items", "people"):
+        assert store.db.execute(f"SELECT COUNT(*) FROM {table} WHERE job_id = 'job_a'").fetchone()[0] == 0, table
+    keys = {r[0] for r in store.db.execute("SELECT key FROM results")}
+    assert keys == {"k:shared", "k:frame:2", "k:frame:legacy"}
+    assert store.results_page("job_b", after_seq=-1, limit=10)[0]["result"] == {"faces": [{}]}
+    assert store.delete_job("job_a") is None
+
+
+def test_an_active_job_is_not_deleted_until_it_has_ended(store: JobStore) -> None:
+    store.create_job("job_a", "caption", "m", {}, items(2), open_=False)
+    with pytest.raises(ValueError, match="queued"):
+        store.delete_job("job_a")
+    assert store.get_job("job_a")["n_total"] == 2
+    store.finish_job("job_a", "cancelled")
+    assert store.delete_job("job_a") == set()
+
+
+def test_a_result_removed_with_its_job_is_stored_again_by_the_next_item_that_records_it(store: JobStore) -> None:
+    """A job deleted while another job's worker holds the result it read from the store (reused): that
+    worker's record stores the body again, so no item ever points at a missing result."""
+    store.create_job("job_a", "caption", "m", {}, items(1), open_=False)
+    store.create_job("job_b", "caption", "m", {}, items(1), open_=False)
+    store.finish_item("job_a", 0, sha256="s", result_key="k:s", body={"caption": "a"})
+    store.finish_job("job_a", "completed")
+    body = store.cached_result("k:s")  # job_b's worker finds it...
+    store.delete_job("job_a")          # ...job_a goes, and its only result with it...
+    assert store.cached_result("k:s") is None
+    store.finish_item("job_b", 0, sha256="s", result_key="k:s", body=body, reused=True)  # ...and job_b records it
+    assert store.results_page("job_b", after_seq=-1, limit=1)[0]["result"] == {"caption": "a"}
+
+
+def test_a_database_of_the_first_schema_is_migrated_with_its_results(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "j.db")
+    db.executescript(MIGRATIONS[0] + ";PRAGMA user_version=1;")
+    db.execute("INSERT INTO results (key, body, created_at) VALUES ('k', '{}', 0)")
+    db.commit()
+    db.close()
+    s = JobStore(tmp_path / "j.db")
+    assert s.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert dict(s.db.execute("SELECT key, part_of_job FROM results").fetchone()) == {"key": "k", "part_of_job": None}
+    s.close()

@@ -70,13 +70,14 @@ class Dedup:
         """The result for ``key`` is in the store now; lookups go there."""
         self._inflight.pop(key, None)
 
-    async def cached(self, key: str, compute: Callable[[], Awaitable[Any]]) -> Any:
+    async def cached(self, key: str, compute: Callable[[], Awaitable[Any]], *, job_id: str | None = None) -> Any:
         """``once``, storing a fresh result at once: for the parts of an item (a video's keyframes), so a
-        resumed job need not infer them again."""
+        resumed job need not infer them again. The part is stored as ``job_id``'s (deleting that job
+        removes it)."""
         body, reused = await self.once(key, compute)
         if not reused:
             try:
-                await self.store.put_result(key, body)
+                await self.store.put_result(key, body, part_of_job=job_id)
             finally:
                 self.stored(key)
         return body

@@ -11,6 +11,14 @@ What makes a job survive ``kill -9`` at any moment:
 - Results are keyed by content (task, model, parameters, sha256 of the input), so the same photo is
   inferred once and every item that holds it points at the one stored result.
 
+Deleting a job (``delete_job``) removes, in one transaction, the job, its items, its people rows and the
+results no other job's item points at (and the parts of results, a video's keyframes, that it stored).
+The results table is a cache shared across jobs, not a record of its own: a result another job holds
+stays, and one only the deleted job held goes with it (a deleted faces job leaves no embeddings behind).
+Removing a result is always safe: ``finish_item`` writes the body it records in the same transaction
+that points the item at it, so no item is ever left pointing at a missing result; a later job that
+meets the same content infers it again.
+
 Every method is synchronous and runs on the store's one thread (``AsyncStore`` hands calls to it), so
 one connection serves everything and SQLite never sees two writers.
 """
@@ -87,6 +95,12 @@ MIGRATIONS: list[str] = [
         person   INTEGER NOT NULL,
         PRIMARY KEY (job_id, item_seq, face)
     );
+    """,
+    # 2: what deleting a job needs: which items point at a result, and which job stored a part of one.
+    """
+    ALTER TABLE results ADD COLUMN part_of_job TEXT;  -- a part of an item's result (a video's keyframe): the job that stored it
+    CREATE INDEX items_by_result ON items(result_key) WHERE result_key IS NOT NULL;
+    CREATE INDEX results_by_part_of_job ON results(part_of_job) WHERE part_of_job IS NOT NULL;
     """,
 ]
 
@@ -216,6 +230,28 @@ class JobStore:
                 (state, now, n, json.dumps(error) if error else None, json.dumps(summary) if summary else None, job_id))
         return True
 
+    def delete_job(self, job_id: str) -> set[str] | None:
+        """Remove a job that is not active, with its items, people and the results only it used (see the
+        module's docstring), in one transaction. Returns the paths of its uploaded blobs (for the caller
+        to remove those no pending item needs); None when there is no such job. An active job is left as
+        it is (``ValueError``): its workers could still record outcomes."""
+        with self._tx():
+            row = self.db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            if row["state"] in ACTIVE_STATES:
+                raise ValueError(f"job {job_id} is {row['state']}; end it before deleting it")
+            blobs = self.job_blobs(job_id)
+            keys = [r[0] for r in self.db.execute(
+                "SELECT DISTINCT result_key FROM items WHERE job_id = ? AND result_key IS NOT NULL", (job_id,))]
+            self.db.execute("DELETE FROM people WHERE job_id = ?", (job_id,))
+            self.db.execute("DELETE FROM items WHERE job_id = ?", (job_id,))
+            unused = "NOT EXISTS (SELECT 1 FROM items WHERE items.result_key = results.key)"
+            self.db.executemany(f"DELETE FROM results WHERE key = ? AND {unused}", [(k,) for k in keys])
+            self.db.execute(f"DELETE FROM results WHERE part_of_job = ? AND {unused}", (job_id,))
+            self.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        return blobs
+
     # items ---------------------------------------------------------------------------------------
 
     def pending_items(self, job_id: str, *, after_seq: int, limit: int) -> list[Item]:
@@ -231,10 +267,11 @@ class JobStore:
         row = self.db.execute("SELECT body FROM results WHERE key = ?", (key,)).fetchone()
         return json.loads(row["body"]) if row else None
 
-    def put_result(self, key: str, body: Any) -> None:
-        """Remember a partial result (a video's keyframe) so a resumed job need not infer it again."""
-        self.db.execute("INSERT OR IGNORE INTO results (key, body, created_at) VALUES (?,?,?)",
-                        (key, json.dumps(body), time.time()))
+    def put_result(self, key: str, body: Any, *, part_of_job: str | None = None) -> None:
+        """Remember a partial result (a video's keyframe) so a resumed job need not infer it again;
+        ``part_of_job`` stored it (deleting that job removes it, unless an item points at it)."""
+        self.db.execute("INSERT OR IGNORE INTO results (key, body, created_at, part_of_job) VALUES (?,?,?,?)",
+                        (key, json.dumps(body), time.time(), part_of_job))
 
     def finish_item(self, job_id: str, seq: int, *, sha256: str | None, result_key: str | None = None,
                     body: Any = None, reused: bool = False, error: tuple[str, str] | None = None,
