@@ -1,13 +1,16 @@
 """Bulk jobs through a real gateway driving the real caption service (tiny BLIP), both processes on
-loopback: library folders and uploads, deduplication, the library boundary, cancel, server-sent
+loopback: library folders and uploads, deduplication, the library boundary, cancel, delete, server-sent
 progress, a generated video, resuming after ``kill -9``, and the ``roundhouse`` command line."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
+import re
+import sqlite3
 from pathlib import Path
 from typing import Iterator
 
@@ -30,10 +33,14 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def jobs_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("jobs-data")
+
+
+@pytest.fixture(scope="module")
 def jobs_gateway(tiny_catalog: Path, caption_svc: procs.Proc, logdir: Path, library: Path,
-                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[procs.Proc]:
-    p = start_jobs_gateway(tiny_catalog, {"caption": caption_svc.url}, logdir, roots=[library],
-                           data_dir=tmp_path_factory.mktemp("jobs-data"))
+                 jobs_data: Path) -> Iterator[procs.Proc]:
+    p = start_jobs_gateway(tiny_catalog, {"caption": caption_svc.url}, logdir, roots=[library], data_dir=jobs_data)
     yield p
     p.stop()
 
@@ -130,27 +137,85 @@ def test_bad_job_requests_get_their_envelope(jobs_gateway: procs.Proc, body: dic
     assert r.json()["error"]["code"] == code
 
 
-def test_unknown_jobs_are_404(jobs_gateway: procs.Proc) -> None:
-    for method, path in [("GET", "/v1/jobs/job_nope"), ("GET", "/v1/jobs/job_nope/results"),
-                         ("GET", "/v1/jobs/job_nope/events"), ("DELETE", "/v1/jobs/job_nope")]:
-        r = httpx.request(method, jobs_gateway.url + path)
+JOB_ROUTES = [("GET", ""), ("GET", "/results"), ("GET", "/events"), ("GET", "/people"), ("POST", "/cancel"),
+              ("POST", "/inputs"), ("DELETE", "")]
+
+
+def assert_gone(gw: procs.Proc, job_id: str) -> None:
+    for method, path in JOB_ROUTES:
+        r = httpx.request(method, f"{gw.url}/v1/jobs/{job_id}{path}", timeout=30,
+                          **({"json": {"paths": ["x"]}} if path == "/inputs" else {}))
         assert r.status_code == 404 and r.json()["error"]["code"] == "job_not_found", (method, path, r.text)
+
+
+def test_unknown_jobs_are_404(jobs_gateway: procs.Proc) -> None:
+    assert_gone(jobs_gateway, "job_nope")
 
 
 def test_cancel_stops_the_job_and_records_every_other_item_as_cancelled(jobs_gateway: procs.Proc, library: Path) -> None:
     photos(library / "big", 500, start=10_000)
     job = submit(jobs_gateway, task="caption", paths=["big"])
     procs.wait_until(lambda: httpx.get(f"{jobs_gateway.url}/v1/jobs/{job['id']}").json()["counts"]["done"] >= 1, 60)
-    r = httpx.delete(f"{jobs_gateway.url}/v1/jobs/{job['id']}", timeout=30)
+    r = httpx.post(f"{jobs_gateway.url}/v1/jobs/{job['id']}/cancel", timeout=30)
     assert r.status_code == 200, r.text
     cancelled = r.json()
     assert cancelled["state"] == "cancelled" and cancelled["counts"]["cancelled"] > 0
     rows = assert_one_outcome_per_item(jobs_gateway, cancelled)
     assert {r["state"] for r in rows} <= {"done", "cancelled"}
     assert httpx.get(f"{jobs_gateway.url}/v1/jobs/{job['id']}").json()["counts"] == cancelled["counts"]
-    assert httpx.delete(f"{jobs_gateway.url}/v1/jobs/{job['id']}").status_code == 200  # idempotent
+    assert httpx.post(f"{jobs_gateway.url}/v1/jobs/{job['id']}/cancel").status_code == 200  # idempotent
     done = wait_job(jobs_gateway.url, submit(jobs_gateway, task="caption", paths=["big/img10000.jpg"])["id"])
-    assert httpx.delete(f"{jobs_gateway.url}/v1/jobs/{done['id']}").json()["error"]["code"] == "job_finished"
+    r = httpx.post(f"{jobs_gateway.url}/v1/jobs/{done['id']}/cancel")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "job_finished"
+
+
+def inferred_total(gw: procs.Proc) -> float:
+    text = httpx.get(gw.url + "/metrics").text
+    m = re.search(r'^roundhouse_jobs_items_total\{outcome="inferred",task="caption"\} (\S+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_deleting_a_running_job_stops_its_workers_and_leaves_nothing_but_what_another_job_holds(
+        jobs_gateway: procs.Proc, library: Path, jobs_data: Path) -> None:
+    shared = photos(library / "shared", 3, start=20_000)
+    first = wait_job(jobs_gateway.url, submit(jobs_gateway, task="caption", paths=["shared"])["id"])
+    assert first["state"] == "completed" and first["counts"]["done"] == 3
+    # A long job of uploads, two of them the same photos as the finished job's.
+    uploads = [p.read_bytes() for p in shared[:2]] + [photo(i) for i in range(21_000, 21_300)]
+    r = httpx.post(jobs_gateway.url + "/v1/jobs", data={"task": "caption"}, timeout=120,
+                   files=[("file", (f"u{i}.jpg", data)) for i, data in enumerate(uploads)])
+    assert r.status_code == 201, r.text
+    job = r.json()
+    procs.wait_until(lambda: httpx.get(f"{jobs_gateway.url}/v1/jobs/{job['id']}").json()["counts"]["done"] >= 4, 120)
+
+    deleted = httpx.delete(f"{jobs_gateway.url}/v1/jobs/{job['id']}", timeout=60)
+    assert deleted.status_code == 204 and deleted.content == b"", deleted.text
+    at_delete = inferred_total(jobs_gateway)
+    assert_gone(jobs_gateway, job["id"])
+    assert job["id"] not in {j["id"] for j in httpx.get(jobs_gateway.url + "/v1/jobs", params={"limit": "1000"}).json()["data"]}
+
+    # The next job runs (the deleted one's slot is free) and, while it does, nothing of the deleted one
+    # is inferred any more: its workers have stopped. Its shared photo is still known (deduplicated).
+    after = wait_job(jobs_gateway.url, submit(jobs_gateway, task="caption",
+                                              paths=[str(shared[0]), str(photos(library / "after", 1, start=22_000)[0])])["id"])
+    assert after["state"] == "completed" and after["counts"]["deduplicated"] == 1
+    assert inferred_total(jobs_gateway) == at_delete + 1
+    rows = assert_one_outcome_per_item(jobs_gateway, wait_job(jobs_gateway.url, first["id"]))
+    assert all(r["result"]["caption"] for r in rows)  # the finished job's results are whole
+
+    # Nothing of the deleted job is left: no rows, no results only it held, no uploaded files.
+    db = sqlite3.connect(f"file:{jobs_data / 'jobs' / 'jobs.sqlite3'}?mode=ro", uri=True)
+    try:
+        for table, column in (("jobs", "id"), ("items", "job_id"), ("people", "job_id")):
+            assert db.execute(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", (job["id"],)).fetchone()[0] == 0, table
+        orphans = db.execute("SELECT COUNT(*) FROM results WHERE part_of_job IS NULL AND NOT EXISTS "
+                             "(SELECT 1 FROM items WHERE items.result_key = results.key)").fetchone()[0]
+        assert orphans == 0
+        assert db.execute("SELECT COUNT(*) FROM results WHERE part_of_job = ?", (job["id"],)).fetchone()[0] == 0
+    finally:
+        db.close()
+    blobs = jobs_data / "jobs" / "blobs"
+    assert not [d for d in uploads if (blobs / hashlib.sha256(d).hexdigest()).exists()]
 
 
 def test_events_stream_progress_until_the_job_ends(jobs_gateway: procs.Proc, library: Path) -> None:
@@ -246,11 +311,11 @@ def test_a_job_waits_while_its_service_is_down_and_cancels_cleanly(down_gateway:
     status = httpx.get(f"{down_gateway.url}/v1/jobs/{job['id']}").json()
     assert status["state"] == "running" and status["counts"]["pending"] == 5, status
     assert status["waiting"]["retry_in_s"] >= 0 and status["waiting"]["reason"]
-    cancelled = httpx.delete(f"{down_gateway.url}/v1/jobs/{job['id']}", timeout=30).json()
+    cancelled = httpx.post(f"{down_gateway.url}/v1/jobs/{job['id']}/cancel", timeout=30).json()
     assert cancelled["state"] == "cancelled" and cancelled["counts"]["cancelled"] == 5
 
 
-def test_cli_names_server_paths_and_cancels(down_gateway: procs.Proc, library: Path) -> None:
+def test_cli_names_server_paths_cancels_and_deletes(down_gateway: procs.Proc, library: Path) -> None:
     photos(library / "cli-big", 10, start=5000)
     p = roundhouse("jobs", "submit", "--task", "caption", "--path", "cli-big", "--no-wait", url=down_gateway.url)
     assert p.returncode == 0, p.stderr
@@ -259,6 +324,11 @@ def test_cli_names_server_paths_and_cancels(down_gateway: procs.Proc, library: P
     c = roundhouse("jobs", "cancel", job_id, url=down_gateway.url)
     assert c.returncode == 0 and "cancelled" in c.stderr, c.stderr
     assert httpx.get(f"{down_gateway.url}/v1/jobs/{job_id}").json()["state"] == "cancelled"
+    d = roundhouse("jobs", "delete", job_id, url=down_gateway.url)
+    assert d.returncode == 0 and f"job {job_id} deleted" in d.stderr, d.stderr
+    assert httpx.get(f"{down_gateway.url}/v1/jobs/{job_id}").status_code == 404
+    again = roundhouse("jobs", "delete", job_id, url=down_gateway.url)
+    assert again.returncode == 2 and "404 job_not_found" in again.stderr
     bad = roundhouse("jobs", "submit", "--task", "caption", "--path", "/etc", url=down_gateway.url)
     assert bad.returncode == 2 and "403 outside_library" in bad.stderr
     assert roundhouse("jobs", "status", "job_nope", url=down_gateway.url).returncode == 2

@@ -4,7 +4,8 @@
     roundhouse jobs submit --task faces --path /photos/2023  name a folder on the server (under its library roots)
     roundhouse jobs status JOB [--watch]
     roundhouse jobs results JOB [--format jsonl|csv|json] [-o FILE]
-    roundhouse jobs cancel JOB
+    roundhouse jobs cancel JOB                              stop it; it stays, with its results so far
+    roundhouse jobs delete JOB                              remove it, its results and its uploads (cancelled first)
     roundhouse jobs list
 
 The gateway is ``--url`` (or ROUNDHOUSE_URL, default http://127.0.0.1:8080); an API key is ``--api-key``
@@ -246,8 +247,12 @@ async def run(args: argparse.Namespace) -> int:
             print(json.dumps(status, indent=2))
             return 0
         if args.command == "cancel":
-            status = await client.call("DELETE", f"/v1/jobs/{args.job}")
+            status = await client.call("POST", f"/v1/jobs/{args.job}/cancel")
             print(f"job {args.job} {status['state']}", file=sys.stderr)
+            return 0
+        if args.command == "delete":
+            await client.call("DELETE", f"/v1/jobs/{args.job}")
+            print(f"job {args.job} deleted", file=sys.stderr)
             return 0
         if args.command == "list":
             for j in (await client.call("GET", "/v1/jobs", params={"limit": str(args.limit)}))["data"]:
@@ -299,8 +304,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--format", choices=("jsonl", "csv", "json"), default="jsonl")
     r.add_argument("--embeddings", action="store_true", help="include face embeddings")
     r.add_argument("-o", "--output", help="write to this file instead of standard output")
-    c = jobs.add_parser("cancel", help="cancel a job")
+    c = jobs.add_parser("cancel", help="cancel a job (it stays, with its results so far)")
     c.add_argument("job")
+    d = jobs.add_parser("delete", help="delete a job with its results and uploads (cancelled first if it runs)")
+    d.add_argument("job")
     ls = jobs.add_parser("list", help="recent jobs")
     ls.add_argument("--limit", type=int, default=20)
     return p

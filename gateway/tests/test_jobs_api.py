@@ -1,6 +1,7 @@
 """The jobs routes in the whole ``create_app()`` (app tier; the caption service is down, so jobs only wait):
 the OpenAPI document declares both request bodies and every 4xx answer, bad input of every kind is a 4xx
-in the error envelope (never a 500), and the answers fit their response models."""
+in the error envelope (never a 500), the answers fit their response models, a cancelled job stays readable
+and a deleted one is gone from every route."""
 
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ models:
   - {id: cap-a, family: caption, backend: blip, source: ./nowhere-a, memory_estimate_mb: 64}
 """
 JOB_OPERATIONS = [("post", "/v1/jobs"), ("post", "/v1/jobs/{job_id}/inputs"), ("get", "/v1/jobs"),
-                  ("get", "/v1/jobs/{job_id}"), ("delete", "/v1/jobs/{job_id}"), ("get", "/v1/jobs/{job_id}/results"),
-                  ("get", "/v1/jobs/{job_id}/people"), ("get", "/v1/jobs/{job_id}/events")]
+                  ("get", "/v1/jobs/{job_id}"), ("post", "/v1/jobs/{job_id}/cancel"), ("delete", "/v1/jobs/{job_id}"),
+                  ("get", "/v1/jobs/{job_id}/results"), ("get", "/v1/jobs/{job_id}/people"),
+                  ("get", "/v1/jobs/{job_id}/events")]
 
 
 def jpeg(colour: tuple[int, int, int]) -> bytes:
@@ -84,6 +86,50 @@ async def test_the_openapi_document_declares_both_bodies_and_every_4xx(client: h
         {"$ref": "#/components/schemas/Job"}
 
 
+async def test_the_openapi_document_has_cancel_and_delete_as_two_operations(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    cancel = doc["paths"]["/v1/jobs/{job_id}/cancel"]["post"]
+    assert cancel["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Job"}
+    assert {s for s in cancel["responses"] if s.startswith("4")} == {"404", "409", "422"}
+    assert "requestBody" not in cancel
+    delete = doc["paths"]["/v1/jobs/{job_id}"]["delete"]
+    assert set(delete["responses"]) == {"204", "404", "409", "422"} and "content" not in delete["responses"]["204"]
+    assert cancel["operationId"] != delete["operationId"]
+
+
+async def test_a_new_job_needs_an_input_in_its_body_schema(client: httpx.AsyncClient) -> None:
+    content = (await client.get("/openapi.json")).json()["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
+    open_ = {"required": ["open"], "properties": {"open": {"const": True}}}
+    assert content["application/json"]["schema"]["anyOf"] == [
+        {"required": ["paths"], "properties": {"paths": {"minItems": 1}}}, open_]
+    assert content["multipart/form-data"]["schema"]["anyOf"] == [
+        *({"required": [f], "properties": {f: {"minItems": 1}}} for f in ("file", "path", "paths")), open_]
+
+
+async def test_schemathesis_takes_the_document_and_its_bodies_are_never_refused_for_no_inputs(
+        client: httpx.AsyncClient) -> None:
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_dict((await client.get("/openapi.json")).json())
+    schema.validate()  # OpenAPI 3.1, as st checks it before a run
+    requests: list[dict[str, Any]] = []
+
+    @given(schema["/v1/jobs"]["POST"].as_strategy())
+    @settings(max_examples=40, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    def generate(case: Any) -> None:
+        requests.append(case.as_transport_kwargs(base_url="http://t"))
+    generate()
+    kinds = {"json" if "json" in kw else "multipart" for kw in requests}
+    assert kinds == {"json", "multipart"}, kinds
+    for kw in requests:
+        body = {"json": kw["json"]} if "json" in kw else {"files": kw["files"]}
+        r = await client.post("/v1/jobs", **body)
+        assert r.status_code < 500, (kw, r.text)
+        if r.status_code >= 400:
+            assert r.json()["error"]["code"] != "no_inputs", (kw, r.text)
+
+
 @pytest.mark.parametrize("kwargs,status,code", [
     ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "invalid_json"),
     ({"json": ["caption"]}, 400, "invalid_json"),
@@ -100,6 +146,9 @@ async def test_the_openapi_document_declares_both_bodies_and_every_4xx(client: h
      400, "bad_request"),  # a lone surrogate: not a path any file system takes
     ({"json": {"task": "caption", "paths": ["a\x00.jpg"]}}, 400, "bad_request"),
     ({"json": {"task": "caption"}}, 400, "no_inputs"),
+    ({"json": {"task": "caption", "paths": []}}, 400, "no_inputs"),
+    ({"json": {"task": "caption", "paths": [""]}}, 400, "bad_request"),
+    ({"files": [("task", (None, "caption")), ("open", (None, "false"))]}, 400, "no_inputs"),
     ({"json": {"task": "caption", "paths": ["nowhere.jpg"]}}, 400, "path_not_found"),
     ({"json": {"task": "caption", "paths": ["/etc/passwd"]}}, 403, "outside_library"),
     ({"json": {"task": "caption", "model": "nope", "paths": ["a.jpg"]}}, 404, "model_not_found"),
@@ -154,10 +203,13 @@ async def test_a_form_job_takes_typed_options_and_an_open_job_takes_more_inputs(
         await asyncio.sleep(0.05)
     assert status["state"] == "running" and status["waiting"]["reason"] and status["counts"]["pending"] == 3
 
-    cancelled = await client.delete(f"/v1/jobs/{job['id']}")
+    cancelled = await client.post(f"/v1/jobs/{job['id']}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
     assert cancelled.json()["counts"]["cancelled"] == 3
-    assert (await client.delete(f"/v1/jobs/{job['id']}")).status_code == 200  # again: a no-op
+    Job.model_validate(cancelled.json())
+    again = await client.post(f"/v1/jobs/{job['id']}/cancel")  # again: a no-op
+    assert again.status_code == 200 and again.json()["counts"] == cancelled.json()["counts"]
+    assert (await client.get(f"/v1/jobs/{job['id']}")).json()["state"] == "cancelled"  # it stays
     page = (await client.get(f"/v1/jobs/{job['id']}/results")).json()
     assert [row["state"] for row in page["data"]] == ["cancelled"] * 3 and not page["has_more"]
     people = await client.get(f"/v1/jobs/{job['id']}/people")
@@ -167,19 +219,58 @@ async def test_a_form_job_takes_typed_options_and_an_open_job_takes_more_inputs(
     events = await client.get(f"/v1/jobs/{job['id']}/events")
     assert events.headers["content-type"].startswith("text/event-stream") and "event: end" in events.text
 
+    deleted = await client.delete(f"/v1/jobs/{job['id']}")
+    assert deleted.status_code == 204 and deleted.content == b""
+    await assert_gone(client, job["id"])
+    assert (await client.get("/v1/jobs", params={"state": "cancelled"})).json()["data"] == []
 
-async def test_unknown_jobs_are_404_on_every_route(client: httpx.AsyncClient) -> None:
+
+async def assert_gone(client: httpx.AsyncClient, job_id: str) -> None:
+    """Every route of the job answers 404 job_not_found."""
     for method, path in JOB_OPERATIONS:
         if "{job_id}" not in path:
             continue
-        r = await client.request(method.upper(), path.format(job_id="job_nope"),
+        r = await client.request(method.upper(), path.format(job_id=job_id),
                                  **({"json": {"paths": ["a.jpg"]}} if method == "post" else {}))
         assert r.status_code == 404 and r.json()["error"]["code"] == "job_not_found", (method, path, r.text)
 
 
+async def test_a_running_job_is_deleted_at_once_and_gone_from_every_route(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/jobs", files=[("file", ("one.jpg", jpeg((9, 9, 9)))), ("file", ("two.jpg", jpeg((90, 9, 9))))],
+                          data={"task": "caption"})
+    job = r.json()
+    deadline = time.monotonic() + 20  # running, waiting for its service
+    while (await client.get(f"/v1/jobs/{job['id']}")).json()["state"] != "running":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    deleted = await client.delete(f"/v1/jobs/{job['id']}")
+    assert deleted.status_code == 204, deleted.text
+    await assert_gone(client, job["id"])
+    assert job["id"] not in {j["id"] for j in (await client.get("/v1/jobs")).json()["data"]}
+
+
+async def test_a_completed_job_cannot_be_cancelled_but_can_be_deleted(client: httpx.AsyncClient) -> None:
+    job = (await client.post("/v1/jobs", json={"task": "caption", "open": True})).json()
+    await client.post(f"/v1/jobs/{job['id']}/inputs", json={"close": True})  # no inputs at all: it completes
+    deadline = time.monotonic() + 20
+    while (status := (await client.get(f"/v1/jobs/{job['id']}")).json())["state"] != "completed":
+        assert time.monotonic() < deadline, status
+        await asyncio.sleep(0.05)
+    r = await client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "job_finished", r.text
+    assert (await client.delete(f"/v1/jobs/{job['id']}")).status_code == 204
+    await assert_gone(client, job["id"])
+
+
+async def test_unknown_jobs_are_404_on_every_route(client: httpx.AsyncClient) -> None:
+    await assert_gone(client, "job_nope")
+
+
 @pytest.mark.parametrize("method,path,allow", [("PUT", "/v1/jobs", "GET, POST"), ("OPTIONS", "/v1/jobs", "GET, POST"),
                                                ("DELETE", "/v1/jobs", "GET, POST"), ("POST", "/v1/jobs/job_x", "DELETE, GET"),
-                                               ("PATCH", "/v1/jobs/job_x", "DELETE, GET")])
+                                               ("PATCH", "/v1/jobs/job_x", "DELETE, GET"),
+                                               ("GET", "/v1/jobs/job_x/cancel", "POST"),
+                                               ("DELETE", "/v1/jobs/job_x/cancel", "POST")])
 async def test_another_method_is_405_naming_every_method_of_the_path(client: httpx.AsyncClient, method: str, path: str,
                                                                      allow: str) -> None:
     r = await client.request(method, path)

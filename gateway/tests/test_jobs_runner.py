@@ -1,10 +1,12 @@
 """The job runner against a stand-in for the services (the network boundary), with the real store,
-tasks and files: how each kind of failure ends an item, and that every item ends exactly once."""
+tasks and files: how each kind of failure ends an item, that every item ends exactly once, and how a
+job is deleted (its workers stopped first, its uploads removed)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import io
 import time
 from pathlib import Path
@@ -60,8 +62,9 @@ def caption_reply(text: str) -> dict[str, Any]:
 
 
 class FakeAccess:
-    """ModelAccess.hold/spec with the service replaced by ``answer(image bytes, attempt) -> reply or raise``;
-    ``refuse`` is raised by ``hold`` itself, as the catalog or the coordinator would."""
+    """ModelAccess.hold/spec with the service replaced by ``answer(image bytes, attempt) -> reply or raise``
+    (or an awaitable of the reply); ``refuse`` is raised by ``hold`` itself, as the catalog or the
+    coordinator would."""
 
     def __init__(self, answer: Callable[[bytes, int], Any], refuse: Exception | None = None) -> None:
         self.answer = answer
@@ -87,7 +90,8 @@ class FakeAccess:
                 image = file_part(data)
                 n = access.calls[image] = access.calls.get(image, 0) + 1
                 await asyncio.sleep(0)
-                return access.answer(image, n)
+                reply = access.answer(image, n)
+                return await reply if inspect.isawaitable(reply) else reply
         yield FakeUpstream()
 
 
@@ -194,3 +198,73 @@ async def test_a_model_gone_from_the_catalog_fails_the_job(tmp_path: Path) -> No
         await runner.close()
         store.close()
     assert job["state"] == "failed" and job["error"]["code"] == "model_not_found" and job["n_cancelled"] == 1
+
+
+async def wait_for(condition: Callable[[], Any], timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+
+
+async def test_a_delete_waits_for_workers_slow_to_stop_and_removes_the_job_only_once_they_have(tmp_path: Path) -> None:
+    called, stopped = asyncio.Event(), asyncio.Event()
+
+    async def slow_to_stop() -> Any:
+        called.set()
+        try:
+            await asyncio.Event().wait()  # the service never answers
+        except asyncio.CancelledError:
+            while not stopped.is_set():  # and the call takes its time to stop, however often it is cancelled
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stopped.wait()
+            raise
+
+    store = AsyncStore(tmp_path / "jobs.sqlite3")
+    runner = make_runner(tmp_path, store, FakeAccess(lambda image, n: slow_to_stop()), JobSettings(jobs_yield_s=None))
+    runner.stop_timeout_s = 0.2
+    (tmp_path / "a.jpg").write_bytes(jpeg(1))
+    await store.create_job("job_s", "caption", "m", {}, [NewItem("a.jpg", str(tmp_path / "a.jpg"), False, "image")],
+                           open_=False)
+    await runner.start()
+    try:
+        await asyncio.wait_for(called.wait(), 10)
+        assert await runner.delete("job_s") == "stopping"  # after stop_timeout_s: the job stays, cancelled
+        job = await store.get_job("job_s")
+        assert job["state"] == "cancelled" and job["n_cancelled"] == 1
+        assert await runner.delete("job_s") == "stopping"  # the worker outlives a second cancel of its main loop
+        stopped.set()
+        assert await runner.delete("job_s") == "deleted"
+        assert await store.get_job("job_s") is None and "job_s" not in runner.runs
+        assert await runner.delete("job_s") == "absent"
+    finally:
+        stopped.set()
+        await runner.close()
+        store.close()
+
+
+async def test_a_deleted_jobs_uploads_are_removed_once_the_uploads_in_progress_are_stored(tmp_path: Path) -> None:
+    store = AsyncStore(tmp_path / "jobs.sqlite3")
+    runner = make_runner(tmp_path, store, FakeAccess(lambda image, n: caption_reply("x")), JobSettings(jobs_yield_s=None))
+    _, blob, _ = runner.parts.blobs.put(io.BytesIO(jpeg(3)), max_bytes=1 << 20)
+    await store.create_job("job_u", "caption", "m", {}, [NewItem("a.jpg", blob, True, "image")], open_=False)
+    await runner.start()
+    try:
+        await wait_for(lambda: _ended(store, "job_u"))
+        await wait_for(lambda: _gone(Path(blob)))  # a finished job's uploads go; the same content is uploaded again...
+        runner.parts.blobs.put(io.BytesIO(jpeg(3)), max_bytes=1 << 20)
+        with runner.receiving_uploads():  # ...and is not in the store yet: the deleted job's blob must stay
+            assert await runner.delete("job_u") == "deleted"
+            assert Path(blob).exists()
+        await wait_for(lambda: _gone(Path(blob)))  # no upload in progress: no pending item needs it
+    finally:
+        await runner.close()
+        store.close()
+
+
+async def _ended(store: AsyncStore, job_id: str) -> bool:
+    return (await store.get_job(job_id))["state"] == "completed"
+
+
+async def _gone(path: Path) -> bool:
+    return not path.exists()

@@ -5,7 +5,8 @@ away ends it at its next ``yield``.
 The event stream's contract: a ``progress`` event (the job's status, as GET /v1/jobs/{id}) whenever it
 changes, at most one per ``min_interval_s``; one ``end`` event when the job has ended, then the stream
 closes; a comment every ``heartbeat_s`` keeps proxies from closing a quiet stream. No change is missed
-(``events.JobEvents``): the change event is taken before each read.
+(``events.JobEvents``): the change event is taken before each read. A job deleted while it is watched
+ends the stream without an ``end`` event (the job is gone: a client asking again gets 404).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import csv
 import io
 import json
 from typing import Any, AsyncIterator
+
+from modelhost.errors import NotFound
 
 from .service import Jobs
 from .store import TERMINAL_STATES
@@ -69,7 +72,10 @@ async def progress_events(jobs: Jobs, job_id: str, *, heartbeat_s: float = 15.0,
     last: Any = None
     while True:
         changed = jobs.change_event(job_id)  # before reading, so no change is missed
-        status = await jobs.status(job_id)
+        try:
+            status = await jobs.status(job_id)
+        except NotFound:
+            return  # deleted
         key = (status["state"], status["counts"], status.get("waiting"), status["open"])
         finished = status["counts"]["total"] - status["counts"]["pending"]
         if key != last:

@@ -64,6 +64,7 @@ class JobRun:
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # set when inputs are added to the open job
     fatal: JobFatal | None = None  # set by the worker that found it, before it cancels ``main``
     main: asyncio.Task | None = None
+    workers: list[asyncio.Task] = field(default_factory=list)  # ``main``'s item workers, once it has started them
 
 
 class Items:
@@ -176,7 +177,7 @@ class ItemContext:
         return await self._run.pace.call(call, timeout_s)
 
     async def cached(self, key: str, compute: Callable[[], Awaitable[Any]]) -> Any:
-        return await self._items.dedup.cached(key, compute)
+        return await self._items.dedup.cached(key, compute, job_id=self._run.id)
 
     async def in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.to_thread(fn, *args)

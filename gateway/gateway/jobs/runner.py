@@ -15,11 +15,16 @@ Invariants (the tests check them after ``kill -9``):
 2. A job ends exactly once (``finish_job`` changes only active jobs), after its last item: completed,
    cancelled (pending items are recorded as cancelled), or failed (the model left the catalog, its
    service is not configured, or it can never fit: ``pacing.JOB_FATAL``).
-3. The scheduler never restarts a job that is being cancelled (``_cancelling``), and a job runs at most
-   once at a time (``runs``).
+3. The scheduler never restarts a job that is being cancelled or deleted (``_cancelling``), and a job
+   runs at most once at a time (``runs``).
 4. Uploaded blobs are removed only when no pending item needs them, and never while an upload is being
    received (``receiving_uploads``): its blob may share content with a finished job's and not be in the
-   database yet.
+   database yet. Blobs freed meanwhile are removed when the last upload in progress is in the store.
+5. A job is deleted from the store only once no task of its run is left: its workers could otherwise
+   record an outcome, or a result, for a job that is gone. Cancel and delete wait for them at most
+   ``stop_timeout_s``; a cancel then records the job cancelled anyway (a late outcome changes no item
+   that is not pending), while a delete leaves the job cancelled and answers ``"stopping"``, to be tried
+   again.
 
 The runner reads the coordinator through its public view only: ``requests_active(dev)`` (the gate) and
 ``model_state(model).device_ledger`` (a job's device).
@@ -35,7 +40,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 from modelhost.errors import RoundhouseError
 
@@ -55,6 +60,9 @@ from .tasks import TASKS, Task
 log = logging.getLogger(__name__)
 
 PAGE = 256
+STOP_TIMEOUT_S = 30.0  # how long a cancel or a delete waits for a job's workers to end (invariant 5)
+
+DeleteOutcome = Literal["deleted", "absent", "stopping"]
 
 
 def new_job_id() -> str:
@@ -89,6 +97,9 @@ class JobRunner:
         self._scheduler: asyncio.Task | None = None
         self._cancelling: set[str] = set()
         self._receiving = 0
+        self._deferred_blobs: set[str] = set()  # freed while uploads were being received (invariant 4)
+        self._sweeps: set[asyncio.Task] = set()
+        self.stop_timeout_s = STOP_TIMEOUT_S
 
     # lifecycle -----------------------------------------------------------------------------------
 
@@ -104,7 +115,7 @@ class JobRunner:
         self._scheduler = asyncio.create_task(self._schedule_forever(), name="jobs-scheduler")
 
     async def close(self) -> None:
-        tasks = [t for t in [self._scheduler, *(r.main for r in self.runs.values())] if t is not None]
+        tasks = [t for t in [self._scheduler, *(r.main for r in self.runs.values()), *self._sweeps] if t is not None]
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -130,6 +141,11 @@ class JobRunner:
             yield
         finally:
             self._receiving -= 1
+            if not self._receiving and self._deferred_blobs:
+                deferred, self._deferred_blobs = self._deferred_blobs, set()
+                sweep = asyncio.get_running_loop().create_task(self._remove_blobs(deferred))
+                self._sweeps.add(sweep)
+                sweep.add_done_callback(self._sweeps.discard)
 
     def progress(self, job_id: str) -> dict[str, Any]:
         """Rate, concurrency, yielding and pause of a running job (empty when it is not running here)."""
@@ -198,7 +214,8 @@ class JobRunner:
             log.info("job %s: running (%s with %s, %d in flight)", job_id, run.task.name, run.task.model,
                      run.pace.concurrency)
             queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=run.pace.concurrency * 2)
-            workers = [asyncio.create_task(self.items.work(run, queue)) for _ in range(run.pace.concurrency * 2)]
+            workers = run.workers = [asyncio.create_task(self.items.work(run, queue))
+                                     for _ in range(run.pace.concurrency * 2)]
             last_seq = -1
             while True:
                 run.wake.clear()
@@ -238,39 +255,87 @@ class JobRunner:
             self.runs.pop(job_id, None)
             self.events.notify(job_id)
             self.kick()
-            await self._remove_blobs(job_id)
+            await self._remove_job_blobs(job_id)
 
     async def cancel(self, job_id: str) -> bool:
-        """Cancel an active job: in-flight items stop, pending ones are recorded as cancelled. False when
-        the job was not active (it ended first)."""
+        """Cancel an active job: in-flight items stop (waited for at most ``stop_timeout_s``), pending ones
+        are recorded as cancelled. False when the job was not active (it ended first, or is gone)."""
         self._cancelling.add(job_id)  # the scheduler must not restart it before it is recorded (invariant 3)
-        run = self.runs.get(job_id)
-        if run is not None and run.main is not None:
-            run.main.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await run.main
         try:
-            ok = await self.store.finish_job(job_id, CANCELLED)
+            await self._stop(job_id)
+            ok = await self._record_cancel(job_id)
         finally:
             self._cancelling.discard(job_id)
-        if ok:
-            job = await self.store.get_job(job_id)
-            log.info("job %s: cancelled", job_id)
-            if job is not None and job["n_cancelled"]:
-                self.parts.metrics.items.labels(job["task"], "cancelled").inc(job["n_cancelled"])
         self.events.notify(job_id)
         self.kick()
-        await self._remove_blobs(job_id)
+        await self._remove_job_blobs(job_id)
         return ok
 
-    async def _remove_blobs(self, job_id: str) -> None:
-        """Uploads of a finished job that no pending item needs any more (invariant 4)."""
-        if self._receiving:
-            return
+    async def delete(self, job_id: str) -> DeleteOutcome:
+        """Delete a job: cancel it first if it is active (as ``cancel``), then remove it from the store with
+        its items, people and the results only it used, and its uploads that no pending item needs.
+        ``"stopping"`` when its workers had not ended after ``stop_timeout_s`` (the job is left cancelled;
+        invariant 5), ``"absent"`` when there is no such job (or another delete got there first)."""
+        self._cancelling.add(job_id)  # invariant 3: not restarted between its cancel and its removal
+        try:
+            stopped = await self._stop(job_id)
+            await self._record_cancel(job_id)
+            blobs = await self.store.delete_job(job_id) if stopped else set()
+        finally:
+            self._cancelling.discard(job_id)
+        self.events.notify(job_id)  # its watchers find it gone
+        self.kick()
+        if not stopped:
+            return "stopping"
+        if blobs is None:
+            return "absent"
+        log.info("job %s: deleted", job_id)
+        await self._remove_blobs(blobs)
+        return "deleted"
+
+    async def _stop(self, job_id: str) -> bool:
+        """Cancel the job's run here, if it has one, and wait at most ``stop_timeout_s`` for its main loop
+        and each of its workers to end (the main loop cancels them; a worker that is slow to stop could
+        outlive a main loop cancelled twice). True when nothing of it runs any more."""
+        run = self.runs.get(job_id)
+        if run is None or run.main is None:
+            return True
+        run.main.cancel()  # it cannot start workers after this: they are started, or never will be
+        tasks = {run.main, *run.workers}
+        _, pending = await asyncio.wait(tasks, timeout=self.stop_timeout_s)
+        if pending:
+            log.warning("job %s: its workers have not stopped after %.1f s", job_id, self.stop_timeout_s)
+            return False
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            run.main.result()  # retrieved, as awaiting it would (how it ended changes nothing here)
+        return True
+
+    async def _record_cancel(self, job_id: str) -> bool:
+        """Record an active job cancelled (its pending items too). False when it was not active."""
+        if not await self.store.finish_job(job_id, CANCELLED):
+            return False
+        job = await self.store.get_job(job_id)
+        log.info("job %s: cancelled", job_id)
+        if job is not None and job["n_cancelled"]:
+            self.parts.metrics.items.labels(job["task"], "cancelled").inc(job["n_cancelled"])
+        return True
+
+    async def _remove_job_blobs(self, job_id: str) -> None:
+        """The uploads of a job that has ended, those no pending item needs any more (invariant 4)."""
         with contextlib.suppress(Exception):
             job = await self.store.get_job(job_id)
             if job is None or job["state"] not in TERMINAL_STATES:
                 return
-            candidates = await self.store.job_blobs(job_id)
+            await self._remove_blobs(await self.store.job_blobs(job_id))
+
+    async def _remove_blobs(self, candidates: set[str]) -> None:
+        """Remove those of ``candidates`` that no pending item needs; while uploads are being received,
+        once the last of them is in the store (invariant 4)."""
+        if not candidates:
+            return
+        if self._receiving:
+            self._deferred_blobs |= candidates
+            return
+        with contextlib.suppress(Exception):
             keep = await self.store.blobs_in_use()
             await asyncio.to_thread(self.parts.blobs.remove_unused, keep, candidates)

@@ -40,6 +40,15 @@ def _unicode(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_unicode)]
+PathText = Annotated[str, StringConstraints(min_length=1), AfterValidator(_unicode)]
+
+
+def _one_input(*fields: str) -> dict[str, Any]:
+    """The ``anyOf`` of a new job's body: at least one input in one of ``fields``, or ``open`` (more inputs
+    will come). ``Jobs.create`` refuses a body without (400 ``no_inputs``); the document says so, so that a
+    body valid by the schema is never refused for it. ``minItems`` leaves a field's single string be."""
+    return {"anyOf": [*({"required": [f], "properties": {f: {"minItems": 1}}} for f in fields),
+                      {"required": ["open"], "properties": {"open": {"const": True}}}]}
 
 
 # requests ----------------------------------------------------------------------------------------
@@ -82,14 +91,15 @@ class JobOptions(_OptionFields):
 
 
 class JobRequest(BaseModel):
-    """POST /v1/jobs as JSON: library paths, folders and globs (under GATEWAY_LIBRARY_ROOTS)."""
+    """POST /v1/jobs as JSON: library paths, folders and globs (under GATEWAY_LIBRARY_ROOTS); at least one,
+    unless the job is open."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_one_input("paths"))
 
     task: TaskName
     model: Text | None = Field(None, description="A catalog model of the task's family (default: the gateway's).")
-    paths: list[Text] | Text = Field(default_factory=list, description="Files, folders and globs; a relative path "
-                                     "is taken inside the first library root.")
+    paths: list[PathText] | PathText = Field(default_factory=list, description="Files, folders and globs; a relative "
+                                             "path is taken inside the first library root.")
     open: bool = Field(False, description="Take more inputs through POST /v1/jobs/{id}/inputs until one says close.")
     options: JobOptions | None = None
 
@@ -98,17 +108,17 @@ class JobRequest(BaseModel):
 
 
 class JobForm(_OptionFields):
-    """POST /v1/jobs as multipart: uploaded files and/or library paths; the options as fields of their
-    own or as one JSON object (`options`; its own fields win)."""
+    """POST /v1/jobs as multipart: uploaded files and/or library paths (at least one, unless the job is
+    open); the options as fields of their own or as one JSON object (`options`; its own fields win)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_input("file", "path", "paths"))
 
     task: TaskName
     model: Text | None = Field(None, description="A catalog model of the task's family (default: the gateway's).")
     open: bool = Field(False, description="Take more inputs through POST /v1/jobs/{id}/inputs until one says close.")
     file: list[bytes] = Field(default_factory=list, description="An uploaded file (repeat the field for more).")
-    path: list[Text] = Field(default_factory=list, description="A library file, folder or glob (repeat for more).")
-    paths: list[Text] = Field(default_factory=list, description="The same as path.")
+    path: list[PathText] = Field(default_factory=list, description="A library file, folder or glob (repeat for more).")
+    paths: list[PathText] = Field(default_factory=list, description="The same as path.")
     options: Json[JobOptions] | None = Field(None, description="The options as one JSON object.")
 
     def request(self) -> JobRequest:
@@ -122,7 +132,7 @@ class InputsRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    paths: list[Text] | Text = Field(default_factory=list, description="Files, folders and globs, as for a new job.")
+    paths: list[PathText] | PathText = Field(default_factory=list, description="Files, folders and globs, as for a new job.")
     close: bool = Field(False, description="These are the job's last inputs.")
 
     def path_list(self) -> list[str]:
@@ -135,8 +145,8 @@ class InputsForm(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     file: list[bytes] = Field(default_factory=list, description="An uploaded file (repeat the field for more).")
-    path: list[Text] = Field(default_factory=list, description="A library file, folder or glob (repeat for more).")
-    paths: list[Text] = Field(default_factory=list, description="The same as path.")
+    path: list[PathText] = Field(default_factory=list, description="A library file, folder or glob (repeat for more).")
+    paths: list[PathText] = Field(default_factory=list, description="The same as path.")
     close: bool = Field(False, description="These are the job's last inputs.")
 
     def request(self) -> InputsRequest:

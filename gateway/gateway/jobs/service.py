@@ -1,6 +1,6 @@
 """Jobs as the API sees them: the one object the routes (gateway/routers/jobs.py) talk to. It builds the
-store and the runner, creates jobs from validated requests, cancels them, and shows them (the status
-view with counts, rate and ETA; results; people). The routes never reach the store or the runner."""
+store and the runner, creates jobs from validated requests, cancels and deletes them, and shows them (the
+status view with counts, rate and ETA; results; people). The routes never reach the store or the runner."""
 
 from __future__ import annotations
 
@@ -137,19 +137,32 @@ class Jobs:
         with self.runner.receiving_uploads():
             items += await self.store_uploads(uploads)
             if not await self.store.add_items(job_id, items, close=req.close):
+                await self.get(job_id)  # 404 when it was deleted meanwhile
                 raise Conflict(f"job {job_id} takes no more inputs", code="job_closed")
         self.runner.wake(job_id)
         self.runner.kick()
         return await self.status(job_id)
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
-        """Cancel an active job (again: a no-op); 409 for one that already ended otherwise."""
+        """Cancel an active job: its status, cancelled, with its results so far. Cancelling a cancelled job
+        again changes nothing (200); a job that completed or failed cannot become cancelled (409)."""
         job = await self.get(job_id)
         if job["state"] in ACTIVE_STATES:
             await self.runner.cancel(job_id)
         elif job["state"] != CANCELLED:
-            raise Conflict(f"job {job_id} already ended ({job['state']})", code="job_finished")
+            raise Conflict(f"job {job_id} already ended ({job['state']})", param="job_id", code="job_finished")
         return await self.status(job_id)
+
+    async def delete(self, job_id: str) -> None:
+        """Delete a job, in any state (an active one is cancelled first): afterwards it is 404 everywhere.
+        409 ``job_stopping`` when its workers have not stopped in time (it is left cancelled; try again)."""
+        await self.get(job_id)
+        outcome = await self.runner.delete(job_id)
+        if outcome == "absent":
+            raise NotFound(f"no job {job_id!r}", param="job_id", code="job_not_found")
+        if outcome == "stopping":
+            raise Conflict(f"job {job_id} is cancelled, but its workers are still stopping; delete it again shortly",
+                           param="job_id", code="job_stopping", retry_after_s=1.0)
 
     # reading -------------------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """Bulk jobs: POST /v1/jobs, GET /v1/jobs[/{id}[/results|/events|/people]], POST /v1/jobs/{id}/inputs,
-DELETE /v1/jobs/{id}. Routes parse and answer; the work is behind the ``Jobs`` facade (gateway/jobs/).
+POST /v1/jobs/{id}/cancel, DELETE /v1/jobs/{id}. Routes parse and answer; the work is behind the ``Jobs``
+facade (gateway/jobs/).
 
 The two POST routes take JSON or multipart, so they read their body themselves; their OpenAPI request
 bodies are generated from the models that validate them (``jobs.schemas.request_body``)."""
@@ -137,11 +138,22 @@ async def get_job(request: Request, job_id: str) -> Any:
     return await jobs_of(request).status(job_id)
 
 
-@router.delete("/v1/jobs/{job_id}", response_model=Job, response_model_exclude_unset=True, summary="Cancel a job",
-               description="Pending items are recorded as cancelled. Cancelling a cancelled job again is a no-op; "
-               "a job that ended otherwise is 409.", responses=error_responses(404, 409, 422))
+@router.post("/v1/jobs/{job_id}/cancel", response_model=Job, response_model_exclude_unset=True, summary="Cancel a job",
+             description="Its items in flight stop and its pending items are recorded as cancelled; the job stays, "
+             "with its results so far. Cancelling a cancelled job again changes nothing (200); a job that completed "
+             "or failed is 409 `job_finished`.", responses=error_responses(404, 409, 422))
 async def cancel_job(request: Request, job_id: str) -> Any:
     return await jobs_of(request).cancel(job_id)
+
+
+@router.delete("/v1/jobs/{job_id}", status_code=204, response_class=Response, summary="Delete a job",
+               description="An active job is cancelled first (its workers stopped). Then the job, its items, its people "
+               "and the results no other job holds are removed, with its uploaded files; every route of the job "
+               "answers 404 `job_not_found` afterwards. 409 `job_stopping` when its workers have not stopped in time "
+               "(the job is left cancelled: delete it again).", responses=error_responses(404, 409, 422))
+async def delete_job(request: Request, job_id: str) -> Response:
+    await jobs_of(request).delete(job_id)
+    return Response(status_code=204)
 
 
 @router.get("/v1/jobs/{job_id}/results", response_model=ResultsPage, summary="A job's results, in input order",
