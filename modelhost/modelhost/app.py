@@ -27,7 +27,7 @@ from .catalog import Catalog
 from .contract import DeviceMemory, ModelRow, ModelsReply, ReadyReply, UnloadReply
 from .cuda import check_cuda_driver
 from .errors import REQUEST_ID_HEADER, install_error_handlers, request_id_of
-from .meter import MemoryMeter, open_meter
+from .meter import MemoryMeter, MeterError, open_meter
 from .metrics import HostMetrics
 from .runtime import ModelRuntime
 from .settings import HostSettings
@@ -119,12 +119,18 @@ def create_host_app(
     @app.get("/v1/models", tags=["models"], response_model=ModelsReply)
     async def list_models(request: Request) -> ModelsReply:
         h = host(request)
-        device = h.meter.device()
+        # The models' states are the runtime's; a meter that cannot read the device (a lost GPU) must not
+        # hide them, or the gateway would take a live service for one that lost its models.
+        device, worker_bytes, meter_error = None, 0, None
+        try:
+            d = h.meter.device()
+            device = DeviceMemory(device=d.device, total_bytes=d.total_bytes, used_bytes=d.used_bytes)
+            worker_bytes = h.meter.process_bytes(h.runtime.worker_pid) if h.runtime.worker_pid else 0
+        except MeterError as e:
+            meter_error = str(e)
         return ModelsReply(
             family=family.name, service=family.service, worker_pid=h.runtime.worker_pid,
-            worker_memory_bytes=h.meter.process_bytes(h.runtime.worker_pid) if h.runtime.worker_pid else 0,
-            meter=h.meter.kind,
-            device=DeviceMemory(device=device.device, total_bytes=device.total_bytes, used_bytes=device.used_bytes),
+            worker_memory_bytes=worker_bytes, meter=h.meter.kind, device=device, meter_error=meter_error,
             data=h.runtime.snapshot(),
         )
 

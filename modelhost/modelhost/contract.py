@@ -84,7 +84,8 @@ class ModelsReply(BaseModel):
     worker_pid: int | None = None
     worker_memory_bytes: int = 0
     meter: str = Field(description="How memory is measured: nvml or host.")
-    device: DeviceMemory
+    device: DeviceMemory | None = Field(None, description="The device as the meter reads it; null when it cannot.")
+    meter_error: str | None = Field(None, description="Why the meter cannot read the device (the GPU is lost, ...).")
     data: list[ModelRow]
 
 

@@ -206,3 +206,27 @@ async def test_shutdown_ends_the_worker(app) -> None:
             pid = (await c.get("/v1/models")).json()["worker_pid"]
             assert psutil.pid_exists(pid)
     assert not psutil.pid_exists(pid)
+
+
+class LostGpuMeter(HostMeter):
+    """The hardware boundary after an Xid error: every device reading fails."""
+
+    kind = "nvml"
+
+    def device(self):  # noqa: ANN201
+        from modelhost.meter import MeterError
+
+        raise MeterError("NVML: GPU is lost")
+
+
+async def test_models_are_listed_with_the_meters_error_when_the_gpu_is_lost(tmp_path: Path) -> None:
+    from modelhost.contract import ModelsReply
+
+    app = create_host_app(FAMILY, HostSettings(cache_dir=tmp_path / "cache"), CATALOG, [router], meter=LostGpuMeter())
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://arith-svc") as c:
+            r = await c.get("/v1/models")
+    assert r.status_code == 200, r.text
+    reply = ModelsReply.model_validate(r.json())
+    assert reply.device is None and reply.meter_error == "NVML: GPU is lost"
+    assert {m.id for m in reply.data} == {"a", "b"}  # the runtime still tells its models (its family only)

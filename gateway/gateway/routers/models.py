@@ -47,7 +47,8 @@ async def admin_models(request: Request) -> AdminModels:
             services[family] = AdminService(url=url, reachable=False, error=error)
             continue
         services[family] = AdminService(url=url, reachable=True, worker_pid=body.worker_pid,
-                                        worker_memory_bytes=body.worker_memory_bytes, meter=body.meter, device=body.device)
+                                        worker_memory_bytes=body.worker_memory_bytes, meter=body.meter, device=body.device,
+                                        error=body.meter_error)
         live.update((m.id, m) for m in body.data)
     rows = []
     for spec in g.catalog.models:
