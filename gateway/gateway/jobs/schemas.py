@@ -19,10 +19,11 @@ import copy
 from typing import Annotated, Any, Literal, TypeVar
 
 import annotated_types
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Json, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Json, StringConstraints, WithJsonSchema
 
 from modelhost.errors import BadRequest
 from modelhost.families import asr, caption, face, validated
+from modelhost.languages import LANGUAGES
 
 TaskName = Literal["caption", "faces", "transcribe"]
 JobState = Literal["queued", "running", "completed", "cancelled", "failed"]
@@ -41,6 +42,19 @@ def _unicode(value: str) -> str:
 
 Text = Annotated[str, AfterValidator(_unicode)]
 PathText = Annotated[str, StringConstraints(min_length=1), AfterValidator(_unicode)]
+
+
+def _form_bool(value: Any) -> Any:
+    """A form's boolean as the document declares it: the text true or false (any case), not the other
+    spellings pydantic would take ("0", "yes", "on", ...), which a client of the schema cannot know of."""
+    if isinstance(value, str):
+        if value.lower() not in ("true", "false"):
+            raise ValueError("must be true or false")
+        return value.lower() == "true"
+    return value
+
+
+FormBool = Annotated[bool, BeforeValidator(_form_bool)]
 
 
 def _one_input(*fields: str) -> dict[str, Any]:
@@ -65,6 +79,9 @@ MaxNewTokens = _family_option(caption.CaptionOptions, "max_new_tokens", "caption
 MaxFaces = _family_option(face.DetectOptions, "max_faces", "faces")
 PROMPT_CHARS = min(caption.MAX_PROMPT_CHARS, asr.MAX_PROMPT_CHARS)
 PromptText = Annotated[str, StringConstraints(max_length=PROMPT_CHARS), AfterValidator(_unicode)]
+# The codes Whisper knows, as /v1/audio/transcriptions documents them; its English names and a region
+# ("en-US") are taken too, and the transcribe task checks the value with the asr family's rule.
+LanguageText = Annotated[str, AfterValidator(_unicode), WithJsonSchema({"type": "string", "enum": list(LANGUAGES)})]
 
 
 class _OptionFields(BaseModel):
@@ -73,8 +90,8 @@ class _OptionFields(BaseModel):
     prompt: PromptText | None = Field(None, description="caption: the captioner's prompt or caption prefix; "
                                       "transcribe: text that conditions the transcript (spellings, style).")
     max_new_tokens: MaxNewTokens = None
-    language: Text | None = Field(None, description="transcribe: the spoken language, ISO-639-1 (a name or a region is "
-                                  "taken too); default: detected.")
+    language: LanguageText | None = Field(None, description="transcribe: the spoken language, ISO-639-1 (a name or a "
+                                          "region is taken too); default: detected.")
     cluster: bool | None = Field(None, description="faces: group the faces into people when the job ends (default: true).")
     cluster_threshold: float | None = Field(None, ge=-1.0, le=1.0, description="faces: the cosine similarity at which two "
                                             "faces are one person (default: the model's).")
@@ -115,11 +132,12 @@ class JobForm(_OptionFields):
 
     task: TaskName
     model: Text | None = Field(None, description="A catalog model of the task's family (default: the gateway's).")
-    open: bool = Field(False, description="Take more inputs through POST /v1/jobs/{id}/inputs until one says close.")
+    open: FormBool = Field(False, description="Take more inputs through POST /v1/jobs/{id}/inputs until one says close.")
     file: list[bytes] = Field(default_factory=list, description="An uploaded file (repeat the field for more).")
     path: list[PathText] = Field(default_factory=list, description="A library file, folder or glob (repeat for more).")
     paths: list[PathText] = Field(default_factory=list, description="The same as path.")
     options: Json[JobOptions] | None = Field(None, description="The options as one JSON object.")
+    cluster: FormBool | None = Field(None, description=_OptionFields.model_fields["cluster"].description)
 
     def request(self) -> JobRequest:
         own = self.model_dump(include=set(_OptionFields.model_fields), exclude_none=True)
@@ -147,7 +165,7 @@ class InputsForm(BaseModel):
     file: list[bytes] = Field(default_factory=list, description="An uploaded file (repeat the field for more).")
     path: list[PathText] = Field(default_factory=list, description="A library file, folder or glob (repeat for more).")
     paths: list[PathText] = Field(default_factory=list, description="The same as path.")
-    close: bool = Field(False, description="These are the job's last inputs.")
+    close: FormBool = Field(False, description="These are the job's last inputs.")
 
     def request(self) -> InputsRequest:
         return InputsRequest(paths=self.path + self.paths, close=self.close)
@@ -272,10 +290,26 @@ def event_stream_schema() -> dict[str, Any]:
 
 def request_body(json_model: type[BaseModel], form_model: type[BaseModel]) -> dict[str, Any]:
     """``openapi_extra`` declaring both content types of a route, generated from its two models."""
+    form, encoding = _json_parts(_without_null(_inline(form_model.model_json_schema())))
     return {"requestBody": {"required": True, "content": {
         "application/json": {"schema": _inline(json_model.model_json_schema())},
-        "multipart/form-data": {"schema": _without_null(_inline(form_model.model_json_schema()))},
+        "multipart/form-data": {"schema": form, **({"encoding": encoding} if encoding else {})},
     }}}
+
+
+def _json_parts(schema: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A form's schema with each field that holds JSON (``Json[...]``) declared as what it holds, its part
+    sent as ``application/json`` (the media type's ``encoding``; OpenAPI's default for an object part).
+    As a string with ``contentSchema`` it said "any text" to a client of the document, since content
+    keywords only annotate, and the text had to be the JSON of an object to be taken."""
+    properties = dict(schema.get("properties", {}))
+    encoding = {}
+    for name, field in properties.items():
+        if field.get("contentMediaType") == "application/json" and "contentSchema" in field:
+            named = {k: v for k, v in field.items() if k in ("title", "description")}
+            properties[name] = {**field["contentSchema"], **named}
+            encoding[name] = {"contentType": "application/json"}
+    return {**schema, "properties": properties}, encoding
 
 
 def _inline(schema: dict[str, Any]) -> dict[str, Any]:

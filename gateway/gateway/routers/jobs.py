@@ -53,7 +53,8 @@ def _limited(request: Request, limit: int) -> Request:
 
 
 async def _read_form(request: Request, jobs: Jobs) -> tuple[dict[str, Any], list[Upload]]:
-    """(text fields, uploads) of a multipart body; an empty field is an absent one."""
+    """(text fields, uploads) of a multipart body; an empty field is an absent one, except an empty path
+    (refused: the document says a path is not empty, and a job told of one path has one input)."""
     limited = _limited(request, jobs.settings.jobs_max_request_bytes)
     try:
         form = await limited.form(max_files=jobs.settings.jobs_max_items, max_fields=10_000)
@@ -70,10 +71,10 @@ async def _read_form(request: Request, jobs: Jobs) -> tuple[dict[str, Any], list
             uploads.append(Upload(value.filename or "", value.file))
         elif key == "file":
             raise BadRequest("file takes an uploaded file, not text", param="file")
-        elif value == "":
-            continue
         elif key in LIST_FIELDS:
             fields.setdefault(key, []).append(value)
+        elif value == "":
+            continue
         else:
             fields[key] = value
     return fields, uploads
