@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         busy = interactive(gw.url, args.interactive, args.think_ms, seed=2)
         window_s = time.perf_counter() - t0
         after = httpx.get(f"{gw.url}/v1/jobs/{job_b}").json()["counts"]["done"]
-        httpx.delete(f"{gw.url}/v1/jobs/{job_b}", timeout=60)
+        httpx.post(f"{gw.url}/v1/jobs/{job_b}/cancel", timeout=60)
         print(f"  interactive while a job runs: {len(busy)} requests in {window_s:.1f} s; the job did {after - before} items meanwhile",
               flush=True)
     finally:
