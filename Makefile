@@ -189,4 +189,4 @@ gpu-check-wheels:  # the wheels gpu-check carries to a GPU machine (build/gpu-ch
 
 # The same check on the CPU against the fake NVML (tests/test_gpu_check_rehearsal.py runs it in make test).
 gpu-check-rehearsal: $(VENVS)/gateway/.installed $(VENVS)/caption-svc/.installed tiny-models
-	$(GW_PY) tools/gpu_check/run.py --rehearsal --out build/gpu-check-rehearsal --caption-python $(CAP_PY) --swaps 10 --budget-s 170
+	$(GW_PY) tools/gpu_check/run.py --rehearsal --out build/gpu-check-rehearsal --caption-python $(CAP_PY) --swaps 10 --budget-s 600
