@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 
 from modelhost.catalog import ModelSpec
-from modelhost.errors import BadRequest
 from modelhost.families import validated
 from modelhost.families.face import FAMILY, DetectOptions, detect, verify_threshold
 
@@ -34,19 +33,11 @@ class FacesTask(ImageTask):
 
     @classmethod
     def parse_params(cls, raw: dict[str, Any], spec: ModelSpec) -> dict[str, Any]:
-        cluster = raw.get("cluster", True)
-        if isinstance(cluster, str):
-            cluster = cluster.strip().lower() not in ("0", "false", "no", "off", "")
+        """``raw`` is a job's checked options (``jobs.schemas.JobOptions``: ``cluster`` a bool,
+        ``cluster_threshold`` a similarity in -1..1); what is left is the defaults and the face family's rule."""
         threshold = raw.get("cluster_threshold")
-        if threshold in (None, ""):
-            threshold = default_threshold(spec)
-        try:
-            threshold = float(threshold)
-        except (TypeError, ValueError):
-            raise BadRequest("cluster_threshold must be a number", param="cluster_threshold")
-        if not -1.0 <= threshold <= 1.0:
-            raise BadRequest("cluster_threshold is a cosine similarity, between -1 and 1", param="cluster_threshold")
-        out: dict[str, Any] = {"cluster": bool(cluster), "cluster_threshold": threshold}
+        out: dict[str, Any] = {"cluster": raw.get("cluster", True),
+                               "cluster_threshold": default_threshold(spec) if threshold is None else float(threshold)}
         options = validated(DetectOptions, {"max_faces": raw.get("max_faces")})
         if options.max_faces is not None:
             out["max_faces"] = options.max_faces
