@@ -32,6 +32,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T", bound=BaseModel)
 
 
+def reply_as(cls: type[T], body: Any, service: str) -> T:
+    """A service's answer as ``cls``; one that does not fit the contract is the service's fault (502)."""
+    try:
+        return cls.model_validate(body)
+    except ValidationError as e:
+        raise UpstreamError(f"{service} answered a {cls.__name__} that does not fit the contract: "
+                            f"{e.errors()[0].get('msg') if e.errors() else e}", code="bad_upstream_response") from None
+
+
 def multipart(fields: dict[str, str | None], files: list[tuple[str, str, bytes]]) -> tuple[bytes, str]:
     """A multipart/form-data body built in one piece, and its Content-Type.
 
@@ -152,12 +161,7 @@ class ModelHostClient:
         return self._parse(UnloadReply, body)
 
     def _parse(self, model: type[T], body: Any) -> T:
-        """A host-API reply as its contract type; one that does not fit is the service's fault (502)."""
-        try:
-            return model.model_validate(body)
-        except ValidationError as e:
-            raise UpstreamError(f"{self.name} answered a {model.__name__} that does not fit the contract: "
-                                f"{e.errors()[0].get('msg') if e.errors() else e}", code="bad_upstream_response") from e
+        return reply_as(model, body, self.name)
 
 
 def new_session(*, limit: int = 256) -> aiohttp.ClientSession:

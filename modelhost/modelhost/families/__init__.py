@@ -20,8 +20,8 @@ from typing import Any, Iterable, Protocol, TypeVar
 import aiohttp
 from pydantic import BaseModel, ValidationError
 
-from ..client import multipart
-from ..errors import BadRequest, UpstreamError
+from ..client import multipart, reply_as  # noqa: F401 - reply_as is the families' too
+from ..errors import BadRequest
 
 P = TypeVar("P", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
@@ -55,15 +55,6 @@ def default_model(models: Iterable[Any], family: str, configured: str | None = N
             return m.id
     raise BadRequest(f"no {family} model is in the catalog; name one with 'model'", param="model",
                      code="no_default_model")
-
-
-def reply_as(cls: type[R], body: Any, service: str) -> R:
-    """A service's answer as ``cls``; one that does not fit the contract is the service's fault (502)."""
-    try:
-        return cls.model_validate(body)
-    except ValidationError as e:
-        raise UpstreamError(f"{service} answered a {cls.__name__} that does not fit the contract: "
-                            f"{e.errors()[0].get('msg')}", code="bad_upstream_response") from None
 
 
 def form_text(value: Any) -> str | None:
