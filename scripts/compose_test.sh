@@ -14,6 +14,22 @@ compose=(docker compose -f docker-compose.yml -f compose.cpu.yml)
 chmod -R a+rX build/tiny-models  # the containers run as a non-root user
 scripts/docker_setup.sh
 scripts/make_base_image.sh "$BASE"
+
+# The four family images need about 26 GB of layers when nothing is cached (CUDA torch wheels). Build
+# cache from an older base image can never be hit again, so when the disk is short, drop the cache
+# rather than fail half-way through a pip install with "No space left on device".
+NEED_GB=${COMPOSE_TEST_NEED_GB:-30}
+free_gb() { df -BG --output=avail "$(docker info --format '{{.DockerRootDir}}')" | tail -1 | tr -dc 0-9; }
+if [ "$(free_gb)" -lt "$NEED_GB" ]; then
+  echo "== only $(free_gb) GB free for images (want $NEED_GB): pruning the Docker build cache"
+  docker builder prune -af >/dev/null
+fi
+echo "== $(free_gb) GB free for images"
+if [ "$(free_gb)" -lt "$NEED_GB" ]; then
+  echo "!! still under $NEED_GB GB free after pruning the build cache: the image builds would run out of disk" >&2
+  df -h >&2
+  exit 1
+fi
 t0=$SECONDS
 # Build one at a time: two cores, and each family image is gigabytes of wheels.
 for svc in $APP_SERVICES; do

@@ -26,5 +26,5 @@ fi
 # python:3.11-slim puts `python` on PATH; make the debootstrap image behave the same.
 ln -sf /usr/bin/python3 "$root/usr/local/bin/python"
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-tar -C "$root" -c . | docker import -c 'ENV LANG=C.UTF-8' -c 'CMD ["python3"]' - "$IMAGE" >/dev/null
+tar -C "$root" -c . | docker import -c 'ENV LANG=C.UTF-8' -c 'LABEL org.roundhouse.base-image=1' -c 'CMD ["python3"]' - "$IMAGE" >/dev/null
 echo "imported $IMAGE ($(docker image inspect "$IMAGE" --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}'))"
