@@ -26,6 +26,9 @@ if [ ! -f "$CATALOG" ]; then
   echo "catalog $CATALOG does not exist (run 'make tiny-models', or set CATALOG=models.yaml)" >&2
   exit 1
 fi
+# CUDA numbers its devices fastest first, NVML by PCI bus: the same order on both sides, so that cuda:N
+# in the catalog is the card whose memory the gateway meters.
+export CUDA_DEVICE_ORDER=${CUDA_DEVICE_ORDER:-PCI_BUS_ID}
 mkdir -p build/logs
 pids=()
 cleanup() {
