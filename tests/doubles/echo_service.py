@@ -5,9 +5,9 @@ It is the upstream for ``bench/gateway_overhead.py``, so that a benchmark measur
 and not a model. What it answers:
 
     GET  /health/live, /health/ready       200 {"status": "ok", ...}
-    GET  /v1/models                        200 an empty model list
-    POST /v1/models/{name}/load            200 {"id": name, "state": "ready", ...}
-    POST /v1/models/{name}/unload          200 {"id": name, "state": "unloaded", ...}
+    GET  /v1/models                        200 the models loaded so far (``modelhost.contract.ModelsReply``)
+    POST /v1/models/{name}/load            200 a ``ModelRow`` in state ready (the model is listed from then on)
+    POST /v1/models/{name}/unload          200 an ``UnloadReply`` (the model is no longer listed)
     POST any other path (/v1/captions ...) 200 a caption shaped like modelhost.families.caption.CaptionResponse,
                                                after ``delay_ms`` (asyncio.sleep; 0 = no sleep)
     anything else                          404 an error envelope
@@ -45,9 +45,17 @@ def create_app(*, delay_ms: float = 0.0, model: str = "bench-caption"):  # noqa:
         "object": "image.caption", "model": model, "caption": "a photo of a cat sitting on a table", "tokens": 9,
         "width": 8, "height": 8, "timings": {"decode_ms": 0.05, "inference_ms": delay_ms},
     })
-    ready = _encode({"status": "ok", "family": "caption", "models": 1, "worker_pid": os.getpid()})
-    models = _encode({"object": "list", "family": "caption", "service": "echo-service", "worker_pid": os.getpid(),
-                      "data": []})
+    loaded: dict[str, dict[str, Any]] = {}  # model id -> its ModelRow, as GET /v1/models lists it
+
+    def row(name: str) -> dict[str, Any]:
+        return {"id": name, "family": "caption", "backend": "echo", "state": "ready", "device_requested": "cpu",
+                "device": "cpu", "memory_bytes": 0, "peak_memory_bytes": 0, "memory_estimate_bytes": 0,
+                "load_s": 0.0, "warmup_s": 0.0}
+
+    def models() -> bytes:
+        return _encode({"object": "list", "family": "caption", "service": "echo-service", "worker_pid": os.getpid(),
+                        "meter": "host", "data": list(loaded.values())})
+
     not_found = _encode({"src": "echo-service", "request_id": None, "error": {
         "type": "not_found_error", "code": "not_found", "message": "no such route", "param": None}})
 
@@ -76,17 +84,21 @@ def create_app(*, delay_ms: float = 0.0, model: str = "bench-caption"):  # noqa:
         status, body = 200, caption
         if method == "GET":
             if path in ("/health/live", "/health/ready"):
-                body = ready
+                body = _encode({"status": "ok", "family": "caption", "models": len(loaded), "worker_pid": os.getpid()})
             elif path == "/v1/models":
-                body = models
+                body = models()
             else:
                 status, body = 404, not_found
         elif method == "POST":
             parts = path.strip("/").split("/")
             if len(parts) == 4 and parts[:2] == ["v1", "models"] and parts[3] in ("load", "unload"):
-                state = "ready" if parts[3] == "load" else "unloaded"
-                body = _encode({"id": parts[2], "family": "caption", "state": state, "device": "cpu",
-                                "memory_bytes": 0, "load_s": 0.0})
+                name = parts[2]
+                if parts[3] == "load":
+                    body = _encode(loaded.setdefault(name, row(name)))
+                else:
+                    loaded.pop(name, None)
+                    body = _encode({"model": name, "state": "unloaded", "freed_bytes": 0, "unload_s": 0.0,
+                                    "worker_stopped": not loaded})
             elif delay_s > 0:
                 await asyncio.sleep(delay_s)
         else:
