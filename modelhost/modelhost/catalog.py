@@ -2,6 +2,14 @@
 
 The gateway reads every model; each family service reads only its own family. Relative ``source``
 paths resolve against the catalog file's directory, so a catalog and its tiny models can move together.
+
+A model of the ``llm`` family is an external tenant: another server (Ollama, llama-swap, or any HTTP
+server with residency and unload URLs) serves it, and the gateway charges it to ``device``, evicts it
+through that server's API and proxies its OpenAI routes. Its ``source`` is the model's name on that
+server, and ``options.url`` the server's base URL::
+
+    - {id: llama3.1, family: llm, backend: ollama, source: "llama3.1:8b", device: "cuda:0",
+       memory_estimate_mb: 5200, options: {url: "http://ollama:11434"}}
 """
 
 from __future__ import annotations
@@ -12,6 +20,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+TENANT_FAMILY = "llm"
+# backend -> the options it needs beside ``url``
+TENANT_BACKENDS: dict[str, tuple[str, ...]] = {"ollama": (), "llama-swap": (), "http": ("residency_url", "unload_url")}
+
 
 class ModelSpec(BaseModel):
     """One model of the catalog. ``None`` means "never" / "no limit" wherever it appears."""
@@ -19,9 +31,10 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(description="Public model id, used in API requests.", pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-    family: str = Field(description="Model family: caption, face, asr, tts.")
-    backend: str = Field(description="Backend name inside the family (e.g. blip, blip2, qwen_vl).")
-    source: str = Field(description="Hub id or local path of the weights.")
+    family: str = Field(description="Model family: caption, face, asr, tts, or llm (a model another server serves).")
+    backend: str = Field(description="Backend name inside the family (e.g. blip, blip2, qwen_vl); for llm the "
+                                     "server: ollama, llama-swap or http.")
+    source: str = Field(description="Hub id or local path of the weights; for llm the model's name on its server.")
     device: str = Field("cpu", description="Device the model must run on: cpu, cuda, cuda:N.")
     allow_cpu_fallback: bool = Field(
         False, description="Accept running on CPU when the device asked for is a GPU that is not usable."
@@ -44,6 +57,30 @@ class ModelSpec(BaseModel):
         if v == "cpu" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit()):
             return v
         raise ValueError(f"device must be cpu, cuda or cuda:N, not {v!r}")
+
+    @model_validator(mode="after")
+    def _tenant(self) -> "ModelSpec":
+        """An llm model names its server's kind and URL (an http server also its residency and unload
+        URLs); a server's kind belongs to the llm family only."""
+        if self.family != TENANT_FAMILY:
+            if self.backend in TENANT_BACKENDS:
+                raise ValueError(f"model {self.id!r}: backend {self.backend!r} serves family {TENANT_FAMILY!r} only, "
+                                 f"not {self.family!r}")
+            return self
+        if self.backend not in TENANT_BACKENDS:
+            raise ValueError(f"model {self.id!r} of family {TENANT_FAMILY!r} needs backend "
+                             f"{' | '.join(TENANT_BACKENDS)}, not {self.backend!r}")
+        for key in ("url", *TENANT_BACKENDS[self.backend]):
+            value = self.options.get(key)
+            if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+                raise ValueError(f"model {self.id!r} (backend {self.backend}) needs options.{key}: an http:// or "
+                                 f"https:// URL{f', not {value!r}' if value is not None else ''}")
+        return self
+
+    @property
+    def tenant(self) -> bool:
+        """Served by another server (Ollama, llama-swap, http), not by a family service of ours."""
+        return self.family == TENANT_FAMILY
 
     @property
     def wants_gpu(self) -> bool:
