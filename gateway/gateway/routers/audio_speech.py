@@ -6,9 +6,9 @@ left out (the model's first voice), and ``language`` picks the language of a mul
 with the client's ``extra_body``).
 
 Every input is checked before any audio is made, by the tts family's contract (``modelhost.families.tts``):
-the body, ``input`` (400 empty, 413 over ``GATEWAY_TTS_MAX_INPUT_CHARS``), ``response_format`` (400),
-``speed`` (400 outside 0.25 to 4.0), then the model (404) and the voice (404; the voices come from the
-service, which reads them without loading the model).
+the body (415 unless application/json), ``input`` (400 empty, 413 over ``GATEWAY_TTS_MAX_INPUT_CHARS``),
+``response_format`` (400), ``speed`` (400 outside 0.25 to 4.0), then the model (404) and the voice (404; the
+voices come from the service, which reads them without loading the model).
 
 Streaming: the service synthesises sentence by sentence and streams each sentence's audio as it is made;
 this route relays the bytes as they arrive. The model is held for the whole stream, not only until the
@@ -30,7 +30,7 @@ from fastapi.responses import StreamingResponse
 from modelhost.errors import UpstreamError, error_responses, request_id_of
 from modelhost.families import default_model, tts
 
-from ..bodies import parse_json_object, read_body
+from ..bodies import read_json_object
 from ..state import gw
 
 router = APIRouter(tags=["audio"])
@@ -46,14 +46,14 @@ _AUDIO_TYPES = ("audio/mpeg", "audio/ogg", "audio/aac", "audio/flac", "audio/wav
     summary="Speak text (OpenAI-compatible); the audio streams sentence by sentence",
     response_class=StreamingResponse,
     responses={200: {"description": "The audio, streamed as it is made.", "content": {t: {} for t in _AUDIO_TYPES}},
-               **error_responses(400, 401, 404, 413, 429, 502, 503, 504)},
+               **error_responses(400, 401, 404, 413, 415, 429, 502, 503, 504)},
     openapi_extra={"requestBody": {"required": True,
                                    "content": {"application/json": {"schema": tts.SpeechRequest.model_json_schema()}}}},
 )
 async def speech(request: Request) -> StreamingResponse:
     g = gw(request)
     max_chars = g.settings.tts_max_input_chars
-    body = parse_json_object(await read_body(request, max_chars * _BYTES_PER_CHAR + _BODY_OVERHEAD))
+    body = await read_json_object(request, max_chars * _BYTES_PER_CHAR + _BODY_OVERHEAD)
     req = tts.speech_request(body, max_input_chars=max_chars)
     model = req.model or default_model(g.catalog.models, tts.FAMILY)
     spec = g.access.spec(model, tts.FAMILY)  # 404 for an unknown model

@@ -34,6 +34,13 @@ class Requester(Protocol):
 
     def stream(self, method: str, path: str, **kwargs: Any) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]: ...
 
+def not_a_bool(value: Any) -> Any:
+    """A number field's guard: JSON ``true`` is not 1 (pydantic's lax mode would take it as 1)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
 def validated(cls: type[P], values: dict[str, Any]) -> P:
     """``values`` as ``cls``, or 400 ``bad_request`` naming the first bad field (``param``)."""
     try:

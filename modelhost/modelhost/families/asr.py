@@ -19,7 +19,7 @@ from pydantic_core import PydanticCustomError
 
 from ..errors import BadRequest
 from ..languages import language_code
-from . import Requester, post_form, validated
+from . import Requester, not_a_bool, post_form, validated
 
 FAMILY = "asr"
 MAX_PROMPT_CHARS = 2000
@@ -60,7 +60,7 @@ class TranscriptionOptions(BaseModel):
         "For a translation, the source language.")
     prompt: Annotated[Prompt | None, BeforeValidator(_blank_is_none)] = Field(
         None, description="Text that conditions the transcript (spellings, style).")
-    temperature: Annotated[Temperature | None, BeforeValidator(_blank_is_none)] = None
+    temperature: Annotated[Temperature | None, BeforeValidator(_blank_is_none), BeforeValidator(not_a_bool)] = None
 
 
 _CODES = {"language": "unsupported_language", "temperature": "temperature_out_of_range"}

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, Field
 
-from . import Requester, post_form
+from . import Requester, not_a_bool, post_form
 
 FAMILY = "caption"
 PATH = "/v1/captions"
@@ -33,7 +33,7 @@ class CaptionOptions(BaseModel):
 
     prompt: Annotated[str | None, BeforeValidator(_blank_is_none)] = Field(
         None, max_length=MAX_PROMPT_CHARS, description="A prompt (Qwen2.5-VL, BLIP-2) or a caption prefix (BLIP).")
-    max_new_tokens: Annotated[int | None, BeforeValidator(_blank_is_none)] = Field(
+    max_new_tokens: Annotated[int | None, BeforeValidator(_blank_is_none), BeforeValidator(not_a_bool)] = Field(
         None, ge=1, le=MAX_NEW_TOKENS, description="Most tokens to generate; default: the model's.")
 
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from ..errors import BadRequest
-from . import Requester, post_form, validated
+from . import Requester, not_a_bool, post_form, validated
 
 FAMILY = "face"
 MAX_FACES = 1024
@@ -81,7 +81,7 @@ class DetectOptions(BaseModel):
 
     embed: bool = Field(False, description="Add each face's L2-normalised embedding.")
     crops: bool = Field(False, description="Add each face's aligned crop, base64 PNG: what /v1/faces/embed takes.")
-    max_faces: Annotated[int | None, BeforeValidator(_blank_is_none)] = Field(
+    max_faces: Annotated[int | None, BeforeValidator(_blank_is_none), BeforeValidator(not_a_bool)] = Field(
         None, ge=1, le=MAX_FACES, description="Most faces to report, largest first; default and limit: the "
         "service's FACE_SVC_MAX_FACES.")
 
