@@ -237,6 +237,8 @@ class Core:
         charged = self.unloading.pop(model, 0)
         self.mark_changed(model)
         if released is not None:
+            if released.unloaded and released.verified:
+                self.models[model].unload_s = released.seconds  # learnt, as load_done learns load_s
             shown = max(0, released.returned_bytes or 0)
             kept = charged
             if released.unloaded:

@@ -1,4 +1,11 @@
-"""Measured footprints remembered across restarts: a small JSON file in the gateway's data volume."""
+"""Measured footprints and swap costs remembered across restarts: a small JSON file in the gateway's
+data volume (``footprints.json``).
+
+One entry per model: ``peak_memory_bytes``, ``load_s`` and ``device`` from its last load, and
+``unload_s`` from its last verified unload (how long the release took, the worker's end included when
+it was the family's last model). Files written before ``unload_s`` existed read as they are: the
+model's unload time is then unknown until it is next unloaded.
+"""
 
 from __future__ import annotations
 
@@ -24,14 +31,27 @@ class FootprintStore:
             log.warning("footprint file %s unreadable (%s); starting from catalog estimates", path, e)
 
     def get(self, model: str) -> dict | None:
+        """The model's last measured load (``peak_memory_bytes``, ``load_s``, ``device``, and
+        ``unload_s`` once known), or None when it was never measured loading."""
         known = self._data.get(model)
         if known is not None and "peak_memory_bytes" not in known and "peak_bytes" in known:
             known["peak_memory_bytes"] = known.pop("peak_bytes")  # the name files written before 0.2 used
-        return known
+        return known if known is not None and "peak_memory_bytes" in known else None
+
+    def unload_s(self, model: str) -> float | None:
+        """How long the model's last verified unload took; None when never measured."""
+        known = self._data.get(model, {}).get("unload_s")
+        return float(known) if isinstance(known, (int, float)) else None
 
     def record(self, model: str, *, peak_memory_bytes: int, load_s: float, device: str) -> None:
-        self._data[model] = {"peak_memory_bytes": int(peak_memory_bytes), "load_s": float(load_s), "device": device,
-                             "measured_at": time.time()}
+        entry = self._data.setdefault(model, {})
+        entry.pop("peak_bytes", None)
+        entry.update({"peak_memory_bytes": int(peak_memory_bytes), "load_s": float(load_s), "device": device,
+                      "measured_at": time.time()})
+        self._save()
+
+    def record_unload(self, model: str, unload_s: float) -> None:
+        self._data.setdefault(model, {})["unload_s"] = float(unload_s)
         self._save()
 
     def _save(self) -> None:

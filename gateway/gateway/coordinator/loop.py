@@ -88,9 +88,10 @@ class Coordinator:
             known = store.get(spec.id)
             footprint = int(known["peak_memory_bytes"]) if known else spec.memory_estimate_bytes
             load_s = float(known["load_s"]) if known else 2.0
+            unload_s = store.unload_s(spec.id)
             by_device.setdefault(dev, {})[spec.id] = ModelInfo(
                 spec.id, footprint, pin=spec.pin, priority=spec.priority, group=spec.group, load_s=load_s,
-                family=spec.family)
+                unload_s=0.5 if unload_s is None else unload_s, family=spec.family)
         for dev, models in by_device.items():
             if dev not in budgets:
                 raise ValueError(f"no memory budget for device {dev}")
@@ -309,6 +310,8 @@ class Coordinator:
         if self.metrics is not None:
             self.metrics.release_seconds.labels(model).observe(released.seconds)
         self._released[model] = released
+        if released.verified and released.unloaded:
+            self.store.record_unload(model, released.seconds)  # the Core learns it from ``released`` too
         self._apply(dev, core.unload_done(model, self.clock(), released))
 
     def _count_unverified(self, model: str) -> None:
