@@ -8,6 +8,8 @@ model workers of this rehearsal are the "CUDA processes": each one's resident se
 memory (``nvmlDeviceGetComputeRunningProcesses``), and the device's used bytes are the GPU's base
 plus theirs. A worker is this rehearsal's when its command line runs ``modelhost.worker`` and its
 environment carries the same ``ROUNDHOUSE_FAKE_NVML`` (other test runs on the machine do not count).
+The model runners of the LLM server stand-ins (``tests.doubles.llm_runner``, Ollama's and llama-swap's
+per-model processes) are CUDA processes on that GPU in the same way: not Roundhouse's, but on its card.
 So a load really raises the used bytes, and an unload or a worker's end really gives them back,
 on the card the rehearsal put the models on.
 """
@@ -24,6 +26,7 @@ import psutil
 from tests.doubles.fake_nvml import GiB, FakeGpu, FakeNvml
 
 ENV = "ROUNDHOUSE_FAKE_NVML"
+CUDA_PROCESSES = ("modelhost.worker", "tests.doubles.llm_runner")  # what runs on the tenants' GPU
 TENANT_SCAN_S = 0.25  # how long a scan of the process table is reused (the worker samples every 10 ms)
 
 
@@ -42,7 +45,7 @@ class HostBackedNvml(FakeNvml):
         if now - self._scanned > TENANT_SCAN_S:
             self._scanned = now
             self._pids = [p.pid for p in psutil.process_iter(["cmdline"])
-                          if "modelhost.worker" in " ".join(p.info["cmdline"] or []) and self._ours(p)]
+                          if any(m in " ".join(p.info["cmdline"] or []) for m in CUDA_PROCESSES) and self._ours(p)]
         rss = {}
         for pid in self._pids:
             try:
