@@ -144,3 +144,27 @@ def build_tiny_models(out: Path) -> Path:
     subprocess.run([str(CAPTION_PY), str(ROOT / "tools" / "make_tiny_models.py"), str(out)], check=True,
                    stdout=subprocess.DEVNULL, stderr=sys.stderr, timeout=300)
     return out / "catalog.yaml"
+
+
+def start_ollama(models: dict[str, dict], logdir: Path, env: dict[str, str] | None = None, port: int | None = None,
+                 resident: tuple[str, ...] = (), name: str = "ollama", keep_alive: str = "5m") -> Proc:
+    """The Ollama stand-in (``tests/doubles/ollama_server.py``): ``models`` is name -> {"bytes", "load_s",
+    "unload_s"}; ``resident`` are loaded before it answers. ``env`` carries the fake NVML's (``write_spec``);
+    ``port`` lets a test start it again where it was."""
+    import json
+
+    port = port or free_port()
+    argv = [str(GATEWAY_PY), "-m", "tests.doubles.ollama_server", "--port", str(port), "--models", json.dumps(models),
+            "--keep-alive", keep_alive] + [a for m in resident for a in ("--resident", m)]
+    return start(name, argv, env or {}, port, logdir, ready_path="/api/version")
+
+
+def start_llama_swap(models: dict[str, dict], logdir: Path, env: dict[str, str] | None = None, port: int | None = None,
+                     resident: tuple[str, ...] = (), name: str = "llama-swap") -> Proc:
+    """The llama-swap stand-in (``tests/doubles/llama_swap_server.py``), as ``start_ollama``."""
+    import json
+
+    port = port or free_port()
+    argv = [str(GATEWAY_PY), "-m", "tests.doubles.llama_swap_server", "--port", str(port), "--models", json.dumps(models)]
+    argv += [a for m in resident for a in ("--resident", m)]
+    return start(name, argv, env or {}, port, logdir, ready_path="/health")
