@@ -130,8 +130,8 @@ def create_host_app(
             meter_error = str(e)
         return ModelsReply(
             family=family.name, service=family.service, worker_pid=h.runtime.worker_pid,
-            worker_memory_bytes=worker_bytes, meter=h.meter.kind, device=device, meter_error=meter_error,
-            data=h.runtime.snapshot(),
+            worker_memory_bytes=worker_bytes, spare=h.runtime.workers.spare_row(), meter=h.meter.kind, device=device,
+            meter_error=meter_error, data=h.runtime.snapshot(),
         )
 
     @app.post("/v1/models/{name}/load", tags=["models"], response_model=ModelRow)

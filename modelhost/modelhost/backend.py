@@ -18,6 +18,12 @@ from .catalog import ModelSpec
 
 
 class Backend(ABC):
+    preload: tuple[str, ...] = ()
+    """Modules a warm spare worker imports before any load of this backend: its framework (``torch``,
+    ``transformers.models.blip.modeling_blip``, ``onnxruntime`` ...), so the load that takes the spare finds
+    them imported. Importing them must not touch a device: no CUDA context, no device memory (torch,
+    onnxruntime and ctranslate2 create theirs at the first tensor or session, in ``load()``)."""
+
     def __init__(self, spec: ModelSpec, cache_dir: str) -> None:
         self.spec = spec
         self.cache_dir = cache_dir
@@ -68,6 +74,28 @@ def torch_device(spec: ModelSpec) -> str:
     if not torch.cuda.is_available():
         return "cpu"
     return spec.device if ":" in spec.device else "cuda:0"
+
+
+def preload_modules(paths: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Import each backend's module and the modules its class names in ``preload``. Returns the modules
+    imported and, for each that failed, why (the load of that backend will fail and say so itself)."""
+    imported: list[str] = []
+    failed: dict[str, str] = {}
+    for path in paths:
+        try:
+            names = [path.partition(":")[0], *import_backend(path).preload]
+        except Exception as e:
+            failed[path] = f"{type(e).__name__}: {e}"
+            continue
+        for name in names:
+            if name in imported or name in failed:
+                continue
+            try:
+                importlib.import_module(name)
+                imported.append(name)
+            except Exception as e:
+                failed[name] = f"{type(e).__name__}: {e}"
+    return imported, failed
 
 
 def import_backend(path: str) -> type[Backend]:

@@ -75,6 +75,20 @@ class DeviceMemory(BaseModel):
     used_bytes: int
 
 
+class SpareWorker(BaseModel):
+    """A family service's warm spare worker: a process with the family's frameworks imported and no device
+    context, which the next load that needs a new worker takes instead of starting one."""
+
+    state: str = Field(description="starting (the process starts and imports the frameworks) or ready.")
+    pid: int | None = None
+    host_memory_bytes: int = Field(0, description="Its resident set: the host memory keeping it costs.")
+    device_memory_bytes: int = Field(
+        0, description="What the service's meter finds for it: 0 on a GPU, as it has no device context; its "
+        "resident set where the meter measures host memory.")
+    preload_s: float | None = Field(None, description="How long its imports took.")
+    preloaded: list[str] = Field(default_factory=list, description="The modules it imported (Backend.preload).")
+
+
 class ModelsReply(BaseModel):
     """``GET /v1/models`` of a family service: its models and its worker."""
 
@@ -83,6 +97,8 @@ class ModelsReply(BaseModel):
     service: str
     worker_pid: int | None = None
     worker_memory_bytes: int = 0
+    spare: SpareWorker | None = Field(
+        None, description="The warm spare worker; null when none is kept (turned off, or being replaced).")
     meter: str = Field(description="How memory is measured: nvml or host.")
     device: DeviceMemory | None = Field(None, description="The device as the meter reads it; null when it cannot.")
     meter_error: str | None = Field(None, description="Why the meter cannot read the device (the GPU is lost, ...).")

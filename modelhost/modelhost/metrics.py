@@ -11,6 +11,7 @@ LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 UNLOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 INFER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+SPARE_STATES = ("none", "starting", "ready")
 
 
 class HostMetrics:
@@ -64,6 +65,20 @@ class HostMetrics:
             "roundhouse_model_worker_up", "1 while the worker process runs.", ["family"], registry=r)
         self.worker_restarts = Counter(
             "roundhouse_model_worker_exits_total", "Worker process exits by cause.", ["family", "cause"], registry=r)
+
+        self.spare_state = Gauge(
+            "roundhouse_model_spare_state", "1 for the state the family's warm spare worker is in (none, starting, "
+            "ready), 0 for the others.", ["family", "state"], registry=r)
+        self.spare_memory = Gauge(
+            "roundhouse_model_spare_memory_bytes", "Resident host memory of the warm spare worker (0 when none): "
+            "what keeping it costs; it holds no device memory.", ["family"], registry=r)
+        self.worker_starts = Counter(
+            "roundhouse_model_worker_starts_total", "Worker processes that became the family's worker, by source: "
+            "spare (a warm spare taken) or cold (started for the load).", ["family", "source"], registry=r)
+
+    def set_spare_state(self, state: str) -> None:
+        for s in SPARE_STATES:
+            self.spare_state.labels(self.family, s).set(1 if s == state else 0)
 
     def set_state(self, model: str, state: ModelState) -> None:
         for s in ModelState:

@@ -14,14 +14,15 @@ Invariants (each guarded here, each with a test):
   leases and waits for the held ones to end. The idle reaper unloads only unleased models.
 * Models live in one worker child process. The unload of the last resident model ends the worker,
   so an idle service holds no model memory, not even a CUDA context. If the worker dies, every model
-  it held becomes FAILED with the exit code as reason; the next load starts a new worker.
+  it held becomes FAILED with the exit code as reason; the next load starts a new worker, or takes
+  the warm spare (``workers``, ``spare``: a worker with the frameworks imported and no device context).
 
 Everything runs on one event loop; the only other thread is the worker's reply reader, which hands
 results to the loop with ``call_soon_threadsafe``.
 
 Around the owner, each in its module: a model's record and its row (``model_entry``), the path from
-a lease to the worker and back (``inference``), the idle reaper (``reaper``), the worker process
-itself (``worker``, ``worker_child``).
+a lease to the worker and back (``inference``), the idle reaper (``reaper``), the worker and its spare
+(``workers``, ``spare``), the worker process itself (``worker``, ``worker_child``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ from .model_entry import ModelEntry, model_row
 from .reaper import reap_idle
 from .settings import HostSettings
 from .states import ModelState, check_transition
-from .worker import WorkerDied, WorkerError, WorkerProcess
+from .worker import WorkerDied, WorkerError
+from .workers import WorkerSlot
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,6 @@ class ModelRuntime:
         self.settings = settings
         self.meter = meter
         self.metrics = metrics
-        self._gpu_index = gpu_index
         self.entries: dict[str, ModelEntry] = {}
         for spec in catalog.models:
             if spec.family != family:
@@ -88,16 +89,17 @@ class ModelRuntime:
             metrics.load_failures.labels(family, spec.id)
             metrics.oom_events.labels(family, spec.id)
             metrics.requests.labels(family, spec.id, "ok")
-        self._worker: WorkerProcess | None = None
-        self._worker_lock = asyncio.Lock()
+        self.workers = WorkerSlot(family=family, settings=settings, meter=meter, metrics=metrics, gpu_index=gpu_index,
+                                  backend_paths=[e.backend_path for e in self.entries.values()],
+                                  on_crash=self._on_worker_crash)
         self._reaper: asyncio.Task | None = None
         self._background: set[asyncio.Future] = set()
-        metrics.worker_up.labels(family).set(0)
 
     # lifecycle of the runtime --------------------------------------------------------------------
 
     def start(self) -> None:
         self._reaper = asyncio.create_task(reap_idle(self), name=f"{self.family}-reaper")
+        self.workers.start()
 
     async def close(self) -> None:
         if self._reaper is not None:
@@ -111,12 +113,7 @@ class ModelRuntime:
             if entry.batcher is not None:
                 await entry.batcher.close()
                 entry.batcher = None
-        # Detach the worker before stopping it, as _stop_worker does: its exit is then an orderly
-        # stop, not a crash that fails every READY model and counts worker_exits{cause="crashed"}.
-        worker, self._worker = self._worker, None
-        if worker is not None:
-            await worker.stop()
-            self.metrics.worker_up.labels(self.family).set(0)
+        await self.workers.close()
 
     # the one place state changes ---------------------------------------------------------------
 
@@ -160,24 +157,16 @@ class ModelRuntime:
             # UNLOADED or FAILED: start a load; concurrent callers find it in entry.load_task.
             self._transition(entry, S.LOADING)
             entry.load_task = asyncio.create_task(self._load(entry), name=f"load-{name}")
+            # A spare the load took is replaced once the load is over, so its imports do not slow the load.
+            entry.load_task.add_done_callback(lambda _: self.workers.replenish())
             await asyncio.shield(entry.load_task)
             if entry.state is S.FAILED:
                 raise ModelLoadFailed(f"model {name} failed to load: {entry.reason}")
 
-    async def _ensure_worker(self) -> WorkerProcess:
-        async with self._worker_lock:
-            if self._worker is None or self._worker.dead:
-                worker = WorkerProcess(gpu_index=self._gpu_index, on_exit=self._on_worker_exit,
-                                       threads=self.settings.worker_threads)
-                await worker.start(self.settings.worker_start_timeout_s)
-                self._worker = worker
-                self.metrics.worker_up.labels(self.family).set(1)
-            return self._worker
-
     async def _load(self, entry: ModelEntry) -> None:
         spec = entry.spec
         try:
-            worker = await self._ensure_worker()
+            worker = await self.workers.ensure()
             info = await worker.call(
                 "load",
                 {"spec": spec.model_dump(), "backend_path": entry.backend_path, "cache_dir": str(self.settings.cache_dir)},
@@ -193,7 +182,7 @@ class ModelRuntime:
             return
         except asyncio.TimeoutError:
             self._fail_load(entry, f"load did not finish within {self.settings.load_timeout_s:.0f} s")
-            await self._restart_worker("load timed out")
+            self.workers.kill("load timed out")
             return
         except Exception as e:  # never leave a model stuck in LOADING
             log.exception("model %s: load failed unexpectedly", spec.id)
@@ -221,7 +210,7 @@ class ModelRuntime:
         entry.last_used = entry.loaded_at
         entry.last_used_mono = time.monotonic()
         entry.batcher = make_batcher(entry, family=self.family, settings=self.settings, metrics=self.metrics,
-                                     current_worker=lambda: self._worker, kill_worker=self._restart_worker)
+                                     current_worker=lambda: self.workers.worker, kill_worker=self._kill_worker)
         entry.batcher.start()
         self.metrics.memory.labels(self.family, spec.id).set(entry.memory_bytes)
         self.metrics.peak_memory.labels(self.family, spec.id).set(entry.peak_memory_bytes)
@@ -306,20 +295,20 @@ class ModelRuntime:
             entry.batcher = None
         freed = 0
         worker_stopped = False
-        worker = self._worker
+        worker = self.workers.worker
         try:
-            if worker is not None and not worker.dead:
+            if worker is not None:
                 others = [e for e in self.entries.values() if e is not entry and e.state in (S.READY, S.LOADING, S.UNLOADING)]
                 if others:
                     reply = await worker.call("unload", {"model": name}, timeout_s=self.settings.load_timeout_s)
                     freed = int(reply["freed_bytes"])
                 else:
-                    freed = await self._stop_worker(f"last model ({name}) unloaded")
+                    freed = await self.workers.stop(f"last model ({name}) unloaded")
                     worker_stopped = True
         except (WorkerDied, WorkerError) as e:
             log.warning("model %s: unload met %s; the worker is gone, so is the model", name, e)
         except asyncio.TimeoutError:
-            await self._restart_worker(f"unload of {name} timed out")
+            self.workers.kill(f"unload of {name} timed out")
         unload_s = time.perf_counter() - t0
         entry.device = None
         entry.memory_bytes = None
@@ -334,36 +323,15 @@ class ModelRuntime:
 
     # worker --------------------------------------------------------------------------------------
 
-    async def _stop_worker(self, why: str) -> int:
-        """End the worker and return the device bytes it held (measured before it ended)."""
-        worker = self._worker
-        if worker is None:
-            return 0
-        held = self.meter.process_bytes(worker.pid) if worker.pid else 0
-        self._worker = None
-        log.info("stopping the %s worker (pid %s): %s", self.family, worker.pid, why)
-        await worker.stop(timeout_s=10.0)
-        self.metrics.worker_up.labels(self.family).set(0)
-        self.metrics.worker_restarts.labels(self.family, "stopped").inc()
-        return held
-
     async def _stop_worker_if_empty(self) -> None:
         if not any(e.state in (S.READY, S.LOADING, S.UNLOADING) for e in self.entries.values()):
-            await self._stop_worker("no model resident")
+            await self.workers.stop("no model resident")
 
-    async def _restart_worker(self, why: str) -> None:
-        """A hung worker: kill it; every model it held becomes FAILED through _on_worker_exit."""
-        worker = self._worker
-        if worker is not None:
-            log.error("killing the %s worker (pid %s): %s", self.family, worker.pid, why)
-            worker.kill()
+    async def _kill_worker(self, why: str) -> None:
+        """A hung worker: kill it; every model it held becomes FAILED through _on_worker_crash."""
+        self.workers.kill(why)
 
-    def _on_worker_exit(self, worker: WorkerProcess, code: int | None) -> None:
-        if worker is not self._worker:
-            return  # an orderly stop already accounted for
-        self._worker = None
-        self.metrics.worker_up.labels(self.family).set(0)
-        self.metrics.worker_restarts.labels(self.family, "crashed").inc()
+    def _on_worker_crash(self, code: int | None) -> None:
         for entry in self.entries.values():
             if entry.state in (S.READY, S.UNLOADING):
                 if entry.batcher is not None:
@@ -388,5 +356,5 @@ class ModelRuntime:
 
     @property
     def worker_pid(self) -> int | None:
-        return self._worker.pid if self._worker is not None and not self._worker.dead else None
+        return self.workers.pid
 

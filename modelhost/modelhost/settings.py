@@ -28,6 +28,11 @@ class HostSettings(BaseSettings):
     worker_threads: int | None = Field(
         None, ge=1, description="CPU threads for the frameworks in the worker (OMP/MKL); None = one fewer than "
         "the cores, leaving one to the HTTP process.")
+    spare_worker: bool = Field(
+        True, description="Keep a warm spare worker process: the family's frameworks imported, no device touched "
+        "(no CUDA context, no device memory), so a load into a family whose worker had ended does not wait for a "
+        "process start and its imports. Costs the spare's host memory (torch: some hundreds of MB); turn it off "
+        "on hosts tight on RAM.")
     force_device: str | None = Field(
         None, description="Run every catalog model on this device (e.g. cpu), whatever the catalog says.")
     log_level: str = Field("INFO", description="Log level.")

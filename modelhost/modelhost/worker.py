@@ -7,7 +7,7 @@ model holds no device memory at all.
 
 Protocol (pickled tuples over a socketpair, one request at a time per model, replies in any order):
 
-    parent → child   (msg_id, op, payload)      op ∈ load, unload, infer, memory, shutdown
+    parent → child   (msg_id, op, payload)      op ∈ preload, load, unload, infer, memory, shutdown
     child → parent   (msg_id, "ok", payload) | (msg_id, "err", {"kind", "message"})
 
 This module holds what both sides share (the errors, ``ItemOutcome``) and the parent's side,
@@ -66,15 +66,19 @@ class ItemOutcome:
 # --------------------------------------------------------------------------------------------
 
 
+ExitCallback = Callable[["WorkerProcess", "int | None"], None]
+"""Called on the event loop once a worker's process has exited, with its exit code."""
+
+
 class WorkerProcess:
     """The parent's handle on one worker child. All methods are called from the event loop;
     replies arrive on a reader thread and resolve futures on the loop."""
 
-    def __init__(self, *, gpu_index: int | None, on_exit: Callable[["WorkerProcess", int | None], None],
+    def __init__(self, *, gpu_index: int | None, on_exit: ExitCallback,
                  threads: int | None = None) -> None:
         self._gpu_index = gpu_index
         self._threads = threads if threads is not None else max(1, (os.cpu_count() or 2) - 1)
-        self._on_exit = on_exit
+        self.on_exit = on_exit  # reassigned when a warm spare becomes the family's worker (``modelhost.spare``)
         self._proc: subprocess.Popen | None = None
         self._conn: Connection | None = None
         self._pending: dict[int, asyncio.Future] = {}
@@ -144,7 +148,7 @@ class WorkerProcess:
             self._conn.close()
         if not self._stopping:
             log.error("worker (pid %s) exited unexpectedly with code %s", self.pid, code)
-        self._on_exit(self, code)
+        self.on_exit(self, code)
 
     async def call(self, op: str, payload: dict, timeout_s: float | None = None) -> Any:
         if self.dead or self._conn is None or self._loop is None:

@@ -109,6 +109,15 @@ def _release_host_memory() -> None:
         pass
 
 
+def _device_initialized() -> bool:
+    """Whether this process has initialised CUDA through torch (a spare must not have)."""
+    torch = sys.modules.get("torch")
+    try:
+        return bool(torch is not None and torch.cuda.is_initialized())
+    except Exception:  # pragma: no cover - a torch without cuda bindings
+        return False
+
+
 class _Child:
     def __init__(self, conn: Connection, gpu_index: int | None) -> None:
         self.conn = conn
@@ -217,6 +226,20 @@ class _Child:
             log.warning("worker: inference failed: %s: %s", type(e).__name__, e)
             return [ItemOutcome(ok=False, kind="inference_failed", message=f"{type(e).__name__}: {e}")]
 
+    def op_preload(self, payload: dict) -> dict:
+        """Make this process a warm spare: import the family's backends and their frameworks
+        (``Backend.preload``). Imports only: no device is touched, so a spare holds no device memory;
+        the load that takes it creates the CUDA context. A load may arrive while this runs: it then
+        waits on the same import locks instead of importing twice."""
+        from .backend import preload_modules
+
+        t0 = time.perf_counter()
+        imported, failed = preload_modules(list(payload["backend_paths"]))
+        for name, why in failed.items():
+            log.warning("worker: preload of %s failed: %s", name, why)
+        return {"imported": imported, "failed": failed, "preload_s": time.perf_counter() - t0,
+                "device_initialized": _device_initialized()}
+
     def op_memory(self, payload: dict) -> dict:
         return {"bytes": self.meter.read().bytes, "models": sorted(self.models)}
 
@@ -235,7 +258,8 @@ class _Child:
             if op == "memory":
                 self.reply(msg_id, lambda p=payload: self.op_memory(p))
                 continue
-            handler = {"load": self.op_load, "unload": self.op_unload, "infer": self.op_infer}.get(op)
+            handler = {"load": self.op_load, "unload": self.op_unload, "infer": self.op_infer,
+                       "preload": self.op_preload}.get(op)
             if handler is None:
                 self.send((msg_id, "err", {"kind": "bad_op", "message": f"unknown op {op!r}"}))
                 continue

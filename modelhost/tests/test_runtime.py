@@ -40,6 +40,7 @@ async def make_runtime(tmp_path: Path):
     made: list[ModelRuntime] = []
 
     def make(*specs: ModelSpec, **settings: Any) -> ModelRuntime:
+        settings.setdefault("spare_worker", False)  # these tests count worker processes; test_spare.py has the spare
         rt = ModelRuntime(
             family="arith",
             catalog=Catalog(models=list(specs)),
@@ -361,7 +362,7 @@ async def test_worker_crash_fails_the_request_and_models_and_next_load_starts_a_
 async def test_closing_the_runtime_ends_the_worker_without_counting_a_crash(make_runtime, wait_until) -> None:
     rt = make_runtime(spec("a"))
     await rt.ensure_ready("a")
-    worker = rt._worker  # its exit callback arrives from the reader thread, possibly after close() returns
+    worker = rt.workers.worker  # its exit callback arrives from the reader thread, possibly after close() returns
     await asyncio.wait_for(rt.close(), DEADLINE_S)
     assert not psutil.pid_exists(worker.pid)
     await wait_until(lambda: worker.dead, "the worker's exit has been handled")

@@ -53,3 +53,10 @@ class ArithmeticBackend(Backend):
 
     def close(self) -> None:
         self._ballast = None
+
+
+class PreloadingArithmeticBackend(ArithmeticBackend):
+    """The same, declaring what a warm spare imports for it: a module that exists and one that does not
+    (a spare whose preload partly fails must still be a usable worker)."""
+
+    preload = ("colorsys", "roundhouse_no_such_module")
