@@ -10,18 +10,16 @@ so a symlink swapped after the job was created cannot lead outside either.
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from modelhost.errors import BadRequest, Forbidden, PayloadTooLarge
 
+from .files import GLOB_CHARS, Budget, glob, glob_base, open_regular, walk
 from .kinds import kind_of
-
-GLOB_CHARS = frozenset("*?[")
 
 
 def sniff_kind(head: bytes) -> str:
@@ -54,14 +52,18 @@ class Library:
             raise Forbidden(f"{shown or path} is outside the library roots", param="paths", code="outside_library")
         return real
 
-    def expand(self, specs: list[str], kinds: frozenset[str], *, max_items: int) -> list[tuple[str, str, str]]:
+    def expand(self, specs: list[str], kinds: frozenset[str], *, max_items: int,
+               tick: Callable[[], None] = lambda: None) -> list[tuple[str, str, str]]:
         """(source, real path, kind) for every file the paths, folders and globs name, in a stable order.
-        A relative path is taken inside the first root.
+        A relative path is taken inside the first root. Blocking, bounded (``files.Budget``: 413
+        ``too_many_entries``, 400 ``listing_timeout``); run it on a ``files.Lane`` (``tick`` is its watch).
         Files named one by one are taken whatever their kind (the job records an error for a kind its task
-        cannot read); folders and globs contribute only files of ``kinds``."""
+        cannot read); folders and globs contribute only files of ``kinds``. A FIFO, socket or device is
+        taken like a file: reading it fails that item alone (``not_a_regular_file``)."""
         if not self.roots:
             raise Forbidden("this gateway has no library roots (GATEWAY_LIBRARY_ROOTS); upload the files instead",
                             param="paths", code="no_library_roots")
+        budget = Budget(tick=tick)
         out: list[tuple[str, str, str]] = []
         seen: set[str] = set()
 
@@ -78,53 +80,30 @@ class Library:
                 raise BadRequest("each path must be a non-empty string", param="paths")
             path = spec if os.path.isabs(spec) else os.path.join(self.roots[0], spec)
             if any(c in path for c in GLOB_CHARS):
-                base = _glob_base(path)
-                self.check(base, shown=spec)
-                matches = sorted(glob.glob(path, recursive=True))
-                for m in matches:
+                self.check(glob_base(path), shown=spec)
+                for m in glob(path, budget):
                     real = self.check(m, shown=m)
-                    if os.path.isfile(real) and kind_of(real) in kinds:
+                    if not os.path.isdir(real) and kind_of(real) in kinds:
                         add(m, real)
                 continue
             real = self.check(path, shown=spec)
             if os.path.isdir(real):
-                for f in _walk(real):
+                for f in walk(real, budget):
                     if kind_of(f) in kinds:
                         add(f, self.check(f, shown=f))
-            elif os.path.isfile(real):
+            elif os.path.exists(real):
                 add(path, real)
             else:
                 raise BadRequest(f"{spec} does not exist", param="paths", code="path_not_found")
         return out
 
     def open_checked(self, path: str) -> BinaryIO:
-        """Open a library file for reading after checking, again, where it really is."""
+        """Open a library file for reading after checking, again, where it really is; a regular file only
+        (``files.NotRegularFile`` otherwise: a FIFO's open would wait for a writer for ever)."""
         real = os.path.realpath(path)
         if not self.inside(real):
             raise PermissionError(f"{path} now resolves outside the library roots")
-        return open(real, "rb")
-
-
-def _glob_base(pattern: str) -> str:
-    """The folder a glob starts from: its leading components without glob characters."""
-    parts = Path(pattern).parts
-    base: list[str] = []
-    for part in parts:
-        if any(c in part for c in GLOB_CHARS):
-            break
-        base.append(part)
-    return str(Path(*base)) if base else "/"
-
-
-def _walk(folder: str) -> list[str]:
-    """Every file under ``folder`` in path order; hidden files and folders are skipped; symlinked
-    folders are not followed (they could lead anywhere, or in circles), symlinked files are (and are
-    checked like any other path)."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        out += [os.path.join(dirpath, name) for name in filenames if not name.startswith(".")]
-    return sorted(out)
+        return open_regular(real)
 
 
 class BlobStore:
@@ -171,8 +150,9 @@ class BlobStore:
         return n
 
 
-def sha256_file(f: BinaryIO) -> str:
+def sha256_file(f: BinaryIO, tick: Callable[[], None] = lambda: None) -> str:
     h = hashlib.sha256()
     while chunk := f.read(1 << 20):
         h.update(chunk)
+        tick()
     return h.hexdigest()

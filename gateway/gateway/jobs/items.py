@@ -2,7 +2,8 @@
 
 A worker takes an item from its job's queue and
 
-1. checks that the task reads the item's kind, reads and hashes the file in a thread (``reading``);
+1. checks that the task reads the item's kind, reads and hashes the file on the file lane (``reading``,
+   ``files.Lane``: a read that stalls for ``files.STALL_S`` is an attempt that failed, ``read_stalled``);
 2. asks ``Dedup`` for the result under the task's key: stored, in flight for an identical item, or
    computed now by the task adapter, whose every service call goes through ``ItemContext.infer`` and so
    through the job's ``Pace`` (``pacing``);
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from ..access import Upstream
 from .dedup import Dedup
 from .events import JobEvents, Throughput
+from .files import STALL_S, Lane, Stalled
 from .media import MediaError
 from .pacing import MAX_BACKOFF_S, JobFatal, Pace, RetryItem
 from .reading import ItemReader
@@ -51,6 +53,9 @@ if TYPE_CHECKING:
     from .runner import RunnerParts
 
 log = logging.getLogger(__name__)
+
+READ_THREADS = 8
+"""Most item files read at once, over every job (what a hung mount can hold at worst)."""
 
 
 @dataclass
@@ -80,6 +85,7 @@ class Items:
         self.dedup = dedup
         self.events = events
         self.request_timeout_s = request_timeout_s
+        self.files = Lane("job-files", threads=READ_THREADS, stall_s=STALL_S)
 
     async def work(self, run: JobRun, queue: asyncio.Queue[Item]) -> None:
         """One worker: items from ``queue`` until cancelled, or until one finds the job cannot go on."""
@@ -143,14 +149,14 @@ class Items:
         ctx = ItemContext(self, run)
         try:
             if item.kind == "image":
-                data, sha, problem = await asyncio.to_thread(self.reader.read_image, item)
+                data, sha, problem = await self.files.run(self.reader.read_image, item)
 
                 async def compute() -> Any:
                     if problem is not None:
                         raise problem
                     return await task.image(ctx, data)
             else:
-                sha = await asyncio.to_thread(self.reader.hash_file, item)
+                sha = await self.files.run(self.reader.hash_file, item)
                 path = self.reader.path_of(item)
 
                 async def compute() -> Any:
@@ -162,6 +168,8 @@ class Items:
             return sha, key, body, reused
         except MediaError as e:
             raise ItemFailed(e.code, e.message)
+        except Stalled as e:  # a hung mount may come back: an attempt, like a 5xx
+            raise RetryItem("read_stalled", f"{item.source} could not be read: {e}")
 
 
 class ItemContext:

@@ -11,16 +11,21 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from modelhost.catalog import Catalog
-from modelhost.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+from modelhost.errors import BadRequest, Conflict, NotFound, Overloaded, PayloadTooLarge
 from modelhost.families import default_model
 
 from ..access import ModelAccess
+from .files import LISTING_TIMEOUT_S, Lane, LaneFull, Stalled
 from .inputs import BlobStore, Library, kind_of, sniff_kind
 from .reading import ItemLimits
 from .runner import JobRunner, RunnerParts, new_job_id
 from .schemas import InputsRequest, JobRequest
 from .store import ACTIVE_STATES, CANCELLED, COMPLETED, AsyncStore, NewItem
 from .tasks import TASKS, Task
+
+
+LISTING_THREADS = 4
+"""Most requests' paths listed at once (what listings stuck on a hung mount can hold at worst)."""
 
 
 @dataclass
@@ -40,6 +45,7 @@ class Jobs:
         self.access = access
         self.settings = settings
         self.gateway_settings = gateway_settings
+        self.listing = Lane("job-listing", threads=LISTING_THREADS, stall_s=LISTING_TIMEOUT_S)
 
     @classmethod
     def build(cls, data_dir: Path, settings: Any, gateway_settings: Any, *, access: ModelAccess, catalog: Catalog,
@@ -86,8 +92,17 @@ class Jobs:
         self.access.client(spec)  # 503 when its service is not configured
         return cls, model, cls.parse_params(options, spec)
 
-    def resolve_paths(self, cls: type[Task], paths: list[str], already: int = 0) -> list[NewItem]:
-        found = self.library.expand(paths, cls.kinds, max_items=self.settings.jobs_max_items - already)
+    async def resolve_paths(self, cls: type[Task], paths: list[str], already: int = 0) -> list[NewItem]:
+        """The items ``paths`` name, listed off the event loop; 4xx when the listing is too big, too slow or
+        stuck (a hung mount: 400 ``listing_timeout``; 429 while every listing thread is stuck on one)."""
+        try:
+            found = await self.listing.run(self.library.expand, paths, cls.kinds,
+                                           max_items=self.settings.jobs_max_items - already)
+        except LaneFull as e:
+            raise Overloaded(f"the library is not answering: {e}", param="paths", code="library_busy",
+                             retry_after_s=LISTING_TIMEOUT_S) from None
+        except Stalled as e:
+            raise BadRequest(f"listing the paths stalled: {e}", param="paths", code="listing_timeout") from None
         return [NewItem(source=src, path=real, upload=False, kind=kind) for src, real, kind in found]
 
     async def store_uploads(self, uploads: list[Upload]) -> list[NewItem]:
@@ -107,7 +122,7 @@ class Jobs:
         """A new job from a validated request: its status (the job is stored before this returns)."""
         cls, model, params = self.prepare(req.task, req.model, req.options.given() if req.options else {})
         paths = req.path_list()
-        items = self.resolve_paths(cls, paths) if paths else []
+        items = await self.resolve_paths(cls, paths) if paths else []
         return await self.create(cls, model, params, items, uploads, open_=req.open)
 
     async def create(self, cls: type[Task], model: str, params: dict[str, Any], paths: list[NewItem],
@@ -131,7 +146,7 @@ class Jobs:
                            code="job_closed")
         cls = self.task_class(job["task"])
         paths = req.path_list()
-        items = self.resolve_paths(cls, paths, job["n_total"]) if paths else []
+        items = await self.resolve_paths(cls, paths, job["n_total"]) if paths else []
         if job["n_total"] + len(items) + len(uploads) > self.settings.jobs_max_items:
             raise PayloadTooLarge(f"a job holds at most {self.settings.jobs_max_items} items", code="too_many_items")
         with self.runner.receiving_uploads():

@@ -95,7 +95,7 @@ def _content_type(request: Request) -> str:
              "in multipart) under GATEWAY_LIBRARY_ROOTS. With `open=true` the job takes more inputs through "
              "POST /v1/jobs/{id}/inputs until one says `close=true`.",
              responses={201: {"headers": {"Location": {"description": "The job's URL.", "schema": {"type": "string"}}}},
-                        **error_responses(400, 404, 413, 415, 503), **OUTSIDE_LIBRARY},
+                        **error_responses(400, 404, 413, 415, 429, 503), **OUTSIDE_LIBRARY},
              openapi_extra=request_body(JobRequest, JobForm))
 async def create_job(request: Request, response: Response) -> Any:
     jobs = jobs_of(request)
@@ -112,7 +112,7 @@ async def create_job(request: Request, response: Response) -> Any:
 
 @router.post("/v1/jobs/{job_id}/inputs", response_model=Job, response_model_exclude_unset=True,
              summary="Add inputs to an open job",
-             responses={**error_responses(400, 404, 409, 413, 415, 422), **OUTSIDE_LIBRARY},
+             responses={**error_responses(400, 404, 409, 413, 415, 422, 429), **OUTSIDE_LIBRARY},
              openapi_extra=request_body(InputsRequest, InputsForm))
 async def add_inputs(request: Request, job_id: str) -> Any:
     jobs = jobs_of(request)
