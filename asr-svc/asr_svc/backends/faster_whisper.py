@@ -60,6 +60,8 @@ def compute_type_for(spec: ModelSpec, device: str, supported: set[str]) -> str:
 
 
 class FasterWhisperTranscriber(Backend):
+    preload = ("ctranslate2", "faster_whisper")  # what a warm spare imports ahead (``Backend.preload``)
+
     def __init__(self, spec: ModelSpec, cache_dir: str) -> None:
         super().__init__(spec, cache_dir)
         o = spec.options

@@ -40,6 +40,8 @@ DEFAULT_VAD_WINDOW_S = 0.3
 
 
 class PocketsphinxTranscriber(Backend):
+    preload = ("pocketsphinx",)  # what a warm spare imports ahead (``Backend.preload``)
+
     def __init__(self, spec: ModelSpec, cache_dir: str) -> None:
         super().__init__(spec, cache_dir)
         self.decoder: Any = None

@@ -32,6 +32,8 @@ SUPPORTED_DTYPES = ("float32", "float16")
 
 
 class WhisperTranscriber(Backend):
+    preload = ("torch", "whisper")  # what a warm spare imports ahead (``Backend.preload``)
+
     def __init__(self, spec: ModelSpec, cache_dir: str) -> None:
         super().__init__(spec, cache_dir)
         o = spec.options

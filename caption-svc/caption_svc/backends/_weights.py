@@ -13,6 +13,15 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_DTYPES = ("float32", "float16", "bfloat16")
 
+TRANSFORMERS_PRELOAD = (
+    "torch",
+    "transformers.models.auto.modeling_auto",
+    "transformers.models.auto.processing_auto",
+    "transformers.models.auto.image_processing_auto",
+    "transformers.models.auto.tokenization_auto",
+)
+"""What every caption backend's load imports first (``Backend.preload``: a warm spare imports it ahead)."""
+
 
 def torch_dtype(spec: ModelSpec, device: str) -> Any:
     """The torch dtype for ``spec.dtype`` on ``device``. CPU always runs float32: half precision there is

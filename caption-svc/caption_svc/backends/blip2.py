@@ -29,7 +29,7 @@ from modelhost.backend import Backend, torch_device
 from modelhost.catalog import ModelSpec
 
 from ..items import CaptionItem, PromptFillsContext
-from ._weights import pretrained_kwargs, torch_dtype
+from ._weights import TRANSFORMERS_PRELOAD, pretrained_kwargs, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,15 @@ DEFAULT_MAX_NEW_TOKENS = 30
 
 
 class Blip2Captioner(Backend):
+    preload = (
+        *TRANSFORMERS_PRELOAD,
+        "transformers.models.blip_2.modeling_blip_2",
+        "transformers.models.blip_2.processing_blip_2",
+        "transformers.models.blip.image_processing_blip",
+        "transformers.models.opt.modeling_opt",
+        "transformers.models.gpt2.tokenization_gpt2",
+    )
+
     def __init__(self, spec: ModelSpec, cache_dir: str) -> None:
         super().__init__(spec, cache_dir)
         self.model: Any = None

@@ -31,7 +31,7 @@ from modelhost.backend import Backend, torch_device
 from modelhost.catalog import ModelSpec
 
 from ..items import CaptionItem
-from ._weights import pretrained_kwargs, torch_dtype
+from ._weights import TRANSFORMERS_PRELOAD, pretrained_kwargs, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,15 @@ DEFAULT_PROMPT = "Describe this image in one sentence."
 
 
 class QwenVLCaptioner(Backend):
+    preload = (
+        *TRANSFORMERS_PRELOAD,
+        "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl",
+        "transformers.models.qwen2_5_vl.processing_qwen2_5_vl",
+        "transformers.models.qwen2_vl.image_processing_qwen2_vl",
+        "transformers.models.qwen2_vl.video_processing_qwen2_vl",
+        "transformers.models.qwen2.tokenization_qwen2",
+    )
+
     def __init__(self, spec: ModelSpec, cache_dir: str) -> None:
         super().__init__(spec, cache_dir)
         self.model: Any = None

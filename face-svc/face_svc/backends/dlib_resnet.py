@@ -66,6 +66,8 @@ def models_dir(source: str) -> Path:
 
 
 class DlibFaceAnalyzer(Backend):
+    preload = ("dlib", "cv2")  # what a warm spare imports ahead (``Backend.preload``)
+
     def __init__(self, spec: ModelSpec, cache_dir: str) -> None:
         super().__init__(spec, cache_dir)
         o = spec.options

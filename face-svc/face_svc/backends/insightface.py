@@ -44,6 +44,8 @@ BOX_MARGIN = 0.5
 
 
 class InsightFaceAnalyzer(Backend):
+    preload = ("onnxruntime", "cv2")  # what a warm spare imports ahead (``Backend.preload``)
+
     def __init__(self, spec: ModelSpec, cache_dir: str) -> None:
         super().__init__(spec, cache_dir)
         o = spec.options

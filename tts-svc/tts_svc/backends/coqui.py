@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 
 class CoquiSynthesizer(Backend):
+    preload = ("torch", "TTS.api")  # what a warm spare imports ahead (``Backend.preload``)
+
     def __init__(self, spec: ModelSpec, cache_dir: str) -> None:
         super().__init__(spec, cache_dir)
         self.tts: Any = None

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class PiperSynthesizer(Backend):
+    preload = ("onnxruntime", "piper")  # what a warm spare imports ahead (``Backend.preload``)
+
     def __init__(self, spec: ModelSpec, cache_dir: str) -> None:
         super().__init__(spec, cache_dir)
         self.voice: Any = None
