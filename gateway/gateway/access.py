@@ -37,6 +37,7 @@ from .coordinator.loop import Coordinator
 from .coordinator.policy import INTERACTIVE
 from .metrics import GatewayMetrics
 from .schemas import AdminLoaded, AdminUnloaded
+from .tenants import Tenants
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +106,13 @@ class Upstream:
 
 class ModelAccess:
     def __init__(self, catalog: Catalog, clients: dict[str, ModelHostClient], metrics: GatewayMetrics,
-                 coordinator: Coordinator, *, request_timeout_s: float) -> None:
+                 coordinator: Coordinator, *, request_timeout_s: float, tenants: Tenants | None = None) -> None:
         self.catalog = catalog
         self.clients = clients
         self.metrics = metrics
         self.coordinator = coordinator
         self.request_timeout_s = request_timeout_s
+        self.tenants = tenants or Tenants([])
 
     def spec(self, model_id: str, family: str | None = None) -> ModelSpec:
         spec = self.catalog.get(model_id)
@@ -120,7 +122,9 @@ class ModelAccess:
         return spec
 
     def client(self, spec: ModelSpec) -> ModelHostClient:
-        client = self.clients.get(spec.family)
+        """The model's server: an external tenant's (chosen by the model: llm models live on several
+        servers), else its family service's."""
+        client = self.tenants.client(spec) or self.clients.get(spec.family)
         if client is None:
             raise ServiceNotConfigured(f"no {spec.family} service is configured (GATEWAY_SERVICES)")
         return client

@@ -1,6 +1,8 @@
 """The coordinator's reach into the world, behind one narrow interface: load, unload (with
 verified release), read a service's models, and read a device's meter. The real one talks HTTP to the family services
-and reads NVML; tests and the simulator use their own."""
+and to the servers of external tenants (``gateway.tenants``: the llm family, whose models may live on several
+servers, so the client is chosen by the model, never by its family alone) and reads NVML; tests and the
+simulator use their own."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from modelhost.contract import ModelRow
 from modelhost.errors import UpstreamError
 from modelhost.meter import MemoryMeter, MeterError
 
+from ..tenants import TenantClient, Tenants
 from .actions import Released
 
 __all__ = ["Effects", "HttpEffects", "Loaded", "Released"]
@@ -45,19 +48,50 @@ class Effects(Protocol):
 
 class HttpEffects:
     def __init__(self, clients: dict[str, ModelHostClient], meters: dict[str, MemoryMeter | None], *,
-                 load_timeout_s: float, release_timeout_s: float, release_tolerance: float = 0.8) -> None:
+                 load_timeout_s: float, release_timeout_s: float, release_tolerance: float = 0.8,
+                 tenants: Tenants | None = None) -> None:
         self.clients = clients
         self.meters = meters  # device -> NVML meter; None where the device is the host
         self.load_timeout_s = load_timeout_s
         self.release_timeout_s = release_timeout_s
         self.release_tolerance = release_tolerance
+        self.tenants = tenants or Tenants([])
+
+    def client(self, spec: ModelSpec) -> ModelHostClient:
+        """The server of ``spec``: its tenant server's client, else its family service's."""
+        return self.tenants.client(spec) or self.clients[spec.family]
+
+    def _meter(self, spec: ModelSpec) -> MemoryMeter | None:
+        return self.meters.get(spec.device if ":" in spec.device else ("cuda:0" if spec.wants_gpu else "cpu"))
 
     async def load(self, spec: ModelSpec) -> Loaded:
-        row = await self.clients[spec.family].load(spec.id, timeout_s=self.load_timeout_s)
-        if row.peak_memory_bytes is None:
+        """Load and measure. A family service measures its worker's peak; a tenant's server gives its own
+        figure (Ollama's ``size_vram``); one that gives none (llama-swap) is measured by what the meter saw
+        the load take, else charged at the catalog's estimate."""
+        client = self.client(spec)
+        tenant = isinstance(client, TenantClient)
+        before = self._used(spec) if tenant else None
+        row = await client.load(spec.id, timeout_s=self.load_timeout_s)
+        peak = row.peak_memory_bytes
+        if peak is None and tenant:
+            after = self._used(spec)
+            peak = after - before if before is not None and after is not None and after > before \
+                else spec.memory_estimate_bytes
+            log.info("%s: %s gives no memory figure; charged %.0f MiB (%s)", spec.id, client.name, peak / 2**20,
+                     "the meter's difference" if peak != spec.memory_estimate_bytes else "the catalog's estimate")
+        if peak is None:
             raise UpstreamError(f"{spec.id} was loaded but its service measured no peak_memory_bytes",
                                 code="bad_upstream_response")
-        return Loaded(peak_memory_bytes=row.peak_memory_bytes, load_s=row.ready_s, device=str(row.device))
+        return Loaded(peak_memory_bytes=peak, load_s=row.ready_s, device=str(row.device or spec.device))
+
+    def _used(self, spec: ModelSpec) -> int | None:
+        meter = self._meter(spec)
+        if meter is None:
+            return None
+        try:
+            return meter.device().used_bytes
+        except MeterError:
+            return None
 
     async def unload(self, spec: ModelSpec, charged_bytes: int) -> Released:
         """Unload and verify: the service says the memory is freed AND the meter agrees, within a
@@ -71,7 +105,7 @@ class HttpEffects:
         meter could not see the worker) is verified by NVML alone, and not at all when NVML shows
         nothing back (it used to be verified by 0 >= 0)."""
         t0 = time.monotonic()
-        meter = self.meters.get(spec.device if ":" in spec.device else ("cuda:0" if spec.wants_gpu else "cpu"))
+        meter = self._meter(spec)
         used_before: int | None = None
         meter_error: MeterError | None = None
         if meter is not None:
@@ -79,7 +113,11 @@ class HttpEffects:
                 used_before = meter.device().used_bytes
             except MeterError as e:
                 meter_error = e  # the service is asked all the same
-        reply = await self.clients[spec.family].unload(spec.id, drain=True, timeout_s=self.release_timeout_s + self.load_timeout_s)
+        client = self.client(spec)
+        # A family service drains the model first (its requests may run long); a tenant's server is
+        # asked once nothing of ours is in flight, and given the release's time to let go.
+        timeout_s = self.release_timeout_s if isinstance(client, TenantClient) else self.release_timeout_s + self.load_timeout_s
+        reply = await client.unload(spec.id, drain=True, timeout_s=timeout_s)
         freed, stopped = reply.freed_bytes, reply.worker_stopped
 
         def done(verified: bool, detail: str, back: int | None = None, used: int | None = None) -> Released:
@@ -117,6 +155,9 @@ class HttpEffects:
         return None if meter is None else meter.device().used_bytes
 
     async def models(self, family: str) -> list[ModelRow]:
+        """What ``family`` holds: its service's rows, or for the llm family every tenant server's."""
+        if self.tenants.serves(family):
+            return await self.tenants.models(family)
         return (await self.clients[family].models()).data
 
 
