@@ -2,7 +2,9 @@
 policies for comparison, with modelled load, unload and inference times.
 
 Used by the tests (the invariants on recorded and random traces) and by ``bench/scheduler.py``.
-Nothing here sleeps: time is a number that jumps from event to event.
+Nothing here sleeps: time is a number that jumps from event to event. A swap costs each model's
+fixed ``load_s``/``unload_s``, or, for a model whose family has ``WorkerCosts``, what its family's
+worker process makes it cost (cold start, live worker, warm spare), the same for every policy.
 """
 
 from __future__ import annotations
@@ -47,6 +49,60 @@ class SimModel:
     group: str | None = None
     fail_load: bool = False
     zombie_s: float | None = None  # its releases go unverified: the memory shows back this long after (None: at once)
+    family: str | None = None  # its service; with ``WorkerCosts`` for it, those replace load_s and unload_s
+
+
+@dataclass(frozen=True)
+class WorkerCosts:
+    """What a family service's worker process makes its swaps cost (measured: bench/README.md)."""
+
+    cold_load_s: float  # a load that starts the worker: the process, its imports (on a GPU its context), the weights
+    live_load_s: float  # a load into a live worker of the family, or into a warm spare
+    stop_s: float  # the unload of the family's last resident model: its worker ends
+    live_unload_s: float = 0.05  # an unload that leaves the worker running
+    spare: bool = False  # a warm spare: started when a worker starts, ready cold_load_s - live_load_s later
+
+
+class Workers:
+    """The world's worker processes as swaps see them: which models each family's worker holds, and
+    when its warm spare is ready. ``load_s``/``unload_s`` price a load or unload starting now and
+    record it; ``gone`` says a model left (its unload or failed load ended)."""
+
+    def __init__(self, models: dict[str, SimModel], costs: dict[str, WorkerCosts] | None) -> None:
+        self.models = models
+        self.costs = costs or {}
+        self.held: set[str] = set()  # loading or loaded, in the world
+        self.spare_ready: dict[str, float] = {f: 0.0 for f in self.costs}  # the service started with one
+
+    def _family(self, model: str) -> tuple[str | None, WorkerCosts | None]:
+        fam = self.models[model].family
+        return fam, self.costs.get(fam) if fam is not None else None
+
+    def _live(self, model: str, fam: str) -> bool:
+        return any(self.models[m].family == fam for m in self.held if m != model)
+
+    def load_s(self, model: str, now: float) -> float:
+        fam, c = self._family(model)
+        live = fam is not None and self._live(model, fam)
+        self.held.add(model)
+        if c is None:
+            return self.models[model].load_s
+        if live:
+            return c.live_load_s
+        if not c.spare:
+            return c.cold_load_s
+        handoff = max(now, self.spare_ready[fam])  # a spare still importing is waited for
+        self.spare_ready[fam] = handoff + c.cold_load_s - c.live_load_s  # the next spare starts
+        return handoff - now + c.live_load_s
+
+    def unload_s(self, model: str) -> float:
+        fam, c = self._family(model)
+        if c is None:
+            return self.models[model].unload_s
+        return c.live_unload_s if self._live(model, fam) else c.stop_s
+
+    def gone(self, model: str) -> None:
+        self.held.discard(model)
 
 
 @dataclass
@@ -106,13 +162,15 @@ class _ModelServer:
 
 def simulate_core(trace: list[TraceRequest], models: dict[str, SimModel], budget_bytes: int,
                   config: PolicyConfig | None = None, *, check: bool = True, max_queue: int = 10_000,
-                  unloads: Sequence[TraceUnload] = ()) -> SimResult:
+                  unloads: Sequence[TraceUnload] = (), workers: dict[str, WorkerCosts] | None = None) -> SimResult:
     """Run ``trace`` (and the operator ``unloads``, ticket = their index) through the real Core.
     ``check`` verifies the invariants after every event. The device's meter reads the ledger's
     charges plus the memory of the zombies (``SimModel.zombie_s``) still held; a ``Recheck`` is
-    answered with that reading 50 ms later."""
+    answered with that reading 50 ms later. Every load and verified unload reports its time, so the
+    Core learns them as in production."""
     infos = {m: ModelInfo(m, s.footprint_bytes, pin=s.pin, priority=s.priority, group=s.group,
-                          load_s=s.load_s, unload_s=s.unload_s) for m, s in models.items()}
+                          load_s=s.load_s, unload_s=s.unload_s, family=s.family) for m, s in models.items()}
+    world = Workers(models, workers)
     core = Core("sim", budget_bytes, infos, config=config or PolicyConfig(), max_queue=max_queue)
     seq = itertools.count()
     heap: list[tuple[float, int, str, tuple]] = []
@@ -151,9 +209,11 @@ def simulate_core(trace: list[TraceRequest], models: dict[str, SimModel], budget
                 if a.model in loads_in_flight or a.model in core.resident:
                     double_loads += 1
                 loads_in_flight.add(a.model)
-                push(now + models[a.model].load_s, "load_done", a.model)
+                load_s = world.load_s(a.model, now)
+                push(now + load_s, "load_done", a.model, load_s)
             elif isinstance(a, Unload):
-                push(now + models[a.model].unload_s, "unload_done", a.model)
+                unload_s = world.unload_s(a.model)
+                push(now + unload_s, "unload_done", a.model, unload_s)
             elif isinstance(a, UnloadAnswer):
                 answers.setdefault(a.ticket, []).append(a.outcome)
             elif isinstance(a, Wake):
@@ -186,16 +246,20 @@ def simulate_core(trace: list[TraceRequest], models: dict[str, SimModel], budget
                 apply(core.release(model, now), now)
             kick(model, now)
         elif kind == "load_done":
-            (model,) = args
+            model, load_s = args
             loads_in_flight.discard(model)
             spec = models[model]
+            if spec.fail_load:
+                world.gone(model)
             apply(core.load_done(model, now, ok=not spec.fail_load, peak_memory_bytes=spec.footprint_bytes,
-                                 load_s=spec.load_s, reason="simulated load failure"), now)
+                                 load_s=load_s, reason="simulated load failure"), now)
         elif kind == "unload_done":
-            (model,) = args
+            model, unload_s = args
+            world.gone(model)
             zombie_s = models[model].zombie_s
             if zombie_s is None:
-                apply(core.unload_done(model, now), now)
+                charged = core.unloading.get(model, 0)
+                apply(core.unload_done(model, now, Released(charged, True, unload_s, "simulated", worker_stopped=True)), now)
             else:
                 charged, used = core.unloading.get(model, 0), device_used(now)
                 zombies.append((now + zombie_s, charged))
@@ -216,11 +280,17 @@ def simulate_core(trace: list[TraceRequest], models: dict[str, SimModel], budget
 
 
 def simulate_fifo(trace: list[TraceRequest], models: dict[str, SimModel], budget_bytes: int, *,
-                  group_same_model: bool = False) -> SimResult:
-    """The classic proxy policy (llama-swap's): requests in arrival order; a request for a model
-    that is not loaded waits for in-flight work to finish, evicts least recently used models until
-    it fits, and loads. With ``group_same_model``, a swap also pulls every queued request for the
-    new model forward (the common improvement)."""
+                  group_same_model: bool = False, workers: dict[str, WorkerCosts] | None = None) -> SimResult:
+    """FIFO that swaps on every model change: requests in arrival order, one at a time; a request
+    for a model that is not loaded waits for in-flight work to finish, evicts least recently used
+    models until it fits, and loads. ``group_same_model``: llama-swap's router instead, which
+    serves a loaded model's requests at once and lets one swap serve every request queued for its
+    model (``peers.simulate_llama_swap``)."""
+    if group_same_model:
+        from .peers import simulate_llama_swap  # it builds on this module
+
+        return simulate_llama_swap(trace, models, budget_bytes, workers=workers)
+    world = Workers(models, workers)
     queue: collections.deque[tuple[int, TraceRequest]] = collections.deque()
     resident: dict[str, float] = {}  # model -> last used
     outcomes = {i: Outcome(i, r.model, r.lane, r.at) for i, r in enumerate(trace)}
@@ -231,61 +301,33 @@ def simulate_fifo(trace: list[TraceRequest], models: dict[str, SimModel], budget
     in_flight_until = 0.0  # all dispatched work is done by then
     server_free: dict[str, float] = {m: 0.0 for m in models}
 
-    def serve(batch: list[int], model: str, t: float) -> float:
-        # the model's batcher: consecutive batches of max_batch
-        spec = models[model]
-        start = max(t, server_free[model])
-        for k in range(0, len(batch), spec.max_batch):
-            for i in batch[k:k + spec.max_batch]:
-                outcomes[i].granted = t
-                outcomes[i].done = start + spec.batch_s
-            start += spec.batch_s
-        server_free[model] = start
-        resident[model] = t
-        return start
-
     while arrivals or queue:
         if not queue:
             i, r = arrivals.popleft()
             now = max(now, r.at)
             queue.append((i, r))
         i, r = queue.popleft()
-        # take in every arrival up to now
-        while arrivals and arrivals[0][1].at <= now:
+        while arrivals and arrivals[0][1].at <= now:  # take in every arrival up to now
             queue.append(arrivals.popleft())
-        batch = [i]
-        if group_same_model:
-            keep = collections.deque()
-            for j, rr in queue:
-                if rr.model == r.model:
-                    batch.append(j)
-                else:
-                    keep.append((j, rr))
-            queue = keep
         if r.model not in resident:
             now = max(now, in_flight_until)  # drain in-flight work before swapping
             spec = models[r.model]
             while sum(models[m].footprint_bytes for m in resident) + spec.footprint_bytes > budget_bytes and resident:
                 victim = min(resident, key=resident.get)
                 del resident[victim]
-                now += models[victim].unload_s
-            now += spec.load_s
+                now += world.unload_s(victim)
+                world.gone(victim)
+            now += world.load_s(r.model, now)
             swaps += 1
-            # requests that arrived during the swap join the queue
-            while arrivals and arrivals[0][1].at <= now:
-                queue.append(arrivals.popleft())
-            if group_same_model:
-                keep = collections.deque()
-                for j, rr in queue:
-                    if rr.model == r.model:
-                        batch.append(j)
-                    else:
-                        keep.append((j, rr))
-                queue = keep
         max_used = max(max_used, sum(models[m].footprint_bytes for m in resident) + models[r.model].footprint_bytes)
-        in_flight_until = max(in_flight_until, serve(batch, r.model, now))
-    name = "fifo+grouping" if group_same_model else "fifo"
-    return SimResult(name, [outcomes[i] for i in sorted(outcomes)], swaps, max_used, 0)
+        spec = models[r.model]  # its batcher: the request joins the next batch
+        start = max(now, server_free[r.model])
+        outcomes[i].granted = now
+        outcomes[i].done = start + spec.batch_s
+        server_free[r.model] = start + spec.batch_s
+        resident[r.model] = now
+        in_flight_until = max(in_flight_until, server_free[r.model])
+    return SimResult("fifo", [outcomes[i] for i in sorted(outcomes)], swaps, max_used, 0)
 
 
 # Traces -------------------------------------------------------------------------------------------
