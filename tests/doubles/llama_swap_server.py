@@ -16,7 +16,9 @@ mostlygeek/llama-swap):
 - ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings`` for the model the body names: the
   models form one swap group, so a request for a model that is not running stops the others, starts it,
   then answers (the upstream's OpenAI shapes; SSE ``data: {...}`` then ``data: [DONE]`` when streaming);
-  ``GET /v1/models`` lists every model with its ``status``.
+  ``GET /v1/models`` lists every model with its ``status``;
+- ``/upstream/{model}/{path}``: the passthrough to that model's own server, started (swapped in) first;
+  the stand-in's server answers ``health`` (``{"status": "ok"}``, as llama.cpp's) and the OpenAI routes.
 
 Errors are llama-swap's envelope ``{"src": "llama-swap", "error": {"message", "type", "param", "code"}}``.
 Test-only routes and fault knobs: ``llm_stand_in.py``.
@@ -100,6 +102,22 @@ class LlamaSwap:
         return handler
 
 
+    async def upstream(self, request: web.Request) -> web.StreamResponse:
+        """``/upstream/{model}/{path}``: llama-swap's passthrough to the model's own server, which it starts
+        first (swapping the others out); the stand-in's "llama-server" answers ``/health`` and the OpenAI routes."""
+        name, path = request.match_info["model"], request.match_info["path"]
+        if name not in self.models:
+            return error(404, "model not found")
+        await self.residency.load(name, evict_others=True)
+        if path == "health":
+            return web.json_response({"status": "ok"})
+        route = {"v1/chat/completions": "chat", "v1/completions": "completions", "v1/embeddings": "embeddings"}.get(path)
+        if route is None or request.method != "POST":
+            return web.json_response({"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}},
+                                     status=404)
+        return await openai_answer(request, self.shapes, self.faults, route, name, await request.json())
+
+
 def create_app(models: dict[str, ModelConf], resident: list[str]) -> web.Application:
     calls: list[dict] = []
     faults: dict = {}
@@ -115,6 +133,7 @@ def create_app(models: dict[str, ModelConf], resident: list[str]) -> web.Applica
     app.router.add_post("/v1/chat/completions", swap.proxied("chat"))
     app.router.add_post("/v1/completions", swap.proxied("completions"))
     app.router.add_post("/v1/embeddings", swap.proxied("embeddings"))
+    app.router.add_route("*", "/upstream/{model}/{path:.*}", swap.upstream)
     add_test_routes(app, calls, faults)
 
     async def preload(app: web.Application) -> None:
