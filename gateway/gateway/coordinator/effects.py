@@ -45,6 +45,10 @@ class Effects(Protocol):
         Raises ``MeterError`` when the meter cannot read it."""
         ...
 
+    def device_total(self, device: str) -> int | None:
+        """The device's total bytes by its meter; None where it is not metered. Raises ``MeterError``."""
+        ...
+
 
 class HttpEffects:
     def __init__(self, clients: dict[str, ModelHostClient], meters: dict[str, MemoryMeter | None], *,
@@ -153,6 +157,10 @@ class HttpEffects:
     def device_used(self, device: str) -> int | None:
         meter = self.meters.get(device)
         return None if meter is None else meter.device().used_bytes
+
+    def device_total(self, device: str) -> int | None:
+        meter = self.meters.get(device)
+        return None if meter is None else meter.device().total_bytes
 
     async def models(self, family: str) -> list[ModelRow]:
         """What ``family`` holds: its service's rows, or for the llm family every tenant server's."""
