@@ -158,3 +158,22 @@ def request_body(*, multipart: type[BaseModel], json: type[BaseModel]) -> dict[s
         "multipart/form-data": {"schema": multipart.model_json_schema()},
         "application/json": {"schema": json.model_json_schema()},
     }}}
+
+
+def json_request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The ``openapi_extra`` of a route that reads its JSON body itself: the model's schema, with the
+    schemas it nests written in place (a ``$defs`` reference would not resolve inside the document)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}

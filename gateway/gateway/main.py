@@ -29,9 +29,10 @@ from .gpu_metrics import GpuCollector
 from .jobs.service import Jobs
 from .metrics import GatewayMetrics
 from .observe import ObserveMiddleware
-from .routers import audio_speech, audio_transcriptions, captions, faces, health, models
+from .routers import audio_speech, audio_transcriptions, captions, faces, health, models, openai
 from .routers import jobs as jobs_router
 from .state import Gateway
+from .tenants import Tenants
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
     metrics = GatewayMetrics()
     metrics.init_labels([m.id for m in catalog.models], [SERVICE_NAMES.get(f, f"{f}-svc") for f in settings.services])
     metrics.registry.register(GpuCollector())  # NVML read at scrape time; roundhouse_gpu_nvml_available 0 without it
-    missing = sorted(set(catalog.families) - set(settings.services))
+    missing = sorted({m.family for m in catalog.models if not m.tenant} - set(settings.services))
     if missing:
         log.warning("catalog families without a service URL (requests to them get 503): %s", ", ".join(missing))
 
@@ -57,10 +58,12 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
         session = new_session()
         clients = {family: ModelHostClient(SERVICE_NAMES.get(family, f"{family}-svc"), url, session)
                    for family, url in settings.services.items()}
+        tenants = Tenants.build(catalog, session)  # the servers of the llm models (Ollama, llama-swap, http)
+        metrics.init_labels([], tenants.names)
         the_meters = meters if meters is not None else open_meters(catalog)
         budgets = memory_budgets(catalog, cs, the_meters)
         effects = HttpEffects(clients, the_meters, load_timeout_s=settings.load_timeout_s,
-                              release_timeout_s=cs.release_timeout_s)
+                              release_timeout_s=cs.release_timeout_s, tenants=tenants)
         policy = PolicyConfig(max_wait_s=cs.max_wait_s, interactive_patience_s=cs.interactive_patience_s,
                               bulk_patience_s=cs.bulk_patience_s, idle_grace_s=cs.idle_grace_s, swap_batch=cs.swap_batch)
         coordinator = Coordinator(catalog, effects, budgets, FootprintStore(cs.data_dir / "footprints.json"),
@@ -68,7 +71,8 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
         await coordinator.reconcile_all()
         reconciler = asyncio.create_task(_reconcile_forever(coordinator, cs.reconcile_interval_s)) \
             if cs.reconcile_interval_s else None
-        access = ModelAccess(catalog, clients, metrics, coordinator, request_timeout_s=settings.request_timeout_s)
+        access = ModelAccess(catalog, clients, metrics, coordinator, request_timeout_s=settings.request_timeout_s,
+                             tenants=tenants)
         app.state.gateway = Gateway(settings, catalog, metrics, session, clients, access, time.time(),
                                     coordinator, the_meters)
         # Bulk jobs: their database and uploads live beside the footprints, in the data directory.
@@ -76,8 +80,9 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
         app.state.jobs = jobs
         await jobs.start()
         log.info("coordinator budgets: %s", {d: f"{b / 2**20:.0f} MiB" for d, b in budgets.items()})
-        log.info("gateway on %s:%d: %d model(s), services %s, auth %s", settings.host, settings.port,
-                 len(catalog.models), settings.services, "on" if settings.api_keys else "OFF (no GATEWAY_API_KEYS)")
+        log.info("gateway on %s:%d: %d model(s), services %s, tenants %s, auth %s", settings.host, settings.port,
+                 len(catalog.models), settings.services, tenants.names or "none",
+                 "on" if settings.api_keys else "OFF (no GATEWAY_API_KEYS)")
         try:
             yield
         finally:
@@ -90,7 +95,8 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
     app = FastAPI(
         title="Roundhouse",
         version="0.1.0",
-        description="Many model families on one GPU box: captions, faces, speech-to-text, text-to-speech.",
+        description="Many model families on one GPU box: captions, faces, speech-to-text, text-to-speech, and the "
+                    "OpenAI routes of the LLM servers (Ollama, llama-swap) that share the GPU.",
         lifespan=lifespan,
         # The gateway exports its own Prometheus metrics; FastAPI's OpenTelemetry probe costs every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -98,7 +104,7 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
     install_error_handlers(app, "gateway")
     # The inference routes first: they are the hot path, matched on every request.
     for router in (captions.router, faces.router, audio_speech.router, audio_transcriptions.router,
-                   models.router, health.router):
+                   openai.router, models.router, health.router):
         app.include_router(router)
     app.include_router(jobs_router.router)
     # Outermost last: ObserveMiddleware sees every answer, the 401s included.

@@ -7,23 +7,29 @@ import asyncio
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
+from modelhost.catalog import ModelSpec
+from modelhost.client import ModelHostClient
 from modelhost.contract import ModelRow, ModelsReply
 from modelhost.errors import NotFound, RoundhouseError, error_responses, request_id_of
 from modelhost.meter import HostMeter, MeterError
 
 from ..coordinator.views import MeterReading
 from ..schemas import AdminGpu, AdminLoaded, AdminModel, AdminModels, AdminService, AdminUnloaded, ModelCard, ModelList
-from ..state import gw
+from ..state import Gateway, gw
 
 router = APIRouter()
 
 
 @router.get("/v1/models", response_model=ModelList, tags=["models"], summary="List catalog models (OpenAI-compatible)",
+            description="Every model of the catalog: those of Roundhouse's own services (`owned_by` roundhouse) and "
+                        "those of the LLM servers it shares the GPU with (family llm, `owned_by` the server: ollama, "
+                        "llama-swap, http), whose OpenAI routes it proxies.",
             responses=error_responses(401))
 async def list_models(request: Request) -> ModelList:
     g = gw(request)
     created = int(g.started_at)
-    return ModelList(data=[ModelCard(id=m.id, created=created, family=m.family, backend=m.backend) for m in g.catalog.models])
+    return ModelList(data=[ModelCard(id=m.id, created=created, family=m.family, backend=m.backend,
+                                     owned_by=m.backend if m.tenant else "roundhouse") for m in g.catalog.models])
 
 
 @router.get("/admin/models", response_model=AdminModels, tags=["admin"],
@@ -31,24 +37,27 @@ async def list_models(request: Request) -> ModelList:
 async def admin_models(request: Request) -> AdminModels:
     g = gw(request)
 
-    async def fetch(family: str) -> tuple[str, ModelsReply | None, str | None]:
-        try:
-            return family, await g.clients[family].models(), None
-        except RoundhouseError as e:
-            g.metrics.upstream_errors.labels(g.clients[family].name, "models").inc()
-            return family, None, e.message
+    # Each family service, and each server of external tenants (by its name: one Ollama serves several models).
+    servers: dict[str, ModelHostClient] = {**g.clients, **{t.name: t for t in g.access.tenants.clients}}
 
-    answers = await asyncio.gather(*(fetch(f) for f in g.clients))
+    async def fetch(key: str) -> tuple[str, ModelsReply | None, str | None]:
+        try:
+            return key, await servers[key].models(), None
+        except RoundhouseError as e:
+            g.metrics.upstream_errors.labels(servers[key].name, "models").inc()
+            return key, None, e.message
+
+    answers = await asyncio.gather(*(fetch(k) for k in servers))
     live: dict[str, ModelRow] = {}
     services: dict[str, AdminService] = {}
-    for family, body, error in answers:
-        url = g.clients[family].base_url
+    for key, body, error in answers:
+        url = servers[key].base_url
         if body is None:
-            services[family] = AdminService(url=url, reachable=False, error=error)
+            services[key] = AdminService(url=url, reachable=False, error=error)
             continue
-        services[family] = AdminService(url=url, reachable=True, worker_pid=body.worker_pid,
-                                        worker_memory_bytes=body.worker_memory_bytes, meter=body.meter, device=body.device,
-                                        error=body.meter_error)
+        services[key] = AdminService(url=url, reachable=True, worker_pid=body.worker_pid,
+                                     worker_memory_bytes=body.worker_memory_bytes, meter=body.meter, device=body.device,
+                                     spare=body.spare, error=body.meter_error)
         live.update((m.id, m) for m in body.data)
     rows = []
     for spec in g.catalog.models:
@@ -56,13 +65,18 @@ async def admin_models(request: Request) -> AdminModels:
         ledger = g.coordinator.model_state(spec.id)
         rows.append(AdminModel(
             id=spec.id, family=spec.family,
-            service=g.clients[spec.family].name if spec.family in g.clients else "not configured",
+            service=_server(g, spec),
             device_requested=spec.device, memory_estimate_bytes=spec.memory_estimate_bytes, **_as_served(m),
             queue_depth=ledger.queue_depth + (m.queue_depth if m else 0),
             ledger_state=ledger.ledger_state, device_ledger=ledger.device_ledger, charged_bytes=ledger.charged_bytes,
             ttl_s=spec.ttl_s, pin=spec.pin, priority=spec.priority, group=spec.group,
         ))
     return AdminModels(data=rows, services=services)
+
+
+def _server(g: Gateway, spec: ModelSpec) -> str:
+    client = g.access.tenants.client(spec) or g.clients.get(spec.family)
+    return client.name if client is not None else "not configured"
 
 
 _SERVED = {"state", "reason", "device", "memory_bytes", "peak_memory_bytes", "load_s", "last_used", "in_flight"}
