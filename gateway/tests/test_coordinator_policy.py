@@ -117,3 +117,20 @@ def test_a_model_of_an_exclusive_group_evicts_its_group_mates_even_when_memory_s
 def test_a_model_bigger_than_the_budget_is_never_planned() -> None:
     models = {"A": ModelInfo("A", 20 * GiB)}
     assert plan_swap(snap(models=models, queues={"A": [w("A", 0)]})) is None
+
+
+def test_patience_pays_each_swap_at_its_learnt_cost() -> None:
+    # A cold caption worker: 6.84 s to load, 0.4 s for the resident's worker to end (learnt, not the
+    # 0.5 s guess). 3 models waiting, 30 s max wait: patience ends at 30 - 3 * 7.24 = 8.28 s.
+    models = {m: ModelInfo(m, 4 * GiB, load_s=6.84, unload_s=0.4) for m in "ABCD"}
+    busy = {"A": Resident(4 * GiB, in_flight=1, last_used=99.9)}
+    waiting = {"B": [w("B", 100 - 8.3)], "C": [w("C", 99.0)], "D": [w("D", 99.5)]}
+    s = snap(budget=6 * GiB, models=models, resident=busy, queues=waiting, bulk_patience_s=100, max_wait_s=30)
+    assert plan_swap(s).load == "B"
+    waiting["B"] = [w("B", 100 - 8.2)]
+    s = snap(budget=6 * GiB, models=models, resident=busy, queues=waiting, bulk_patience_s=100, max_wait_s=30)
+    assert plan_swap(s) is None
+    models["A"].unload_s = 0.1  # a faster release learnt: the bound moves later (30 - 3 * 6.94 = 9.18 s)
+    waiting["B"] = [w("B", 100 - 9.1)]
+    s = snap(budget=6 * GiB, models=models, resident=busy, queues=waiting, bulk_patience_s=100, max_wait_s=30)
+    assert plan_swap(s) is None
