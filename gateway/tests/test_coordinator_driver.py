@@ -45,7 +45,8 @@ class Clock:
 class RecordingEffects:
     """Every call is recorded in ``calls``; a load or an unload then waits until the test completes it
     (``finish``) with a result or an exception. ``rows`` is what ``models(family)`` answers, ``used``
-    what ``device_used(device)`` does (None: not metered)."""
+    what ``device_used(device)`` does (None: not metered), ``totals`` what ``device_total(device)`` does;
+    an exception in either is raised by the read (a lost GPU)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
@@ -53,6 +54,7 @@ class RecordingEffects:
         self.pending: dict[tuple[str, str], asyncio.Future] = {}
         self.rows: dict[str, list[ModelRow] | RoundhouseError] = {}
         self.used: dict[str, int | None] = {}
+        self.totals: dict[str, int | None | Exception] = {}
 
     async def _wait(self, kind: str, model: str) -> Any:
         self.calls.append((kind, model))
@@ -77,6 +79,12 @@ class RecordingEffects:
     def device_used(self, device: str) -> int | None:
         self.calls.append(("meter", device))
         return self.used.get(device)
+
+    def device_total(self, device: str) -> int | None:
+        total = self.totals.get(device)
+        if isinstance(total, Exception):
+            raise total
+        return total
 
     def count(self, kind: str, model: str) -> int:
         return self.calls.count((kind, model))
@@ -283,8 +291,12 @@ def test_every_failure_kind_maps_to_exactly_one_error() -> None:
     assert set(FAIL_ERRORS) == set(FailKind)
     assert {kind: cls.status for kind, (cls, _) in FAIL_ERRORS.items()} == {
         FailKind.QUEUE_FULL: 429, FailKind.NOT_READY_IN_TIME: 503, FailKind.TOO_LARGE: 503,
-        FailKind.LOAD_FAILED: 500, FailKind.DEADLINE: 504, FailKind.MEMORY_UNVERIFIED: 503}
-    assert FAIL_ERRORS[FailKind.MEMORY_UNVERIFIED][0].retryable  # transient: a bulk job pauses, not fails
+        FailKind.LOAD_FAILED: 500, FailKind.DEADLINE: 504, FailKind.MEMORY_UNVERIFIED: 503,
+        FailKind.FOREIGN_MEMORY: 503, FailKind.OUT_OF_MEMORY: 503}
+    for transient in (FailKind.MEMORY_UNVERIFIED, FailKind.FOREIGN_MEMORY):  # a bulk job pauses, not fails
+        assert FAIL_ERRORS[transient][0].retryable and FAIL_ERRORS[transient][0].code == "model_not_ready"
+    cls, retry_after_s = FAIL_ERRORS[FailKind.OUT_OF_MEMORY]
+    assert cls.code == "insufficient_memory" and retry_after_s is not None  # said when to come back
 
 
 async def test_a_caller_that_goes_away_while_waiting_leaves_the_queue(world: World) -> None:

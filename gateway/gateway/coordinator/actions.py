@@ -25,6 +25,8 @@ class FailKind(_Kind):
     LOAD_FAILED = "load_failed"  # the load it waited for failed
     DEADLINE = "deadline"  # its deadline passed while it waited
     MEMORY_UNVERIFIED = "memory_unverified"  # it fits the budget only once releases no one verified are let go
+    FOREIGN_MEMORY = "foreign_memory"  # it fits the budget, but not the device's room beside memory not ours
+    OUT_OF_MEMORY = "out_of_memory"  # its load ran out of device memory twice, the second time after evictions
 
 
 class UnloadReason(_Kind):
@@ -34,6 +36,7 @@ class UnloadReason(_Kind):
     REQUEST = "request"  # an operator asked (POST /admin/models/{id}/unload)
     OVER_BUDGET = "over_budget"  # a first measurement over the estimate pushed the ledger past the budget
     RECONCILE = "reconcile"  # found loaded at its service, unknown to the ledger, and over the budget
+    FOREIGN = "foreign"  # memory not ours grew: the device's room no longer holds what the ledger charges
 
 
 class UnloadOutcome(_Kind):

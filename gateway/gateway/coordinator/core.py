@@ -2,12 +2,11 @@
 
 ``Core`` is synchronous and owns every piece of state. The world talks to it only through events
 (``arrive``, ``release``, ``cancel``, ``tick``, ``load_done``, ``unload_done``, ``request_unload``,
-``vanished``, ``reconcile``, ``rechecked``, ``forget_unverified``); each returns the actions the
-world must carry out (grant or fail a request, start a load or an unload, answer an operator's
-unload, re-read the truth, wake me at time t). The asyncio run loop (``loop.py``) and the
-virtual-clock simulator (``sim.py``) are the two worlds, so the same code is tested on recorded
-traces and runs for real. Every decision about what the world's news means for the ledger is made
-here (and in ``reconciliation.py``, which it calls), never in a world.
+``vanished``, ``reconcile``, ``rechecked``, ``metered``, ``forget_unverified``); each returns the
+actions the world must carry out (grant or fail a request, start a load or an unload, answer an
+operator's unload, re-read the truth, wake me at time t). The asyncio run loop (``loop.py``) and
+the virtual-clock simulator (``sim.py``) are the two worlds. Every decision about what the world's
+news means for the ledger is made here (and in ``reconciliation.py`` and ``foreign.py``).
 
 Invariants (checked by ``check_invariants`` after every event in the tests):
 
@@ -15,7 +14,8 @@ Invariants (checked by ``check_invariants`` after every event in the tests):
    + what releases left unverified ≤ budget. A load starts only after its evictions are released.
    The one way past it is a first measurement bigger than the estimate a model was admitted with:
    the ledger then charges the truth and at once drains and evicts others until it is back inside.
-   Bytes no one verified released stay charged until the truth is known (``unverified.py``).
+   Bytes no one verified released stay charged until the truth is known (``unverified.py``). A load
+   also fits the device's physical room beside the memory not ours (``foreign.py``).
 2. At most one swap is in flight per device; a model is never loaded twice (a model is resident,
    loading, unloading, or none of them — never two), and requests arriving during its load join it.
 3. A model with requests in flight is never unloaded; a victim is drained first (no new grants,
@@ -31,7 +31,7 @@ from __future__ import annotations
 import collections
 import logging
 
-from . import reconciliation
+from . import foreign, invariants, reconciliation
 from .actions import (
     Action,
     Fail,
@@ -68,15 +68,18 @@ __all__ = ["Action", "Core", "Fail", "FailKind", "Grant", "Held", "InvariantBrok
 log = logging.getLogger(__name__)
 
 
-class InvariantBroken(AssertionError):
-    pass
+InvariantBroken = invariants.InvariantBroken
 
 
 class Core:
     def __init__(self, device: str, budget_bytes: int, models: dict[str, ModelInfo], *,
-                 config: PolicyConfig | None = None, max_queue: int = 256) -> None:
+                 config: PolicyConfig | None = None, max_queue: int = 256, reserve_bytes: int = 0) -> None:
         self.device = device
         self.budget_bytes = budget_bytes
+        self.reserve_bytes = reserve_bytes  # kept free on the device, beside the budget (drivers, fragmentation)
+        self.total_bytes: int | None = None  # the device's total by its meter; None until metered (the host: never)
+        self.foreign_bytes = 0  # the device's used bytes beyond every charge, at the last quiet reading (foreign.py)
+        self.oom_retry: str | None = None  # the model whose load ran out of memory once and is being retried
         self.models = models
         self.config = config or PolicyConfig()
         self.max_queue = max_queue
@@ -105,7 +108,7 @@ class Core:
         return sum(self.unloading.values()) + self.unverified.total()
 
     def snapshot(self, now: float) -> Snapshot:
-        return Snapshot(now=now, budget_bytes=self.budget_bytes, models=self.models, resident=self.resident,
+        return Snapshot(now=now, budget_bytes=self.capacity(), models=self.models, resident=self.resident,
                         queues={m: list(q) for m, q in self.queues.items()},
                         reserved_bytes=self.loading_bytes + self._reserved(), config=self.config)
 
@@ -119,23 +122,12 @@ class Core:
             return "unloaded"
         return "draining" if r.draining else "ready"
 
+    def capacity(self) -> int:
+        """What the ledger may charge: the budget, or the device's room beside memory not ours if smaller."""
+        return foreign.capacity(self)
+
     def check_invariants(self) -> None:
-        if self.used_bytes() > self.budget_bytes:
-            raise InvariantBroken(f"{self.device}: ledger {self.used_bytes()} > budget {self.budget_bytes}")
-        if self.loading is not None and (self.loading in self.resident or self.loading in self.unloading):
-            raise InvariantBroken(f"{self.loading} is loading and resident/unloading at once")
-        for m in self.unloading:
-            if m in self.resident:
-                raise InvariantBroken(f"{m} is unloading and resident at once")
-        if any(b <= 0 for b in self.unverified.by_model.values()):
-            raise InvariantBroken(f"unverified entries must hold bytes: {self.unverified.by_model}")
-        for m, q in self.queues.items():
-            r = self.resident.get(m)
-            if q and r is not None and not r.draining:
-                raise InvariantBroken(f"{m} is ready but has {len(q)} waiting requests")
-        for m in self.tickets:
-            if self.state_of(m) not in ("draining", "loading", "unloading"):
-                raise InvariantBroken(f"an operator unload of {m} waits, but {m} is {self.state_of(m)}: nothing will answer it")
+        invariants.check(self)
 
     # events: requests ----------------------------------------------------------------------------
 
@@ -188,7 +180,9 @@ class Core:
     # events: the world's answers -----------------------------------------------------------------
 
     def load_done(self, model: str, now: float, *, ok: bool, peak_memory_bytes: int | None = None,
-                  load_s: float | None = None, reason: str = "") -> list[Action]:
+                  load_s: float | None = None, reason: str = "", out_of_memory: bool = False) -> list[Action]:
+        """``model``'s load is over. Failed with ``out_of_memory`` (the device had no room for it):
+        ``foreign.out_of_memory`` evicts and retries once, or refuses its waiters."""
         if model != self.loading:
             log.warning("%s: load_done for %s, which was not loading; ignored", self.device, model)
             return self._step(now)
@@ -199,6 +193,7 @@ class Core:
         info = self.models[model]
         actions: list[Action] = []
         if ok:
+            self.oom_retry = None
             charged = peak_memory_bytes if peak_memory_bytes else info.footprint_bytes
             info.footprint_bytes = max(charged, 1)
             if load_s is not None:
@@ -217,7 +212,10 @@ class Core:
                 for victim in victims:
                     self.resident[victim].draining = True
                     self.pending_unloads.setdefault(victim, UnloadReason.OVER_BUDGET)
+        elif out_of_memory:
+            actions += foreign.out_of_memory(self, model, now)
         else:
+            self.oom_retry = None
             for w in self.queues[model]:
                 actions.append(Fail(w.req_id, model, FailKind.LOAD_FAILED, reason or f"{model} failed to load"))
             self.queues[model].clear()
@@ -292,17 +290,21 @@ class Core:
         reply is current). What that means for the ledger: ``reconciliation.reconcile``."""
         return reconciliation.reconcile(self, family, held, now, since=since) + self._step(now)
 
-    def rechecked(self, now: float, *, device_used_bytes: int | None = None) -> list[Action]:
-        """The truth about the unverified bytes was read again: their services were reconciled, and
-        ``device_used_bytes`` is the meter's reading (None: none). See ``reconciliation.rechecked``."""
-        return reconciliation.rechecked(self, device_used_bytes) + self._step(now)
+    def rechecked(self, now: float, *, device_used_bytes: int | None = None, total_bytes: int | None = None) -> list[Action]:
+        """The truth was read again for requests kept out: the services of the unverified bytes were
+        reconciled, and ``device_used_bytes`` of ``total_bytes`` is the meter's reading (None: none).
+        See ``reconciliation.rechecked``."""
+        return reconciliation.rechecked(self, device_used_bytes, total_bytes) + self._step(now)
+
+    def metered(self, now: float, device_used_bytes: int | None, total_bytes: int | None) -> list[Action]:
+        """The device's meter was read (None: it could not be): ``foreign.metered``. The step then
+        evicts idle models if the room left beside memory not ours no longer holds the ledger."""
+        foreign.metered(self, device_used_bytes, total_bytes)
+        return self._step(now)
 
     def forget_unverified(self, now: float, model: str | None = None) -> list[Action]:
         """An operator says the unverified bytes of ``model`` (None: all of them) are free: let them go."""
-        for m in [model] if model is not None else list(self.unverified.by_model):
-            if m in self.unverified.by_model:
-                log.warning("%s: an operator lets go of the %.0f MiB %s's release left unverified",
-                            self.device, self.unverified.forget(m) / 2**20, m)
+        reconciliation.forget_unverified(self, model)
         return self._step(now)
 
     # the step ------------------------------------------------------------------------------------
@@ -316,6 +318,7 @@ class Core:
 
     def _step(self, now: float) -> list[Action]:
         actions: list[Action] = []
+        foreign.evict_for_room(self, now)
         # 1. Resident, non-draining models serve their waiters at once.
         for model, r in self.resident.items():
             q = self.queues[model]
@@ -326,7 +329,8 @@ class Core:
                 r.in_flight += 1
                 r.last_used = now
                 actions.append(Grant(w.req_id, model))
-        # 2. Operator and over-budget unloads: once drained, whatever the swap state (they only free memory).
+        # 2. Memory not ours grew past the room the ledger holds: idle models go (foreign.py). Then
+        # operator, foreign and over-budget unloads: once drained, whatever the swap state (they only free memory).
         for model, reason in list(self.pending_unloads.items()):
             r = self.resident.get(model)
             if r is None:
@@ -365,7 +369,8 @@ class Core:
                 info = self.models[model]
                 if not self.queues[model]:
                     self.swap = None  # its waiters went away (deadline) meanwhile
-                elif info.footprint_bytes <= self.budget_bytes - self.used_bytes():
+                    self.oom_retry = None if self.oom_retry == model else self.oom_retry
+                elif info.footprint_bytes <= self.capacity() - self.used_bytes():
                     self.loading = model
                     self.loading_bytes = info.footprint_bytes
                     self.swaps += 1
@@ -373,7 +378,7 @@ class Core:
                 else:
                     self.swap = None  # numbers changed under us (a measurement, an unverified release); plan again
                     return actions + self._step(now)
-        # 5. Requests that cannot fit while the unverified bytes stay charged: read the truth again,
+        # 5. Requests that cannot fit beside the unverified or the foreign bytes: read the truth again,
         # once nothing loads or unloads (a reading then would prove nothing; the completion steps).
         if not self.rechecking and self.loading is None and not self.unloading and reconciliation.blocked(self):
             self.rechecking = True

@@ -31,12 +31,13 @@ from modelhost.errors import (
     RoundhouseError,
 )
 
-from .actions import (Action, Fail, FailKind, Grant, Held, Load, Recheck, Released, Unload, UnloadAnswer, UnloadOutcome,
+from .actions import (Action, Fail, FailKind, Grant, Load, Recheck, Released, Unload, UnloadAnswer, UnloadOutcome,
                       UnloadReason, Wake)
 from .core import Core
 from .effects import Effects
 from .footprints import FootprintStore
 from .policy import INTERACTIVE, ModelInfo, PolicyConfig
+from .readings import WorldReads
 from .views import DeviceLedger, LedgerState, device_ledger, ledger_state
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,11 @@ FAIL_ERRORS: dict[FailKind, tuple[type[RoundhouseError], float | None]] = {
     # 503 model_not_ready, transient: the room comes back when the truth about it does (the periodic
     # reconciliation reads it again). Not InsufficientMemory: that one is permanent, and fails a bulk job.
     FailKind.MEMORY_UNVERIFIED: (ModelNotReady, 15.0),
+    # 503 model_not_ready, transient for the same reason: memory not ours comes and goes (the meter is read
+    # every meter_interval_s).
+    FailKind.FOREIGN_MEMORY: (ModelNotReady, 10.0),
+    # 503 insufficient_memory with a Retry-After: its load ran out of device memory after evictions.
+    FailKind.OUT_OF_MEMORY: (InsufficientMemory, 30.0),
 }
 
 
@@ -61,7 +67,7 @@ def device_key(spec: ModelSpec) -> str:
     return spec.device if ":" in spec.device else "cuda:0"
 
 
-class Coordinator:
+class Coordinator(WorldReads):
     def __init__(
         self,
         catalog: Catalog,
@@ -73,6 +79,8 @@ class Coordinator:
         max_queue: int,
         metrics: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        reserve_bytes: int = 0,
+        meter_interval_s: float | None = 2.0,
     ) -> None:
         self.catalog = catalog
         self.effects = effects
@@ -95,7 +103,10 @@ class Coordinator:
         for dev, models in by_device.items():
             if dev not in budgets:
                 raise ValueError(f"no memory budget for device {dev}")
-            self.cores[dev] = Core(dev, budgets[dev], models, config=config, max_queue=max_queue)
+            self.cores[dev] = Core(dev, budgets[dev], models, config=config, max_queue=max_queue,
+                                   reserve_bytes=reserve_bytes if dev != "cpu" else 0)
+        self.meter_interval_s = meter_interval_s  # how often start() reads the meters (None: never)
+        self._meter_failing: set[str] = set()
         self._ids = itertools.count(1)  # request ids and unload tickets
         self._waiting: dict[int, tuple[asyncio.Future, float, str]] = {}
         self._unloads: dict[int, asyncio.Future] = {}  # operator unload ticket -> its caller's future
@@ -255,6 +266,10 @@ class Coordinator:
             log.warning("%s: load of %s failed: %s", dev, model, e.message)
             if self.metrics is not None:
                 self.metrics.loads.labels(model, "failed").inc()
+            if e.code == "out_of_memory":  # the device had no room for it: the Core evicts and retries once
+                self._apply(dev, core.load_done(model, self.clock(), ok=False, out_of_memory=True))
+                self.schedule_reconcile(spec.family)
+                return
             if e.status in (502, 503, 504):
                 self._load_errors[model] = e  # the service is down or slow: its waiters get that, not a 500
             else:
@@ -319,55 +334,10 @@ class Coordinator:
         if self.metrics is not None:
             self.metrics.release_unverified.labels(model).inc()
 
-    # reconciliation ------------------------------------------------------------------------------
-
-    def schedule_reconcile(self, family: str) -> None:
-        task = self._reconciling.get(family)
-        if task is None or task.done():
-            self._reconciling[family] = asyncio.create_task(self.reconcile(family), name=f"reconcile-{family}")
-
-    async def reconcile(self, family: str) -> None:
-        """Read ``family``'s service and hand what it holds to each device's Core (``Core.reconcile``
-        decides what that means for the ledger)."""
-        since = {dev: core.epoch for dev, core in self.cores.items()}
-        try:
-            rows = await self.effects.models(family)
-        except RoundhouseError as e:
-            log.warning("reconcile %s: service unreachable (%s); it holds nothing", family, e.message)
-            held = None
-        else:
-            held = {r.id: Held(r.peak_memory_bytes, settled=r.state == "ready") for r in rows if r.resident}
-        for dev, core in self.cores.items():
-            self._apply(dev, core.reconcile(family, held, self.clock(), since=since[dev]))
-
-    async def reconcile_all(self) -> None:
-        """Every service, then the meter of every device that still charges unverified bytes."""
-        families = sorted({s.family for s in self.catalog.models})
-        await asyncio.gather(*(self.reconcile(f) for f in families), return_exceptions=True)
-        for dev, core in self.cores.items():
-            if core.unverified.by_model:
-                self._apply(dev, core.rechecked(self.clock(), device_used_bytes=self._device_used(dev)))
-
-    async def _recheck(self, dev: str, families: tuple[str, ...]) -> None:
-        """Carry out a ``Recheck``: read the services whose releases were not verified, then the meter,
-        and always answer (requests wait for it): neither read raises."""
-        await asyncio.gather(*(self.reconcile(f) for f in families), return_exceptions=True)
-        self._apply(dev, self.cores[dev].rechecked(self.clock(), device_used_bytes=self._device_used(dev)))
-
-    def _device_used(self, dev: str) -> int | None:
-        try:
-            return self.effects.device_used(dev)
-        except Exception as e:  # a lost GPU: the unverified bytes stay charged
-            log.warning("%s: the meter cannot be read (%s); what no release verified stays charged", dev, e)
-            return None
-
-    def forget_unverified(self, dev: str, model: str | None = None) -> int:
-        """An operator's word that the unverified bytes of ``model`` (None: all) on ``dev`` are free:
-        the ledger lets them go. Returns how many bytes that was."""
-        core = self.cores[dev]
-        before = core.unverified.total()
-        self._apply(dev, core.forget_unverified(self.clock(), model))
-        return before - core.unverified.total()
+    def start(self) -> None:
+        """Read the meters every ``meter_interval_s`` (memory not ours, the room left) until ``close``."""
+        if self.meter_interval_s and any(d != "cpu" for d in self.cores):
+            self._spawn(self._meter_forever(self.meter_interval_s), "coordinator-meters")
 
     async def close(self) -> None:
         for h in self._timers.values():

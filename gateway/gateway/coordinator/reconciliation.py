@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from . import foreign
 from .actions import Action, Fail, FailKind, Held, Unload, UnloadReason
 from .policy import Resident
 
@@ -62,6 +63,8 @@ def reconcile(core: Core, family: str, held: dict[str, Held] | None, now: float,
         log.warning("%s: reconcile %s: %s is loaded at its service; the ledger charges %.0f MiB",
                     core.device, family, model, charged / 2**20)
         before = core.unverified.pop(model)  # it never left: charged as resident instead
+        # The meter read it as memory not ours until now: it is ours again, not counted twice.
+        core.foreign_bytes = max(0, core.foreign_bytes - max(0, charged - before))
         core.resident[model] = Resident(charged_bytes=charged, last_used=now, loaded_at=now)
         core.mark_changed(model)
         core.unverified.rebaseline()
@@ -73,13 +76,13 @@ def reconcile(core: Core, family: str, held: dict[str, Held] | None, now: float,
     return actions
 
 
-def rechecked(core: Core, device_used_bytes: int | None) -> list[Action]:
-    """The truth about the unverified bytes was read again (a ``Recheck``, or the periodic
-    reconciliation): their families' services were reconciled, and ``device_used_bytes`` is the
-    meter's reading now (None: the host, or a meter that failed). Taken while nothing loads or
-    unloads, a reading that shows them back lets them go. Requests that still cannot fit are then
-    refused (MEMORY_UNVERIFIED): the truth was just read. While a load or an unload is in flight
-    they wait instead; its completion asks again."""
+def rechecked(core: Core, device_used_bytes: int | None, total_bytes: int | None = None) -> list[Action]:
+    """The truth was read again (a ``Recheck``, or the periodic reconciliation): the services of the
+    unverified bytes were reconciled, and ``device_used_bytes`` is the meter's reading now (None:
+    the host, or a meter that failed). Taken while nothing loads or unloads, a reading that shows
+    the unverified bytes back lets them go, and then tells the memory not ours (``foreign.metered``).
+    Requests that still cannot fit are then refused (MEMORY_UNVERIFIED or FOREIGN_MEMORY): the truth
+    was just read. While a load or an unload is in flight they wait instead; its completion asks again."""
     core.rechecking = False
     quiet = core.loading is None and not core.unloading
     total = core.unverified.total()
@@ -89,21 +92,36 @@ def rechecked(core: Core, device_used_bytes: int | None) -> list[Action]:
             core.unverified.pop(model)
         log.info("%s: the meter shows the %.0f MiB no release verified back; the ledger lets them go",
                  core.device, total / 2**20)
+    foreign.metered(core, device_used_bytes, total_bytes)
     actions: list[Action] = []
     for model in blocked(core) if quiet else ():
-        info = core.models[model]
-        for w in core.queues[model]:
-            actions.append(Fail(w.req_id, model, FailKind.MEMORY_UNVERIFIED,
-                                f"{model} needs {info.footprint_bytes / 2**20:.0f} MiB, but "
-                                f"{core.unverified.total() / 2**20:.0f} MiB of the {core.device} budget are held by "
-                                f"releases not verified ({', '.join(sorted(core.unverified.by_model))}); try again later"))
+        need = core.models[model].footprint_bytes / 2**20
+        if foreign.blocked_kind(core, model) is FailKind.MEMORY_UNVERIFIED:
+            kind = FailKind.MEMORY_UNVERIFIED
+            message = (f"{model} needs {need:.0f} MiB, but {core.unverified.total() / 2**20:.0f} MiB of the {core.device} "
+                       f"budget are held by releases not verified ({', '.join(sorted(core.unverified.by_model))}); "
+                       "try again later")
+        else:
+            kind = FailKind.FOREIGN_MEMORY
+            message = (f"{model} needs {need:.0f} MiB, but {core.device} has {foreign.capacity(core) / 2**20:.0f} MiB of "
+                       f"room for our models beside {core.foreign_bytes / 2**20:.0f} MiB held by processes not ours "
+                       f"(held now: {foreign.holders(core)}); try again later")
+        actions += [Fail(w.req_id, model, kind, message) for w in core.queues[model]]
         core.queues[model].clear()
     return actions
 
 
 def blocked(core: Core) -> list[str]:
-    """Models with waiting requests that cannot fit while the unverified bytes stay charged."""
-    if not core.unverified.by_model:
-        return []
-    room = core.budget_bytes - core.unverified.total()
-    return [m for m, q in core.queues.items() if q and m != core.loading and core.models[m].footprint_bytes > room]
+    """Models with waiting requests that cannot fit beside the unverified bytes or the memory not ours,
+    even with every resident of ours evicted."""
+    return [m for m, q in core.queues.items()
+            if q and m != core.loading and foreign.blocked_kind(core, m) is not None]
+
+
+def forget_unverified(core: Core, model: str | None) -> None:
+    """An operator says the unverified bytes of ``model`` (None: all of them) are free. Whatever the
+    device still holds of them reads as memory not ours at the next quiet reading (``foreign.py``)."""
+    for m in [model] if model is not None else list(core.unverified.by_model):
+        if m in core.unverified.by_model:
+            log.warning("%s: an operator lets go of the %.0f MiB %s's release left unverified",
+                        core.device, core.unverified.forget(m) / 2**20, m)
