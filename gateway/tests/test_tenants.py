@@ -78,7 +78,8 @@ class Recorder:
 
 
 def fake_ollama(rec: Recorder, sizes: dict[str, int], loaded: dict[str, int], *, lag_polls: int = 0,
-                on_release: Callable[[int], None] | None = None) -> web.Application:
+                on_release: Callable[[int], None] | None = None,
+                errors: dict[str, tuple[int, str]] | None = None) -> web.Application:
     """/api/ps lists ``loaded``; /api/generate with no prompt loads, with keep_alive 0 unloads (the model
     stays listed for ``lag_polls`` reads of /api/ps, as Ollama's release runs after its answer; then
     ``on_release`` gets its bytes)."""
@@ -102,6 +103,8 @@ def fake_ollama(rec: Recorder, sizes: dict[str, int], loaded: dict[str, int], *,
         name = body["model"] if ":" in body["model"] else body["model"] + ":latest"
         if name not in sizes:
             return web.json_response({"error": f"model '{body['model']}' not found, try pulling it first"}, status=404)
+        if errors and name in errors:
+            return web.json_response({"error": errors[name][1]}, status=errors[name][0])
         if body.get("keep_alive") == 0:
             leaving[name] = lag_polls
             return web.json_response({"model": name, "response": "", "done": True, "done_reason": "unload"})
@@ -244,6 +247,23 @@ async def test_ollama_errors_keep_their_status_and_ollamas_message(session: Any)
             await client.load("ghost", timeout_s=10)
         assert e.value.status == 404 and "model 'ghost:1b' not found" in e.value.message
         assert e.value.src == client.name and client.name.startswith("ollama@127.0.0.1:")
+    finally:
+        await server.close()
+
+
+async def test_a_load_that_ran_out_of_memory_at_the_server_is_out_of_memory_for_the_coordinator(session: Any) -> None:
+    errors = {"big:70b": (500, "llama runner process has terminated: cudaMalloc failed: out of memory"),
+              "odd:1b": (500, "llama runner process has terminated: exit status 2")}
+    server = await serve(fake_ollama(Recorder(), {"big:70b": 1, "odd:1b": 1}, {}, errors=errors))
+    url = str(server.make_url(""))
+    try:
+        client = OllamaClient(url, [spec("big", "big:70b", url), spec("odd", "odd:1b", url)], session)
+        with pytest.raises(UpstreamEnvelope) as e:
+            await client.load("big", timeout_s=10)
+        assert e.value.status == 500 and e.value.code == "out_of_memory" and "cudaMalloc" in e.value.message
+        with pytest.raises(UpstreamEnvelope) as e:
+            await client.load("odd", timeout_s=10)
+        assert e.value.status == 500 and e.value.code == "upstream_error"
     finally:
         await server.close()
 

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
@@ -46,6 +47,12 @@ log = logging.getLogger(__name__)
 
 # A control call's answer is small; a longer one is a misconfigured URL.
 _MAX_ERROR_TEXT = 300
+# How the servers say a load ran out of memory. Their errors carry no code (Ollama: a 500 with
+# {"error": "llama runner process has terminated: cudaMalloc failed: out of memory"}), so this one
+# place reads their text, and only for a failed load: the coordinator's answer to out_of_memory is
+# to evict and retry once.
+_OUT_OF_MEMORY = re.compile(r"out of memory|cudaMalloc failed|unable to allocate|failed to allocate|"
+                            r"requires more (system )?memory", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -112,7 +119,12 @@ class TenantClient(ModelHostClient):
         deadline = t0 + timeout_s  # already there, perhaps still starting: wait for it to be ready
         if self.held(spec, await self.residency()) is None:
             log.info("%s: loading %s (%s)", self.name, spec.id, spec.source)
-            await self._load(spec, timeout_s)
+            try:
+                await self._load(spec, timeout_s)
+            except UpstreamEnvelope as e:
+                if e.status >= 500 and _OUT_OF_MEMORY.search(e.message):
+                    e.code = "out_of_memory"
+                raise
             deadline = time.monotonic() + self.control_timeout_s  # the server said it loaded it: it shows at once
         entry = await self._until(spec, lambda r: r is not None and r.state == "ready", deadline)
         if entry is None or entry.state != "ready":
