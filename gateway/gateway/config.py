@@ -55,6 +55,10 @@ class CoordinatorSettings(BaseSettings):
     max_queue: int = Field(512, ge=1, description="Requests that may wait for one model before 429.")
     release_timeout_s: float = Field(15.0, gt=0, description="Longest wait for an eviction's memory to show as free.")
     reconcile_interval_s: float | None = Field(15.0, gt=0, description="How often every service's models are re-read; None = only on start and errors.")
+    meter_interval_s: float | None = Field(
+        2.0, gt=0, description="How often each GPU's meter is read for memory not ours (another process on the card): "
+        "it shrinks the room for our models, and idle ones are evicted when it grows; None = only on start, at "
+        "reconciliation and when a request is kept out.")
     data_dir: Path = Field(Path("data"), description="Where the gateway keeps state (measured footprints).")
 
 

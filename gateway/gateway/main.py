@@ -67,8 +67,10 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
         policy = PolicyConfig(max_wait_s=cs.max_wait_s, interactive_patience_s=cs.interactive_patience_s,
                               bulk_patience_s=cs.bulk_patience_s, idle_grace_s=cs.idle_grace_s, swap_batch=cs.swap_batch)
         coordinator = Coordinator(catalog, effects, budgets, FootprintStore(cs.data_dir / "footprints.json"),
-                                  config=policy, max_queue=cs.max_queue, metrics=metrics)
+                                  config=policy, max_queue=cs.max_queue, metrics=metrics,
+                                  reserve_bytes=cs.gpu_reserve_mb * 2**20, meter_interval_s=cs.meter_interval_s)
         await coordinator.reconcile_all()
+        coordinator.start()  # reads the GPUs' meters every meter_interval_s: memory not ours, the room left
         reconciler = asyncio.create_task(_reconcile_forever(coordinator, cs.reconcile_interval_s)) \
             if cs.reconcile_interval_s else None
         access = ModelAccess(catalog, clients, metrics, coordinator, request_timeout_s=settings.request_timeout_s,
