@@ -9,6 +9,10 @@
   evicts it.
 - Unload: ``POST /api/generate {"model": source, "keep_alive": 0}``; ``/api/ps`` then shows it gone.
 
+A request on Ollama's OpenAI routes (what the gateway proxies) sets the model's keep_alive back to
+Ollama's default (``OLLAMA_KEEP_ALIVE``, 5 minutes): after that long idle Ollama lets the model go by
+itself, and the next reconciliation forgets it. ``OLLAMA_KEEP_ALIVE=-1`` leaves that to the coordinator.
+
 Ollama lists a name given without a tag under ``:latest`` (``llama3.1`` runs as ``llama3.1:latest``).
 """
 
