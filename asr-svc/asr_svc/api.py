@@ -17,6 +17,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from modelhost.app import host
+from modelhost.decodes import DecodeSlots
 from modelhost.errors import BadRequest, error_responses
 from modelhost.families import asr
 from modelhost.families.asr import AudioInfo, Timings, TranscriptionForm, TranscriptionResponse
@@ -66,10 +67,12 @@ async def _run(request: Request, task: asr.Task, file: UploadFile, form: Transcr
     if code is None and not caps.detects_language:
         code = next(iter(caps.languages))
     t0 = time.perf_counter()
-    data = await file.read(settings.max_upload_bytes + 1)
-    audio = await run_in_threadpool(decode_audio, data, max_bytes=settings.max_upload_bytes,
-                                    max_duration_s=settings.max_audio_s, silence_dbfs=settings.silence_dbfs)
-    del data
+    decodes: DecodeSlots = request.app.state.decodes
+    async with decodes.turn():  # the decode memory bound: read and decode in a turn
+        data = await file.read(settings.max_upload_bytes + 1)
+        audio = await run_in_threadpool(decode_audio, data, max_bytes=settings.max_upload_bytes,
+                                        max_duration_s=settings.max_audio_s, silence_dbfs=settings.silence_dbfs)
+        del data
     t1 = time.perf_counter()
     word_timestamps = form.word_timestamps
     item = TranscribeItem(audio=audio.pcm, task=task, language=code, prompt=options.prompt,

@@ -12,6 +12,11 @@ What is refused, and how:
   ``max_duration_s``, found while decoding: decoding stops at the limit, so a small file that expands to
   days of audio never fills memory. (Headers are not trusted for this: a WAV written to a pipe declares
   4 GB of data whatever it holds.)
+
+Memory: one decode holds at most ``max_duration_s`` x 16000 x 2 bytes of samples (230 MB for the default
+two hours; the samples are written once into a buffer whose pages are touched only as they fill) plus the
+upload and one decoded frame; the service runs at most ``ASR_SVC_MAX_CONCURRENT_DECODES`` at once
+(``modelhost.decodes``: 429 past those and their queue).
 * 415 ``unsupported_media_type``: not a container FFmpeg recognises, or one outside ``CONTAINERS`` (image,
   playlist and concat demuxers can open other files or URLs); 415 ``no_audio_track``: no audio stream.
 
@@ -77,34 +82,39 @@ def decode_audio(data: bytes, *, max_bytes: int, max_duration_s: float, silence_
         if not container.streams.audio:
             raise UnsupportedMediaType("the file has no audio track", param="file", code="no_audio_track")
         stream = container.streams.audio[0]
-        pcm = _decode(container, stream, max_samples=int(max_duration_s * SAMPLE_RATE), max_duration_s=max_duration_s)
+        pcm, peak = _decode(container, stream, max_samples=int(max_duration_s * SAMPLE_RATE), max_duration_s=max_duration_s)
         codec = stream.codec_context.name
         rate = int(stream.codec_context.sample_rate or stream.rate or 0)
         channels = int(stream.codec_context.channels or 0)
     if len(pcm) == 0:
         raise BadRequest("the file holds no audio samples", param="file", code="empty_audio")
-    peak = int(np.max(np.abs(pcm.astype(np.int32))))
     peak_dbfs = 20 * math.log10(peak / 32768) if peak else -math.inf
     return DecodedAudio(pcm=pcm, container=name, codec=codec, source_rate=rate, source_channels=channels,
                         peak_dbfs=peak_dbfs, silent=peak_dbfs < silence_dbfs)
 
 
-def _decode(container, stream, *, max_samples: int, max_duration_s: float) -> np.ndarray:  # noqa: ANN001
+def _decode(container, stream, *, max_samples: int, max_duration_s: float) -> tuple[np.ndarray, int]:  # noqa: ANN001
+    """(the samples, the largest absolute sample). Written into one buffer of ``max_samples`` reserved
+    up front: the pages are only touched as samples arrive, so a decode holds the audio's own size once
+    (a list of pieces joined at the end held it twice, and the peak's int32 copy twice more)."""
     import av
 
     resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-    chunks: list[np.ndarray] = []
+    out = np.empty(max_samples, np.int16)
     total = 0
+    peak = 0
 
     def take(frames: list) -> None:  # noqa: ANN001
-        nonlocal total
+        nonlocal total, peak
         for f in frames:
             chunk = f.to_ndarray().reshape(-1)
-            total += len(chunk)
-            if total > max_samples:
+            if total + len(chunk) > max_samples:
                 raise PayloadTooLarge(f"the audio is longer than the limit of {max_duration_s:.0f} s",
                                       param="file", code="audio_too_long")
-            chunks.append(chunk)
+            out[total:total + len(chunk)] = chunk
+            total += len(chunk)
+            if len(chunk):
+                peak = max(peak, int(np.abs(chunk.astype(np.int32)).max()))
 
     try:
         for frame in container.decode(stream):
@@ -113,9 +123,7 @@ def _decode(container, stream, *, max_samples: int, max_duration_s: float) -> np
     except (av.error.FFmpegError, ValueError) as e:
         raise BadRequest(f"the audio could not be decoded (truncated or corrupt): {_reason(e)}",
                          param="file", code="corrupt_audio")
-    if not chunks:
-        return np.zeros(0, np.int16)
-    return np.concatenate(chunks).astype(np.int16, copy=False)
+    return out[:total], peak
 
 
 def _reason(e: BaseException) -> str:

@@ -16,6 +16,11 @@ class AsrSettings(HostSettings):
         2 * 3600.0, gt=0,
         description="Longest audio accepted, in seconds (413 above). Checked while decoding, which stops at the "
         "limit: a small file that expands to days of audio never fills memory.")
+    max_concurrent_decodes: int = Field(
+        2, ge=1, description="Most uploads decoded at once; up to eight times as many more wait for a turn (holding "
+        "only their spooled upload), and "
+        "a request past those is 429 overloaded (Retry-After). Decode memory stays under about "
+        "max_concurrent_decodes x max_audio_s x 32 kB.")
     silence_dbfs: float = Field(
         -60.0, le=0,
         description="Audio whose loudest sample is below this level (dBFS) is silence: it gets an empty "

@@ -12,6 +12,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from modelhost.app import host
+from modelhost.decodes import DecodeSlots
 from modelhost.errors import PromptTooLong, error_responses
 from modelhost.families import validated
 from modelhost.families.caption import CaptionForm, CaptionOptions, CaptionResponse, CaptionTimings
@@ -33,11 +34,13 @@ async def caption(
     h.runtime.entry(form.model)  # 404 for an unknown model before reading the upload
     options = validated(CaptionOptions, form.model_dump(exclude={"model"}))
     t0 = time.perf_counter()
-    data = await file.read(settings.max_upload_bytes + 1)
-    image = await run_in_threadpool(
-        decode_image, data, max_bytes=settings.max_upload_bytes,
-        max_pixels=settings.max_image_pixels, max_side=settings.max_image_side,
-    )
+    decodes: DecodeSlots = request.app.state.decodes
+    async with decodes.turn():  # the decode memory bound: read and decode in a turn
+        data = await file.read(settings.max_upload_bytes + 1)
+        image = await run_in_threadpool(decode_image, data, max_bytes=settings.max_upload_bytes,
+                                        max_pixels=settings.max_image_pixels, max_side=settings.max_image_side,
+                                        max_decode_bytes=settings.max_decode_bytes)
+        del data
     t1 = time.perf_counter()
     async with h.runtime.lease(form.model) as lease:
         result = await lease.infer(CaptionItem(image=image, prompt=options.prompt, max_new_tokens=options.max_new_tokens))

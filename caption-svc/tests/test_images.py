@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import random
+import struct
 from typing import Any
 
 import numpy as np
@@ -11,12 +12,12 @@ import pytest
 from PIL import Image
 
 from caption_svc.images import decode_image
-from modelhost.errors import RoundhouseError
+from modelhost.errors import PayloadTooLarge, RoundhouseError
 
 # Pillow warns about the corrupt EXIF and TIFF tags these tests feed it on purpose.
 pytestmark = [pytest.mark.unit, pytest.mark.filterwarnings("ignore::UserWarning:PIL")]
 
-LIMITS = {"max_bytes": 10_000_000, "max_pixels": 4_000_000, "max_side": 2048}
+LIMITS = {"max_bytes": 10_000_000, "max_pixels": 4_000_000, "max_side": 2048, "max_decode_bytes": 16_000_000}
 
 
 def encode(image: Image.Image, fmt: str, **kw: Any) -> bytes:
@@ -82,3 +83,34 @@ def test_exif_orientation_is_applied(orientation: int, size: tuple[int, int]) ->
 def test_longer_side_is_scaled_to_max_side() -> None:
     data = encode(Image.new("RGB", (1000, 250), "blue"), "JPEG")
     assert decode_image(data, **{**LIMITS, "max_side": 200}).size == (200, 50)
+
+
+def lying_jpeg(width: int, height: int) -> bytes:
+    """A 48x48 JPEG of a few KB whose header says ``width`` x ``height``: it decodes, into a canvas of that size."""
+    data = bytearray(encode(NOISE.resize((48, 48)), "JPEG", quality=90))
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def test_a_jpeg_is_decoded_reduced_so_a_lying_header_never_gets_its_full_canvas(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded: list[tuple[int, int]] = []
+    load = Image.Image.load
+
+    def watched(self: Image.Image) -> Any:
+        loaded.append(self.size)
+        return load(self)
+    monkeypatch.setattr(Image.Image, "load", watched)
+    data = lying_jpeg(7000, 7000)
+    assert len(data) < 5000
+    image = decode_image(data, **{**LIMITS, "max_pixels": 50_000_000, "max_side": 640})
+    assert image.size == (640, 640)
+    assert max(w * h for w, h in loaded) == 875 * 875  # decoded at 1/8 scale: 3 MB, not 7000x7000 = 196 MB
+
+
+def test_a_canvas_over_the_decode_budget_is_413_before_decoding() -> None:
+    data = encode(Image.new("RGB", (1500, 1500), "green"), "PNG")  # PNG has no reduced decode: 9 MB of canvas
+    with pytest.raises(PayloadTooLarge) as e:
+        decode_image(data, **{**LIMITS, "max_decode_bytes": 8_000_000})
+    assert e.value.code == "decode_too_large"
+    assert decode_image(data, **{**LIMITS, "max_decode_bytes": 9_000_000}).size == (1500, 1500)

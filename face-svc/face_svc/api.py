@@ -20,6 +20,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from modelhost.app import host
+from modelhost.decodes import DecodeSlots
 from modelhost.errors import BadRequest, error_responses
 from modelhost.families import validated
 from modelhost.families.face import (DetectForm, DetectOptions, EmbedForm, FaceDetection, FaceEmbeddings,
@@ -34,10 +35,13 @@ router = APIRouter(tags=["faces"])
 ERRORS = error_responses(400, 404, 413, 415, 422, 429, 503)
 
 
-async def _decode(upload: UploadFile, settings: FaceSettings, param: str) -> Decoded:
-    data = await upload.read(settings.max_upload_bytes + 1)
-    return await run_in_threadpool(decode_image, data, max_bytes=settings.max_upload_bytes,
-                                   max_pixels=settings.max_image_pixels, max_side=settings.max_image_side, param=param)
+async def _decode(request: Request, upload: UploadFile, settings: FaceSettings, param: str) -> Decoded:
+    decodes: DecodeSlots = request.app.state.decodes
+    async with decodes.turn():  # the decode memory bound: read and decode in a turn
+        data = await upload.read(settings.max_upload_bytes + 1)
+        return await run_in_threadpool(decode_image, data, max_bytes=settings.max_upload_bytes,
+                                       max_pixels=settings.max_image_pixels, max_side=settings.max_image_side,
+                                       max_decode_bytes=settings.max_decode_bytes, param=param)
 
 
 def _max_faces(value: int | None, limit: int) -> int:
@@ -89,7 +93,7 @@ async def detect(
     options = validated(DetectOptions, form.model_dump(exclude={"model"}))
     limit = _max_faces(options.max_faces, settings.max_faces)
     t0 = time.perf_counter()
-    image = await _decode(file, settings, "file")
+    image = await _decode(request, file, settings, "file")
     t1 = time.perf_counter()
     async with h.runtime.lease(model) as lease:
         result = await lease.infer(DetectItem(image=image.pixels, max_faces=limit, embed=options.embed, crops=options.crops))
@@ -116,7 +120,7 @@ async def embed(
         raise BadRequest(f"{len(file)} crops sent; the limit is {settings.max_faces} per request", param="file",
                          code="too_many_crops")
     t0 = time.perf_counter()
-    crops = [await _decode(f, settings, "file") for f in file]
+    crops = [await _decode(request, f, settings, "file") for f in file]
     t1 = time.perf_counter()
     async with h.runtime.lease(model) as lease:
         result = await lease.infer(EmbedItem(crops=tuple(c.pixels for c in crops)))
@@ -144,8 +148,8 @@ async def verify(
     threshold = verify_threshold(spec.backend, spec.options)
     options = verify_options(form.model_dump(exclude={"model"}))
     t0 = time.perf_counter()
-    a = await _decode(file_a, settings, "file_a")
-    b = await _decode(file_b, settings, "file_b")
+    a = await _decode(request, file_a, settings, "file_a")
+    b = await _decode(request, file_b, settings, "file_b")
     boxes = (_box(options.box_a, "box_a", a), _box(options.box_b, "box_b", b))
     items = [DetectItem(image=img.pixels, max_faces=1, embed=True, boxes=None if box is None else (box,))
              for img, box in ((a, boxes[0]), (b, boxes[1]))]

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from modelhost.app import Family, create_host_app, serve
 from modelhost.catalog import load_catalog
+from modelhost.decodes import DecodeSlots
 from modelhost.meter import MemoryMeter
 
 from .api import router
@@ -17,7 +18,9 @@ FAMILY = Family(name="face", service="face-svc", backends=BACKENDS)
 
 def create_app(settings: FaceSettings | None = None, *, meter: MemoryMeter | None = None) -> FastAPI:
     settings = settings or FaceSettings()
-    return create_host_app(FAMILY, settings, load_catalog(settings.catalog), [router], meter=meter)
+    app = create_host_app(FAMILY, settings, load_catalog(settings.catalog), [router], meter=meter)
+    app.state.decodes = DecodeSlots(settings.max_concurrent_decodes)  # the decode memory bound (modelhost.decodes)
+    return app
 
 
 def main() -> None:

@@ -1,6 +1,14 @@
 """The header checks every uploaded image gets, at the gateway and in each service that decodes images:
 empty, too many bytes, not an image, too many pixels, a header that cannot be read — each its own 4xx,
-before a single pixel is decoded.
+before a single pixel is decoded. ``plan_decode`` then bounds what decoding will allocate.
+
+The memory bound of one decode: a header may claim any size (a 3.7 KB JPEG whose header says 7000x7000
+decodes into a 147 MB canvas), so the canvas is sized before decoding: JPEG is decoded reduced (DCT
+scaling, 1/2 to 1/8) to no less than the size the service scales to anyway, and the canvas that remains,
+counted at 4 bytes a pixel (Pillow keeps RGB in four), must fit ``max_decode_bytes`` (413
+``decode_too_large``). A service decodes, then scales down, then converts: one decode holds at most that
+canvas plus one no larger than it, and a service runs at most its ``max_concurrent_decodes`` at once
+(``modelhost.decodes``).
 
 Pillow is imported here, so only components that read images (and depend on Pillow) import this module;
 the rest of modelhost stays free of it.
@@ -46,3 +54,24 @@ def open_image(data: bytes, *, max_bytes: int, max_pixels: int, param: str = "fi
         raise PayloadTooLarge(f"the image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}", param=param,
                               code="too_many_pixels")
     return image
+
+
+BYTES_PER_PIXEL = 4
+"""What one decoded pixel is counted at: Pillow keeps RGB, RGBA, CMYK and YCbCr in four bytes, and the
+single-byte modes (L, P) become four when converted to RGB."""
+
+
+def plan_decode(image: Image.Image, *, max_side: int, max_decode_bytes: int, param: str = "file") -> None:
+    """Before ``image`` (opened by ``open_image``, not loaded) is decoded: ask for a reduced decode where the
+    format has one (JPEG: the smallest DCT scale whose image is still at least ``max_side`` on its longer
+    side), then check the canvas the decode will allocate against ``max_decode_bytes`` (413
+    ``decode_too_large``, nothing decoded). ``image.size`` is the reduced size afterwards."""
+    try:
+        image.draft("RGB", (max_side, max_side))
+    except CORRUPT as e:
+        raise BadRequest(f"the image could not be read (truncated or corrupt): {e}", param=param, code="corrupt_image")
+    w, h = image.size
+    if w * h * BYTES_PER_PIXEL > max_decode_bytes:
+        image.close()
+        raise PayloadTooLarge(f"the image decodes to {w}x{h} pixels ({w * h * BYTES_PER_PIXEL} bytes); one decode may "
+                              f"take {max_decode_bytes} bytes", param=param, code="decode_too_large")
