@@ -57,6 +57,8 @@ def test_the_issue_catalog_shape_loads_as_a_tenant(tmp_path: Path) -> None:
     ("{id: a, family: llm, backend: http, source: x, options: {url: 'http://h', residency_url: 'http://h/r'}}",
      "needs options.unload_url"),
     ("{id: a, family: caption, backend: ollama, source: x, options: {url: 'http://h'}}", "serves family 'llm' only"),
+    ("{id: a, family: llm, backend: ollama, source: x, options: {url: 'http://h'}}\n"
+     "  - {id: b, family: llm, backend: ollama, source: x, options: {url: 'http://h/'}}", "both name 'x' at http://h"),
 ])
 def test_a_bad_tenant_entry_is_refused_at_catalog_load(tmp_path: Path, entry: str, says: str) -> None:
     (tmp_path / "c.yaml").write_text(f"models:\n  - {entry}\n")

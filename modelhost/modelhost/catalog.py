@@ -100,10 +100,16 @@ class Catalog(BaseModel):
     @model_validator(mode="after")
     def _unique(self) -> "Catalog":
         seen: set[str] = set()
+        served: dict[tuple[str, str], str] = {}  # (server URL, its name for the model) -> the catalog id
         for m in self.models:
             if m.id in seen:
                 raise ValueError(f"model id {m.id!r} appears twice in the catalog")
             seen.add(m.id)
+            if m.tenant:  # one model of a server charged twice would hold the budget twice
+                key = (str(m.options["url"]).rstrip("/"), m.source)
+                if key in served:
+                    raise ValueError(f"models {served[key]!r} and {m.id!r} both name {m.source!r} at {key[0]}")
+                served[key] = m.id
         return self
 
     def get(self, model_id: str) -> ModelSpec | None:
