@@ -82,6 +82,10 @@ def run_profile(name: str, workers: dict[str, WorkerCosts] | None, traces: dict,
                   f"{s['max']:8.2f} {inter} {s['failed']:6d}")
     vs = {t: ratios(results[t]) for t in HEADLINE}
     print("vs llama-swap: " + ", ".join(f"{t} swaps {r['grouping']:.2f}x, worst wait {r['wait']:.2f}x" for t, r in vs.items()))
+    span = {t: traces[t][-1].at for t in HEADLINE}
+    print("device time spent swapping over the trace: " + ", ".join(
+        f"{t} roundhouse {results[t]['roundhouse'].swap_s / span[t]:.0%}, llama-swap {results[t]['llama-swap'].swap_s / span[t]:.0%}"
+        for t in HEADLINE))
     mixed = results["interactive+bulk"]
     print()
     return {"vs": vs, "worst": max(max(r["roundhouse"].waits(), default=0.0) for r in results.values()),

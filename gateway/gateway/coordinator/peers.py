@@ -40,6 +40,7 @@ def simulate_llama_swap(trace: list[TraceRequest], models: dict[str, SimModel], 
     in_flight: collections.Counter[str] = collections.Counter()
     queued: list[int] = []
     swaps = 0
+    swap_s = 0.0
     max_used = 0
 
     def push(t: float, kind: str, *args) -> None:
@@ -74,7 +75,7 @@ def simulate_llama_swap(trace: list[TraceRequest], models: dict[str, SimModel], 
 
     def decide(i: int, now: float) -> bool:
         """The decision tree of ``OnRequest``/``drainQueue``; False: the request stays queued."""
-        nonlocal swaps
+        nonlocal swaps, swap_s
         model = trace[i].model
         if model in active:
             active[model][1].append(i)
@@ -91,6 +92,7 @@ def simulate_llama_swap(trace: list[TraceRequest], models: dict[str, SimModel], 
             world.gone(m)
         load_s = 0.0 if model in running else world.load_s(model, now + stop_s)
         swaps += model not in running
+        swap_s += stop_s + load_s
         push(now + stop_s + load_s, "swap_done", model)
         return True
 
@@ -135,4 +137,4 @@ def simulate_llama_swap(trace: list[TraceRequest], models: dict[str, SimModel], 
                 if in_flight[model] == 0:
                     drain(now)
             kick(model, now)
-    return SimResult("llama-swap", [outcomes[i] for i in sorted(outcomes)], swaps, max_used, 0)
+    return SimResult("llama-swap", [outcomes[i] for i in sorted(outcomes)], swaps, max_used, 0, swap_s=swap_s)

@@ -129,6 +129,7 @@ class SimResult:
     events: int
     double_loads: int = 0
     unload_answers: dict[int, list[UnloadOutcome]] = field(default_factory=dict)  # ticket -> every answer it got
+    swap_s: float = 0.0  # the device's time spent loading and unloading
 
     def waits(self, lane: str | None = None) -> list[float]:
         return [o.wait_s for o in self.outcomes if o.wait_s is not None and (lane is None or o.lane == lane)]
@@ -194,8 +195,10 @@ def simulate_core(trace: list[TraceRequest], models: dict[str, SimModel], budget
     for ticket, u in enumerate(unloads):
         push(u.at, "request_unload", ticket, u)
 
+    swap_s = 0.0
+
     def apply(actions, now: float) -> None:
-        nonlocal double_loads
+        nonlocal double_loads, swap_s
         for a in actions:
             if isinstance(a, Grant):
                 o = outcomes[a.req_id]
@@ -210,9 +213,11 @@ def simulate_core(trace: list[TraceRequest], models: dict[str, SimModel], budget
                     double_loads += 1
                 loads_in_flight.add(a.model)
                 load_s = world.load_s(a.model, now)
+                swap_s += load_s
                 push(now + load_s, "load_done", a.model, load_s)
             elif isinstance(a, Unload):
                 unload_s = world.unload_s(a.model)
+                swap_s += unload_s
                 push(now + unload_s, "unload_done", a.model, unload_s)
             elif isinstance(a, UnloadAnswer):
                 answers.setdefault(a.ticket, []).append(a.outcome)
@@ -276,7 +281,7 @@ def simulate_core(trace: list[TraceRequest], models: dict[str, SimModel], budget
             core.check_invariants()
         max_used = max(max_used, core.used_bytes())
     return SimResult("roundhouse", [outcomes[i] for i in sorted(outcomes)], core.swaps, max_used, events, double_loads,
-                     answers)
+                     answers, swap_s)
 
 
 def simulate_fifo(trace: list[TraceRequest], models: dict[str, SimModel], budget_bytes: int, *,
@@ -300,6 +305,7 @@ def simulate_fifo(trace: list[TraceRequest], models: dict[str, SimModel], budget
     max_used = 0
     in_flight_until = 0.0  # all dispatched work is done by then
     server_free: dict[str, float] = {m: 0.0 for m in models}
+    swap_s = 0.0
 
     while arrivals or queue:
         if not queue:
@@ -315,9 +321,13 @@ def simulate_fifo(trace: list[TraceRequest], models: dict[str, SimModel], budget
             while sum(models[m].footprint_bytes for m in resident) + spec.footprint_bytes > budget_bytes and resident:
                 victim = min(resident, key=resident.get)
                 del resident[victim]
-                now += world.unload_s(victim)
+                unload_s = world.unload_s(victim)
+                swap_s += unload_s
+                now += unload_s
                 world.gone(victim)
-            now += world.load_s(r.model, now)
+            load_s = world.load_s(r.model, now)
+            swap_s += load_s
+            now += load_s
             swaps += 1
         max_used = max(max_used, sum(models[m].footprint_bytes for m in resident) + models[r.model].footprint_bytes)
         spec = models[r.model]  # its batcher: the request joins the next batch
@@ -327,7 +337,7 @@ def simulate_fifo(trace: list[TraceRequest], models: dict[str, SimModel], budget
         server_free[r.model] = start + spec.batch_s
         resident[r.model] = now
         in_flight_until = max(in_flight_until, server_free[r.model])
-    return SimResult("fifo", [outcomes[i] for i in sorted(outcomes)], swaps, max_used, 0)
+    return SimResult("fifo", [outcomes[i] for i in sorted(outcomes)], swaps, max_used, 0, swap_s=swap_s)
 
 
 # Traces -------------------------------------------------------------------------------------------
