@@ -81,8 +81,34 @@ class FakeOllama:
         return resp
 
 
+def fake_face_service(ollama: FakeOllama, seen: list[str]) -> web.Application:
+    """A face family service's model host API: its load records what Ollama held at that moment."""
+    loaded: dict[str, int] = {}
+
+    def row(name: str) -> dict[str, Any]:
+        return {"id": name, "family": "face", "backend": "insightface", "state": "ready" if name in loaded else "unloaded",
+                "device_requested": "cpu", "device": "cpu", "peak_memory_bytes": loaded.get(name),
+                "memory_estimate_bytes": 3000 * MiB}
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"family": "face", "service": "face-svc", "meter": "host",
+                                  "data": [row(n) for n in loaded]})
+
+    async def load(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        seen.append(f"face load while ollama holds {sorted(ollama.loaded)}")
+        loaded[name] = 3000 * MiB
+        return web.json_response(row(name))
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/models/{name}/load", load)
+    return app
+
+
 def catalog(ollama_url: str | None) -> str:
     text = "models:\n  - {id: cap-a, family: caption, backend: blip, source: /nowhere, device: cpu, memory_estimate_mb: 64}\n"
+    text += "  - {id: face-a, family: face, backend: insightface, source: /nowhere, device: cpu, memory_estimate_mb: 3000}\n"
     if ollama_url:
         text += f"""\
   - {{id: llama, family: llm, backend: ollama, source: "llama3.1:8b", device: cpu, memory_estimate_mb: 4000,
@@ -94,10 +120,11 @@ def catalog(ollama_url: str | None) -> str:
 
 
 @contextlib.asynccontextmanager
-async def gateway(tmp_path: Path, ollama_url: str | None) -> AsyncIterator[tuple[str, Any]]:
+async def gateway(tmp_path: Path, ollama_url: str | None, face_url: str | None = None) -> AsyncIterator[tuple[str, Any]]:
     """The gateway on a loopback port, its budget 6000 MiB: room for one of the two tenants, not both."""
     (tmp_path / "catalog.yaml").write_text(catalog(ollama_url))
-    settings = GatewaySettings(catalog=tmp_path / "catalog.yaml", services={"caption": f"http://127.0.0.1:{free_port()}"},
+    down = f"http://127.0.0.1:{free_port()}"
+    settings = GatewaySettings(catalog=tmp_path / "catalog.yaml", services={"caption": down, "face": face_url or down},
                                max_upload_bytes=64 * 1024)
     app = create_app(settings, CoordinatorSettings(data_dir=tmp_path / "data", memory_budget_mb={"cpu": 6000},
                                                    reconcile_interval_s=None))
@@ -189,6 +216,25 @@ async def test_a_tenant_that_does_not_fit_beside_another_is_unloaded_at_its_serv
                             ("llama3.1:8b", -1)]
         assert fake.most_loaded == 4000 * MiB  # never both at once
         assert g.coordinator.model_state("vision").ledger_state == "unloaded"
+
+
+async def test_a_resident_tenant_found_at_start_is_unloaded_through_its_server_before_a_face_model_loads(
+        ollama: tuple[FakeOllama, str], http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    fake, url = ollama
+    fake.loaded["llama3.1:8b"] = SIZES["llama3.1:8b"]  # resident and large before the gateway starts
+    seen: list[str] = []
+    face = TestServer(fake_face_service(fake, seen), host="127.0.0.1")
+    await face.start_server()
+    try:
+        async with gateway(tmp_path, url, str(face.make_url("")).rstrip("/")) as (base, g):
+            assert g.coordinator.model_state("llama").charged_bytes == SIZES["llama3.1:8b"]  # charged at start
+            async with http.post(f"{base}/admin/models/face-a/load") as r:
+                assert r.status == 200, await r.text()
+            assert ("/api/generate", {"model": "llama3.1:8b", "keep_alive": 0, "stream": False}) in fake.calls
+            assert seen == ["face load while ollama holds []"]  # never both at once
+            assert g.coordinator.model_state("llama").ledger_state == "unloaded"
+    finally:
+        await face.close()
 
 
 async def test_reconciliation_charges_what_the_server_loaded_and_forgets_what_it_let_go_behind_our_back(
