@@ -67,6 +67,14 @@ class GatewayMetrics:
             "Bytes the ledger still charges for releases the meter did not confirm (part of ledger_used_bytes), until "
             "the meter shows them back, the service's worker is gone or an operator forgets them.",
             ["device"], registry=r)
+        self.foreign = Gauge(
+            "roundhouse_coordinator_foreign_bytes",
+            "Memory on a metered device that is not ours (another process on the GPU): its used bytes beyond every "
+            "charge of the ledger, at the last reading taken while nothing loaded or unloaded.", ["device"], registry=r)
+        self.room = Gauge(
+            "roundhouse_coordinator_room_bytes",
+            "What the ledger may charge now: the budget, or the device's total less the reserve and the memory not "
+            "ours when that is smaller.", ["device"], registry=r)
         self.ledger_budget = Gauge(
             "roundhouse_coordinator_budget_bytes", "The device's memory budget.", ["device"], registry=r)
         self.model_charged = Gauge(
@@ -111,6 +119,9 @@ class GatewayMetrics:
         self.ledger_used.labels(core.device).set(core.used_bytes())
         self.ledger_unverified.labels(core.device).set(core.unverified.total())
         self.ledger_budget.labels(core.device).set(core.budget_bytes)
+        self.room.labels(core.device).set(core.capacity())
+        if core.total_bytes is not None:
+            self.foreign.labels(core.device).set(core.foreign_bytes)
         for model, q in core.queues.items():
             self.queue_depth.labels(model).set(len(q))
             r = core.resident.get(model)

@@ -49,6 +49,13 @@ class DeviceLedger(BaseModel):
         description="Bytes still charged, per model, that its releases gave no proof of (the meter did not show them "
                     "back, or the service did not unload): let go when a later meter reading shows them back, the "
                     "service's worker is gone, or an operator forgets them. Loads have that much less room.")
+    foreign_bytes: int | None = Field(
+        None, description="Memory on the device that is not ours (another process: an LLM server, a desktop, a game): "
+                          "what its meter showed used beyond every charge of the ledger at the last reading taken while "
+                          "nothing loaded or unloaded. None where the device is not metered (the host).")
+    total_bytes: int | None = Field(None, description="The device's total by its meter; None where it is not metered.")
+    room_bytes: int = Field(description="What the ledger may charge now: the budget, or less where the device's total, "
+                                        "less the reserve and the memory not ours, is smaller. A load fits in it.")
     swap: SwapInFlight | None = None
     swaps: int = Field(description="Swaps committed since the gateway started.")
     resident: dict[str, ResidentCharge]
@@ -73,6 +80,9 @@ def device_ledger(core: Core, store: FootprintStore, now: float) -> DeviceLedger
         loading=core.loading,
         unloading=dict(sorted(core.unloading.items())),
         unverified=dict(sorted(core.unverified.by_model.items())),
+        foreign_bytes=None if core.total_bytes is None else core.foreign_bytes,
+        total_bytes=core.total_bytes,
+        room_bytes=core.capacity(),
         swap=None if core.swap is None else SwapInFlight(load=core.swap.load, evict=list(core.swap.evict)),
         swaps=core.swaps,
         resident={m: ResidentCharge(charged_bytes=r.charged_bytes, in_flight=r.in_flight, draining=r.draining,
