@@ -310,3 +310,25 @@ def test_an_unreachable_server_is_a_clear_503_and_the_face_model_still_serves(fa
         assert len(r.json()["faces"]) == 1
     finally:
         stop_stack(s)
+
+
+def test_a_face_request_waits_for_a_streaming_chat_to_end(ollama_stack: Stack) -> None:
+    s = ollama_stack
+    httpx.post(s.llm.url + "/_faults", json={"token_s": 0.1}).raise_for_status()
+    procs.wait_until(lambda: LLM in s.resident(), 30)
+    body = {"model": LLM, "messages": [{"role": "user", "content": "a b c d e"}], "stream": True}
+    with httpx.stream("POST", s.gateway.url + "/v1/chat/completions", json=body, timeout=TIMEOUT_S) as r, \
+            concurrent.futures.ThreadPoolExecutor(1) as pool:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))  # the stream has begun: the LLM is busy
+        faces = pool.submit(detect, s.gateway.url)
+        rest = [line for line in lines if line]
+        last_chunk = time.time()
+        assert rest[-1] == "data: [DONE]" and not faces.done()
+        r_face = faces.result()
+    assert r_face.status_code == 200, r_face.text
+    readings = s.meter.stop()
+    assert_never_both(readings)
+    # The face worker came only after the stream's last chunk: the lease was held to the end.
+    assert next(x for x in readings if x.worker_bytes).t > last_chunk
