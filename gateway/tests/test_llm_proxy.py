@@ -237,6 +237,32 @@ async def test_a_resident_tenant_found_at_start_is_unloaded_through_its_server_b
         await face.close()
 
 
+async def test_a_face_load_waits_for_a_chat_stream_to_end_and_never_meets_the_llm(
+        ollama: tuple[FakeOllama, str], http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    fake, url = ollama
+    seen: list[str] = []
+    face = TestServer(fake_face_service(fake, seen), host="127.0.0.1")
+    await face.start_server()
+    try:
+        async with gateway(tmp_path, url, str(face.make_url("")).rstrip("/")) as (base, g):
+            async with http.post(f"{base}/v1/chat/completions", json={**CHAT, "stream": True}) as r:
+                await r.content.readuntil(b"\n\n")  # the stream has begun; its lease is held
+                loading = asyncio.create_task(http.post(f"{base}/admin/models/face-a/load"))
+                deadline = time.monotonic() + 10
+                while g.coordinator.view()["cpu"].queues.get("face-a") != 1:  # queued behind the stream
+                    assert time.monotonic() < deadline and not loading.done()
+                    await asyncio.sleep(0.01)
+                assert seen == [] and fake.loaded == {"llama3.1:8b": SIZES["llama3.1:8b"]}
+                fake.gate.set()
+                await r.content.read()
+            face_answer = await loading
+            assert face_answer.status == 200, await face_answer.text()
+            assert seen == ["face load while ollama holds []"]  # the LLM went once its stream had ended
+            assert ("/api/generate", {"model": "llama3.1:8b", "keep_alive": 0, "stream": False}) in fake.calls
+    finally:
+        await face.close()
+
+
 async def test_reconciliation_charges_what_the_server_loaded_and_forgets_what_it_let_go_behind_our_back(
         ollama: tuple[FakeOllama, str], tmp_path: Path) -> None:
     fake, url = ollama
