@@ -277,6 +277,17 @@ async def test_reconciliation_charges_what_the_server_loaded_and_forgets_what_it
         assert g.coordinator.model_state("vision").ledger_state == "unloaded"
 
 
+async def test_a_server_that_is_down_is_503_with_retry_after_and_nothing_stays_charged(
+        ollama: tuple[FakeOllama, str], http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    async with gateway(tmp_path, f"http://127.0.0.1:{free_port()}") as (base, g):  # nothing listens there
+        async with http.post(f"{base}/v1/chat/completions", json=CHAT) as r:
+            body = await r.json()
+        assert r.status == 503 and body["error"]["code"] == "service_unavailable" and r.headers["Retry-After"]
+        assert "not reachable" in body["error"]["message"]
+        assert g.coordinator.model_state("llama").ledger_state == "unloaded"
+        assert g.coordinator.view()["cpu"].used_bytes == 0
+
+
 async def test_the_servers_own_4xx_keeps_its_status_in_the_envelope(
         ollama: tuple[FakeOllama, str], http: aiohttp.ClientSession, tmp_path: Path) -> None:
     fake, url = ollama
