@@ -332,3 +332,21 @@ def test_a_face_request_waits_for_a_streaming_chat_to_end(ollama_stack: Stack) -
     assert_never_both(readings)
     # The face worker came only after the stream's last chunk: the lease was held to the end.
     assert next(x for x in readings if x.worker_bytes).t > last_chunk
+
+
+def test_a_slow_release_is_waited_for_not_slept_over(ollama_stack: Stack) -> None:
+    """Ollama answers ``keep_alive: 0`` at once and frees the memory after; here 1.5 s after. The face
+    model is loaded only once the release shows, in the server's residency and on the meter."""
+    s = ollama_stack
+    httpx.post(s.llm.url + "/_faults", json={"unload_s": 1.5}).raise_for_status()
+    procs.wait_until(lambda: LLM in s.resident(), 30)
+
+    r = detect(s.gateway.url)
+
+    assert r.status_code == 200, r.text
+    [unload] = unload_calls(s.calls())
+    readings = s.meter.stop()
+    assert_never_both(readings)
+    llm_gone = next(x for x in readings if x.t > unload["t"] and not x.llm_bytes)
+    assert llm_gone.t >= unload["t"] + 1.5  # the release really was slow ...
+    assert next(x for x in readings if x.worker_bytes).t > llm_gone.t  # ... and the face worker came after it
