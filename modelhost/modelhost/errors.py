@@ -117,6 +117,13 @@ class OutOfMemory(Unavailable):
     code = "out_of_memory"
 
 
+class LoadOutOfMemory(OutOfMemory):
+    """A model's load (or warm-up) ran out of device memory: something else holds it. Transient: the
+    gateway's coordinator makes room and loads again (``modelhost.oom`` tells such a failure)."""
+
+    retry_after_s = 5.0
+
+
 class InsufficientMemory(Unavailable):
     """The model can never fit in its device's budget (the coordinator refuses it at once)."""
 

@@ -21,6 +21,7 @@ class ModelEntry:
     backend_path: str
     state: ModelState = ModelState.UNLOADED
     reason: str | None = None
+    load_out_of_memory: bool = False  # its last load failed for lack of device memory (a 503, not a 500)
     device: str | None = None
     memory_bytes: int | None = None
     peak_memory_bytes: int | None = None

@@ -48,6 +48,7 @@ from .inference import Lease, make_batcher  # Lease: the family services import 
 from .meter import MemoryMeter
 from .metrics import HostMetrics
 from .model_entry import ModelEntry, model_row
+from .oom import load_error
 from .reaper import reap_idle
 from .settings import HostSettings
 from .states import ModelState, check_transition
@@ -149,7 +150,7 @@ class ModelRuntime:
             if entry.state is S.LOADING and entry.load_task is not None:
                 await asyncio.shield(entry.load_task)
                 if entry.state is S.FAILED:
-                    raise ModelLoadFailed(f"model {name} failed to load: {entry.reason}")
+                    raise load_error(name, entry.reason, out_of_memory=entry.load_out_of_memory)
                 continue
             if entry.state is S.UNLOADING and entry.unload_task is not None:
                 await asyncio.shield(entry.unload_task)
@@ -161,7 +162,7 @@ class ModelRuntime:
             entry.load_task.add_done_callback(lambda _: self.workers.replenish())
             await asyncio.shield(entry.load_task)
             if entry.state is S.FAILED:
-                raise ModelLoadFailed(f"model {name} failed to load: {entry.reason}")
+                raise load_error(name, entry.reason, out_of_memory=entry.load_out_of_memory)
 
     async def _load(self, entry: ModelEntry) -> None:
         spec = entry.spec
@@ -173,7 +174,7 @@ class ModelRuntime:
                 timeout_s=self.settings.load_timeout_s,
             )
         except WorkerError as e:
-            self._fail_load(entry, e.message)
+            self._fail_load(entry, e.message, out_of_memory=e.kind == "out_of_memory")
             await self._stop_worker_if_empty()
             return
         except WorkerDied as e:
@@ -221,7 +222,8 @@ class ModelRuntime:
             f"load {entry.load_s:.2f} s + warm-up {entry.warmup_s:.2f} s",
         )
 
-    def _fail_load(self, entry: ModelEntry, reason: str) -> None:
+    def _fail_load(self, entry: ModelEntry, reason: str, *, out_of_memory: bool = False) -> None:
+        entry.load_out_of_memory = out_of_memory
         self.metrics.load_failures.labels(self.family, entry.spec.id).inc()
         self._transition(entry, S.FAILED, reason)
 

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from .contract import LoadMeasurement
 from .meter import MemoryReading, MeterError, NvmlMeter, load_footprint, released_bytes, self_rss_bytes
+from .oom import is_out_of_memory
 from .worker import ItemOutcome, WorkerError
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,8 @@ class _Child:
                 t2 = time.perf_counter()
             after = self.meter.read()
         except BaseException as e:
+            kind = "out_of_memory" if is_out_of_memory(e) or (backend is not None and backend.is_out_of_memory(e)) \
+                else "load_failed"  # no room on the device: the gateway makes room and loads again
             if backend is not None:
                 try:
                     backend.close()
@@ -167,7 +170,7 @@ class _Child:
                     pass
             del backend
             _release_host_memory()
-            raise WorkerError("load_failed", f"{type(e).__name__}: {e}") from e
+            raise WorkerError(kind, f"{type(e).__name__}: {e}") from e
         self.models[spec.id] = backend
         footprint = load_footprint(before, sampler.peak, after)
         log.info("worker: %s measured on its %s bytes (%s meter): %d resident, %d peak", spec.id, footprint.basis,

@@ -21,6 +21,10 @@ class ArithmeticBackend(Backend):
         broken = o.get("fail_load_while_exists")
         if o.get("fail_load") or (broken and os.path.exists(broken)):
             raise RuntimeError("weights are corrupt")
+        # oom_load_while_exists: a path; loads run out of device memory while it exists (a full GPU, later freed).
+        full = o.get("oom_load_while_exists")
+        if full and os.path.exists(full):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 7.79 GiB total capacity)")
         time.sleep(float(o.get("load_delay_s", 0)))
         self._ballast = bytearray(int(o.get("alloc_mb", 0)) * 1024 * 1024)
         for i in range(0, len(self._ballast), 4096):  # touch every page so it is resident
