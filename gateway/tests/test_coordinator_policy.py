@@ -134,3 +134,13 @@ def test_patience_pays_each_swap_at_its_learnt_cost() -> None:
     waiting["B"] = [w("B", 100 - 9.1)]
     s = snap(budget=6 * GiB, models=models, resident=busy, queues=waiting, bulk_patience_s=100, max_wait_s=30)
     assert plan_swap(s) is None
+
+
+def test_a_big_queue_ends_the_residents_patience_but_the_older_work_goes_first() -> None:
+    busy = {"A": Resident(4 * GiB, in_flight=1, last_used=99.9)}
+    waiting = {"B": [w("B", 91.0)], "C": [w("C", 99.0, i=i) for i in range(16)]}
+    s = snap(budget=6 * GiB, resident=busy, queues=waiting, bulk_patience_s=10, swap_batch=16)
+    plan = plan_swap(s)
+    assert plan.load == "B" and plan.evict == ("A",) and plan.wait_for_drain  # B waited longest
+    waiting["C"] = waiting["C"][:15]
+    assert plan_swap(snap(budget=6 * GiB, resident=busy, queues=waiting, bulk_patience_s=10, swap_batch=16)) is None

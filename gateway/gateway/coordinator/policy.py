@@ -139,6 +139,7 @@ def plan_swap(snap: Snapshot) -> SwapPlan | None:
     ``max_wait_s`` plus one swap."""
     cfg = snap.config
     waiting = sorted((m for m, q in snap.queues.items() if q and m not in snap.resident), key=lambda m: urgency(snap, m))
+    most_urgent: SwapPlan | None = None  # the first waiting model that busy residents could make room for
     for model in waiting:
         info = snap.models[model]
         if info.footprint_bytes > snap.budget_bytes:
@@ -150,14 +151,17 @@ def plan_swap(snap: Snapshot) -> SwapPlan | None:
         idle = choose_victims(snap, max(need, 0), model, allow_busy=False)
         if idle is not None:
             return SwapPlan(load=model, evict=idle)
+        busy = choose_victims(snap, max(need, 0), model, allow_busy=True)
+        if busy is None:
+            continue
+        most_urgent = most_urgent or SwapPlan(load=model, evict=busy, wait_for_drain=True)
         q = snap.queues[model]
         oldest_wait = snap.now - min(w.arrived for w in q)
         lane_patience = cfg.interactive_patience_s if any(w.lane == INTERACTIVE for w in q) else cfg.bulk_patience_s
-        patience = _patience(snap, model, lane_patience, len(waiting))
-        if oldest_wait >= patience or len(q) >= cfg.swap_batch:
-            busy = choose_victims(snap, max(need, 0), model, allow_busy=True)
-            if busy is not None:
-                return SwapPlan(load=model, evict=busy, wait_for_drain=True)
+        if oldest_wait >= _patience(snap, model, lane_patience, len(waiting)) or len(q) >= cfg.swap_batch:
+            # Its work says the busy residents have kept the device long enough; the device goes
+            # to the most urgent work, so a big queue never overtakes an older one.
+            return most_urgent
     return None
 
 
