@@ -168,6 +168,17 @@ def test_admin_load_unload_and_the_worker_ends_with_the_last_model(gateway: proc
 
     assert not psutil.pid_exists(worker_pid) or psutil.Process(worker_pid).status() == psutil.STATUS_ZOMBIE
 
+    # The worker's end leaves a warm spare, a fresh process (not the old worker and its memory); the gateway shows it.
+    spare: dict = {}
+
+    def spare_ready() -> bool:
+        nonlocal spare
+        spare = c.get("/admin/models").json()["services"]["caption"]["spare"] or {}
+        return spare.get("state") == "ready"
+
+    procs.wait_until(spare_ready, 120)
+    assert spare["pid"] != worker_pid and "torch" in spare["preloaded"] and spare["host_memory_bytes"] > 0
+
     # the next request loads on demand again
     r = c.post("/v1/images/captions", files={"file": ("a.jpg", image_bytes())})
     assert r.status_code == 200, r.text

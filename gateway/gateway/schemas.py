@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from modelhost.contract import DeviceMemory, ModelRow
+from modelhost.contract import DeviceMemory, ModelRow, SpareWorker
 
 from .coordinator.views import DeviceLedger, LedgerState
 
@@ -55,6 +55,8 @@ class AdminService(BaseModel):
     worker_memory_bytes: int | None = None
     meter: str | None = Field(None, description="How it measures memory: nvml or host.")
     device: DeviceMemory | None = None
+    spare: SpareWorker | None = Field(None, description="Its warm spare worker (frameworks imported, no device "
+                                      "memory): the next load that needs a worker takes it; null when none.")
 
 
 class AdminModels(BaseModel):
