@@ -412,9 +412,12 @@ models:
         release = await effects.unload(catalog.get("llama"), 4000 * MiB)
         assert release.unloaded and release.worker_stopped and release.verified, release.detail
         assert release.returned_bytes == 4000 * MiB
-        await swap.close()  # one server down: the other's rows still come
+        await swap.close()  # one server down, the other holds nothing: the error, not "every worker is gone"
+        with pytest.raises(ServiceUnreachable):
+            await effects.models("llm")
+        o_loaded["llama3.1:8b"] = 4000 * MiB  # one server down, the other holds a model: its rows
         rows = {r.id: r.state for r in await effects.models("llm")}
-        assert rows == {"llama": "unloaded"}
+        assert rows == {"llama": "ready"}
         await ollama.close()  # every server down: the error, so the coordinator knows it read nothing
         with pytest.raises(ServiceUnreachable):
             await effects.models("llm")

@@ -59,7 +59,9 @@ class Tenants:
 
     async def models(self, family: str) -> list[ModelRow]:
         """Every row of ``family`` across its servers. A server that cannot be read holds nothing (as a
-        family service that is down does); when none can be read, its error is raised."""
+        family service that is down does). When one cannot be read and the others hold nothing, its error
+        is raised instead of an empty list: an empty list says every worker is gone, which lets go of what
+        the family's releases left unverified, and an unreachable server is no proof of that."""
         clients = [c for c in self.clients if any(s.family == family for s in c.specs.values())]
         replies = await asyncio.gather(*(c.models() for c in clients), return_exceptions=True)
         rows: list[ModelRow] = []
@@ -72,7 +74,7 @@ class Tenants:
                 raise reply
             else:
                 rows.extend(r for r in reply.data if r.family == family)
-        if errors and len(errors) == len(clients):
+        if errors and not any(r.resident for r in rows):
             raise errors[0] if len(errors) == 1 else ServiceUnreachable(
                 "; ".join(e.message for e in errors), retry_after_s=5)
         return rows
