@@ -128,6 +128,10 @@ class Coordinator(WorldReads):
         fut = asyncio.get_running_loop().create_future()
         self._waiting[req_id] = (fut, self.clock(), lane)
         self._apply(dev, core.arrive(req_id, model, self.clock(), lane=lane, timeout_s=timeout_s))
+        if fut.done():  # answered at once (a resident model): no timer, and no trip round the event loop
+            del self._waiting[req_id]
+            fut.result()  # raises the Core's error when it failed the request
+            return
         try:
             # The Core fails the request at its deadline; the outer bound is only a backstop.
             await asyncio.wait_for(asyncio.shield(fut), timeout_s + 5.0)
