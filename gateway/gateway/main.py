@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from typing import AsyncIterator
@@ -92,6 +93,8 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
                 reconciler.cancel()
             await jobs.close()
             await coordinator.close()
+            for client in clients.values():
+                client.close()
             await session.close()
 
     app = FastAPI(
@@ -124,7 +127,12 @@ async def _reconcile_forever(coordinator: Coordinator, interval_s: float) -> Non
 def main() -> None:
     settings = GatewaySettings()
     setup_logging(settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+    app = create_app(settings)
+    # The modules and the app live as long as the process: out of the collector's sight, so that a full
+    # collection scans only what requests made (it took 70-140 ms under load, the event loop stopped).
+    gc.collect()
+    gc.freeze()
+    uvicorn.run(app, host=settings.host, port=settings.port,
                 log_level=settings.log_level.lower(), access_log=False)
 
 
