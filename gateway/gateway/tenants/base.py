@@ -184,8 +184,10 @@ class TenantClient(ModelHostClient):
         return await self.request(method, url_or_path, json_body=json_body, timeout_s=timeout_s or self.control_timeout_s)
 
     async def request(self, method: str, path: str, *, timeout_s: float, request_id: str | None = None,
-                      json_body: Any = None, **_: Any) -> Any:
-        """One call, its whole answer read: JSON parsed, else its text."""
+                      json_body: Any = None, **unsupported: Any) -> Any:
+        """One call, its whole answer read: JSON parsed, else its text. A server not ours takes JSON only."""
+        if any(v is not None for v in unsupported.values()):
+            raise TypeError(f"{self.name} takes JSON bodies only, not {sorted(unsupported)}")
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, self.connect_timeout_s))
         async with self._open(method, path, timeout=timeout, timeout_s=timeout_s, request_id=request_id,
                               json_body=json_body) as resp:
