@@ -2,10 +2,12 @@
 # make dev: the gateway and the four family services as local processes, each in its own environment,
 # on CPU. Waits until every one is healthy (no fixed sleeps), sends sample requests through the
 # gateway to show the stack works (a caption, speech, its transcript, a face detection and a
-# verification), then runs until Ctrl-C or SIGTERM, which stops them all.
+# verification), then runs until Ctrl-C or SIGTERM, which stops them all. A component that exits is
+# named, with its log, and started again (DEV_RESTARTS times at most; the others keep running).
 #
 # For harnesses (scripts/schemathesis.sh): DEV_SAMPLES=0 skips the sample requests; DEV_READY_FILE,
 # when set, is written once the stack is ready, so a caller can wait for it and then test the stack.
+# DEV_LOG_DIR (build/logs) holds each component's log; DEV_RESTARTS (5) bounds its restarts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CATALOG=${CATALOG:-build/tiny-models/catalog.yaml}
@@ -29,33 +31,72 @@ fi
 # CUDA numbers its devices fastest first, NVML by PCI bus: the same order on both sides, so that cuda:N
 # in the catalog is the card whose memory the gateway meters.
 export CUDA_DEVICE_ORDER=${CUDA_DEVICE_ORDER:-PCI_BUS_ID}
-mkdir -p build/logs
-pids=()
+LOG_DIR=${DEV_LOG_DIR:-build/logs}
+DEV_RESTARTS=${DEV_RESTARTS:-5}
+mkdir -p "$LOG_DIR"
+
+# Each component by name: how it starts, its pid, how often it was restarted, when it may start again.
+# A component that exits is started again (after 1 s, 2 s, ... up to 10 s) at most DEV_RESTARTS times;
+# the others keep running meanwhile. Its output goes to the terminal and to $LOG_DIR/<name>.log.
+NAMES=(caption-svc face-svc tts-svc asr-svc gateway)
+declare -A PID=() RESTARTS=() AGAIN_AT=()
+launch() {  # name
+  local log="$LOG_DIR/$1.log"
+  case $1 in
+    caption-svc) CAPTION_SVC_CATALOG=$CATALOG CAPTION_SVC_PORT=$CAPTION_PORT "$CAP_PY" -m caption_svc > >(tee -a "$log") 2>&1 & ;;
+    face-svc) FACE_SVC_CATALOG=$CATALOG FACE_SVC_PORT=$FACE_PORT "$FACE_PY" -m face_svc > >(tee -a "$log") 2>&1 & ;;
+    tts-svc) TTS_SVC_CATALOG=$CATALOG TTS_SVC_PORT=$TTS_PORT "$TTS_PY" -m tts_svc > >(tee -a "$log") 2>&1 & ;;
+    asr-svc) ASR_SVC_CATALOG=$CATALOG ASR_SVC_PORT=$ASR_PORT "$ASR_PY" -m asr_svc > >(tee -a "$log") 2>&1 & ;;
+    gateway) GATEWAY_CATALOG=$CATALOG GATEWAY_PORT=$GATEWAY_PORT \
+      GATEWAY_SERVICES="{\"caption\": \"http://127.0.0.1:$CAPTION_PORT\", \"face\": \"http://127.0.0.1:$FACE_PORT\", \"tts\": \"http://127.0.0.1:$TTS_PORT\", \"asr\": \"http://127.0.0.1:$ASR_PORT\"}" \
+      "$GW_PY" -m gateway > >(tee -a "$log") 2>&1 & ;;
+  esac
+  PID[$1]=$!
+}
+
+# One round of supervision: a component that exited is named with its status and its log, and started
+# again in its time, or given up on (the rest keep running) once it has used its restarts.
+supervise() {
+  local name rc n
+  for name in "${NAMES[@]}"; do
+    if [ -n "${PID[$name]:-}" ] && ! kill -0 "${PID[$name]}" 2>/dev/null; then
+      rc=0; wait "${PID[$name]}" 2>/dev/null || rc=$?
+      PID[$name]=""
+      echo "== $name exited with status $rc; its log: $LOG_DIR/$name.log" >&2
+      if [ "${RESTARTS[$name]:-0}" -ge "$DEV_RESTARTS" ]; then
+        echo "== $name exited $((DEV_RESTARTS + 1)) times; not restarting it (the others keep running)." \
+             "Fix what its log says, then restart make dev." >&2
+        AGAIN_AT[$name]=""
+      else
+        n=$((${RESTARTS[$name]:-0} + 1))
+        RESTARTS[$name]=$n
+        AGAIN_AT[$name]=$((SECONDS + (n < 10 ? n : 10)))
+        echo "== restarting $name in ${n} s (restart $n of $DEV_RESTARTS)" >&2
+      fi
+    fi
+    if [ -z "${PID[$name]:-}" ] && [ -n "${AGAIN_AT[$name]:-}" ] && [ "$SECONDS" -ge "${AGAIN_AT[$name]}" ]; then
+      AGAIN_AT[$name]=""
+      launch "$name"
+    fi
+  done
+}
+
 cleanup() {
   trap - EXIT INT TERM
   echo; echo "stopping..."
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for name in "${NAMES[@]}"; do [ -n "${PID[$name]:-}" ] && kill "${PID[$name]}" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'cleanup; exit 0' INT TERM
 
-CAPTION_SVC_CATALOG=$CATALOG CAPTION_SVC_PORT=$CAPTION_PORT "$CAP_PY" -m caption_svc &
-pids+=($!)
-FACE_SVC_CATALOG=$CATALOG FACE_SVC_PORT=$FACE_PORT "$FACE_PY" -m face_svc &
-pids+=($!)
-TTS_SVC_CATALOG=$CATALOG TTS_SVC_PORT=$TTS_PORT "$TTS_PY" -m tts_svc &
-pids+=($!)
-ASR_SVC_CATALOG=$CATALOG ASR_SVC_PORT=$ASR_PORT "$ASR_PY" -m asr_svc &
-pids+=($!)
-GATEWAY_CATALOG=$CATALOG GATEWAY_PORT=$GATEWAY_PORT \
-GATEWAY_SERVICES="{\"caption\": \"http://127.0.0.1:$CAPTION_PORT\", \"face\": \"http://127.0.0.1:$FACE_PORT\", \"tts\": \"http://127.0.0.1:$TTS_PORT\", \"asr\": \"http://127.0.0.1:$ASR_PORT\"}" "$GW_PY" -m gateway &
-pids+=($!)
+for name in "${NAMES[@]}"; do launch "$name"; done
 
 wait_ready() {  # url seconds
   local deadline=$((SECONDS + $2))
   until curl -sf "$1" >/dev/null 2>&1; do
     if [ $SECONDS -ge $deadline ]; then echo "$1 not ready after $2 s" >&2; exit 1; fi
-    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null || { echo "a process exited; see the log above" >&2; exit 1; }; done
+    supervise
     sleep 0.2
   done
 }
@@ -95,5 +136,9 @@ samples() {
 if [ "$DEV_SAMPLES" != 0 ]; then samples; fi
 
 if [ -n "$DEV_READY_FILE" ]; then touch "$DEV_READY_FILE"; fi
+echo "== Logs: $LOG_DIR/<name>.log. A component that exits is restarted (at most $DEV_RESTARTS times each)."
 echo "== Ctrl-C stops every process."
-wait -n "${pids[@]}"
+while true; do
+  supervise
+  sleep 0.5
+done
