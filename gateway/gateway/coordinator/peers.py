@@ -25,7 +25,15 @@ import collections
 import heapq
 import itertools
 
-from .sim import Outcome, SimModel, SimResult, TraceRequest, WorkerCosts, Workers, _ModelServer
+from .sim import (
+    Outcome,
+    SimModel,
+    SimResult,
+    TraceRequest,
+    WorkerCosts,
+    Workers,
+    _ModelServer,
+)
 
 
 def simulate_llama_swap(trace: list[TraceRequest], models: dict[str, SimModel], budget_bytes: int, *,
