@@ -4,8 +4,11 @@ originals do, so the bench measures against the real thing rather than a strawma
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.coordinator import sim
+from gateway.coordinator.policy import BULK, INTERACTIVE, PolicyConfig
 from gateway.coordinator.sim import SimModel, TraceRequest, WorkerCosts, Workers
 
 pytestmark = pytest.mark.unit
@@ -62,3 +65,33 @@ def test_every_policy_pays_the_same_worker_costs() -> None:
     for res in (ours, sim.simulate_fifo(trace, models, budget, workers=costs),
                 sim.simulate_fifo(trace, models, budget, group_same_model=True, workers=costs)):
         assert [o.wait_s for o in res.outcomes] == pytest.approx([6.84, 0.4 + 6.84]), res.policy
+
+
+@st.composite
+def worker_scenarios(draw):
+    families = {"f": WorkerCosts(draw(st.floats(1.0, 8.0)), draw(st.floats(0.05, 0.5)), draw(st.floats(0.1, 0.6)),
+                                 spare=draw(st.booleans())),
+                "g": WorkerCosts(draw(st.floats(1.0, 8.0)), draw(st.floats(0.05, 0.5)), draw(st.floats(0.1, 0.6)),
+                                 spare=draw(st.booleans()))}
+    models = {m: SimModel(draw(st.integers(1, 10)) * GiB, batch_s=draw(st.floats(0.01, 0.2)),
+                          max_batch=draw(st.integers(1, 8)), family=draw(st.sampled_from("fg")))
+              for m in "ABCD"}
+    n = draw(st.integers(1, 100))
+    times = sorted(draw(st.lists(st.floats(0, 60), min_size=n, max_size=n)))
+    trace = [TraceRequest(t, draw(st.sampled_from("ABCD")), draw(st.sampled_from([BULK, INTERACTIVE]))) for t in times]
+    return models, families, trace
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(worker_scenarios())
+def test_learnt_costs_that_change_from_swap_to_swap_keep_every_invariant_and_the_wait_bound(scenario) -> None:
+    models, families, trace = scenario
+    config = PolicyConfig(max_wait_s=30)
+    res = sim.simulate_core(trace, models, 10 * GiB, config, workers=families)  # invariants after every event
+    assert res.double_loads == 0 and res.max_used_bytes <= 10 * GiB
+    one_swap = max(c.cold_load_s for c in families.values()) + max(c.stop_s for c in families.values())
+    drain = max(m.batch_s for m in models.values()) * (1 + len(trace))
+    for o in res.outcomes:
+        assert (o.granted is not None) != (o.failed is not None), o
+        if o.granted is not None:
+            assert o.wait_s <= config.max_wait_s + one_swap + drain, (o, res.summary())
