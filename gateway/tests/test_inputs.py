@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from starlette.requests import Request
 
-from gateway.bodies import Part, decode_base64_field, parse_json_object, read_upload
+from gateway.bodies import Part, decode_base64_field, parse_json_object, read_json_object, read_upload
 from gateway.images import check_image, check_images
 from modelhost.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
@@ -68,7 +68,8 @@ def test_base64_rejects_garbage(value) -> None:
     assert e.value.param == "image"
 
 
-@pytest.mark.parametrize("body", [b"{", b"[1, 2]", b"\xff\xfe", b'"text"'])
+@pytest.mark.parametrize("body", [b"{", b"[1, 2]", b"\xff\xfe", b'"text"', b"[" * 100_000 + b"]" * 100_000,
+                                  b'{"a":' * 50_000 + b"1" + b"}" * 50_000])
 def test_json_body_must_be_an_object(body: bytes) -> None:
     with pytest.raises(BadRequest) as e:
         parse_json_object(body)
@@ -85,6 +86,15 @@ def post(**kwargs: Any) -> Request:
 
     headers = [(k.lower().encode(), v.encode()) for k, v in built.headers.items()]
     return Request({"type": "http", "method": "POST", "path": "/", "query_string": b"", "headers": headers}, receive)
+
+
+@pytest.mark.parametrize("ctype", ["text/plain", "", "application/x-www-form-urlencoded", "multipart/form-data"])
+async def test_a_json_route_refuses_a_body_not_declared_json_with_415(ctype: str) -> None:
+    with pytest.raises(UnsupportedMediaType) as e:
+        await read_json_object(post(content=b'{"input": "hi"}', headers={"content-type": ctype}), 1000)
+    assert e.value.code == "unsupported_content_type"
+    assert await read_json_object(post(content=b'{"input": "hi"}', headers={"content-type": "application/json; charset=utf-8"}),
+                                  1000) == {"input": "hi"}
 
 
 VERIFY = {"images": {"file_a": "image_a", "file_b": "image_b"}, "fields": ("model", "box_a", "box_b"),
