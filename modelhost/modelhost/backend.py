@@ -24,6 +24,12 @@ class Backend(ABC):
     them imported. Importing them must not touch a device: no CUDA context, no device memory (torch,
     onnxruntime and ctranslate2 create theirs at the first tensor or session, in ``load()``)."""
 
+    @classmethod
+    def prepare(cls) -> None:
+        """Process-wide work a warm spare does for this backend after importing ``preload``, ahead of any
+        load: caches that a first load or warm-up would otherwise build (a tokenizer's tables, a JIT
+        compile). Never touches a device and never reads a model's weights. Default: nothing."""
+
     def __init__(self, spec: ModelSpec, cache_dir: str) -> None:
         self.spec = spec
         self.cache_dir = cache_dir
@@ -77,17 +83,18 @@ def torch_device(spec: ModelSpec) -> str:
 
 
 def preload_modules(paths: list[str]) -> tuple[list[str], dict[str, str]]:
-    """Import each backend's module and the modules its class names in ``preload``. Returns the modules
-    imported and, for each that failed, why (the load of that backend will fail and say so itself)."""
+    """Import each backend's module and the modules its class names in ``preload``, then run its
+    ``prepare``. Returns what was imported (and prepared: ``path.prepare()``) and, for each step that
+    failed, why (a load of that backend then does the work itself, or fails and says so)."""
     imported: list[str] = []
     failed: dict[str, str] = {}
     for path in paths:
         try:
-            names = [path.partition(":")[0], *import_backend(path).preload]
+            cls = import_backend(path)
         except Exception as e:
             failed[path] = f"{type(e).__name__}: {e}"
             continue
-        for name in names:
+        for name in [path.partition(":")[0], *cls.preload]:
             if name in imported or name in failed:
                 continue
             try:
@@ -95,6 +102,12 @@ def preload_modules(paths: list[str]) -> tuple[list[str], dict[str, str]]:
                 imported.append(name)
             except Exception as e:
                 failed[name] = f"{type(e).__name__}: {e}"
+        if cls.prepare.__func__ is not Backend.prepare.__func__:
+            try:
+                cls.prepare()
+                imported.append(f"{path}.prepare()")
+            except Exception as e:
+                failed[f"{path}.prepare()"] = f"{type(e).__name__}: {e}"
     return imported, failed
 
 

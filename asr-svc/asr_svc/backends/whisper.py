@@ -34,6 +34,35 @@ SUPPORTED_DTYPES = ("float32", "float16")
 class WhisperTranscriber(Backend):
     preload = ("torch", "whisper")  # what a warm spare imports ahead (``Backend.preload``)
 
+    @classmethod
+    def prepare(cls) -> None:
+        """A warm spare builds what every first transcription of a process would: the tokenizers' special-token
+        regex (0.8 s here, most of a first warm-up), for English-only models and multilingual ones (99
+        languages; large-v3's 100), the first ``load_model`` and torch's first CPU kernels (a throwaway
+        Whisper of width 64 with random weights, saved to a temporary file, loaded back and run once on the CPU),
+        and the word-timestamp alignment's numba compile. No device, and no real model's weights."""
+        import tempfile
+        from dataclasses import asdict
+
+        import numpy as np
+        import torch
+        import whisper
+        from whisper.model import ModelDimensions, Whisper
+        from whisper.timing import dtw_cpu
+        from whisper.tokenizer import get_tokenizer
+
+        for multilingual, languages in ((False, 99), (True, 99), (True, 100)):
+            get_tokenizer(multilingual, num_languages=languages).non_speech_tokens  # noqa: B018 - builds its cache
+        dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=1, n_audio_layer=1,
+                               n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=1, n_text_layer=1)
+        with tempfile.TemporaryDirectory(prefix="roundhouse-spare-") as d:
+            path = os.path.join(d, "throwaway.pt")
+            torch.save({"dims": asdict(dims), "model_state_dict": Whisper(dims).state_dict()}, path)
+            model = whisper.load_model(path, device="cpu")
+        whisper.transcribe(model, np.zeros(SAMPLE_RATE, dtype=np.float32), fp16=False, temperature=0.0,
+                           without_timestamps=True, condition_on_previous_text=False)
+        dtw_cpu(np.zeros((2, 2), dtype=np.float64))
+
     def __init__(self, spec: ModelSpec, cache_dir: str) -> None:
         super().__init__(spec, cache_dir)
         o = spec.options

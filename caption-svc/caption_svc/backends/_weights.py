@@ -47,3 +47,20 @@ def pretrained_kwargs(spec: ModelSpec, cache_dir: str) -> dict[str, Any]:
         return {"local_files_only": True}
     log.info("downloading %s into %s", spec.source, cache_dir)
     return {"cache_dir": cache_dir}
+
+
+def warm_pretrained(model_cls: Any, config: Any, **generate_inputs: Any) -> None:
+    """A warm spare's ``prepare`` for a transformers backend: a throwaway model of ``config`` (a tiny width, random
+    weights) saved to a temporary directory, loaded back with ``from_pretrained`` and run once with ``generate`` on
+    the CPU. A process's first ``from_pretrained`` compiles transformers' weight-renaming patterns (0.4 s of a 0.5 s
+    first load of tiny-blip here) and its first ``generate`` sets up torch's CPU kernels; a live worker has both.
+    No device, and no real model's weights."""
+    import tempfile
+
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="roundhouse-spare-") as d:
+        model_cls(config).save_pretrained(d)
+        model = model_cls.from_pretrained(d, dtype=torch.float32, local_files_only=True).eval()
+    with torch.inference_mode():
+        model.generate(**generate_inputs, max_new_tokens=2, do_sample=False)

@@ -29,7 +29,7 @@ from modelhost.backend import Backend, torch_device
 from modelhost.catalog import ModelSpec
 
 from ..items import CaptionItem, PromptFillsContext
-from ._weights import TRANSFORMERS_PRELOAD, pretrained_kwargs, torch_dtype
+from ._weights import TRANSFORMERS_PRELOAD, pretrained_kwargs, torch_dtype, warm_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,20 @@ class BlipCaptioner(Backend):
         "transformers.models.blip.image_processing_blip",
         "transformers.models.bert.tokenization_bert",
     )
+
+    @classmethod
+    def prepare(cls) -> None:
+        import torch
+        from transformers import BlipConfig, BlipForConditionalGeneration
+
+        config = BlipConfig(
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                               image_size=32, patch_size=8, projection_dim=32),
+            text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                             max_position_embeddings=16, projection_dim=32, bos_token_id=1, pad_token_id=0,
+                             sep_token_id=2, eos_token_id=2),
+            projection_dim=32, image_text_hidden_size=32)
+        warm_pretrained(BlipForConditionalGeneration, config, pixel_values=torch.zeros(1, 3, 32, 32))
 
     def __init__(self, spec: ModelSpec, cache_dir: str) -> None:
         super().__init__(spec, cache_dir)
