@@ -109,6 +109,9 @@ def setup(check: Check) -> dict:
         from tests.doubles.fake_nvml_host import write_spec
 
         check.env_extra = write_spec(check.work / "fake-nvml.json")
+        # The fake counts every worker process's resident set as device memory, a warm spare's too (torch
+        # imported: hundreds of MB), which on a GPU holds none: the rehearsal runs without spares.
+        check.env_extra["CAPTION_SVC_SPARE_WORKER"] = "false"
         os.environ.update(check.env_extra)
         sys.path.insert(0, check.env_extra["PYTHONPATH"].split(os.pathsep)[0])  # this process's pynvml too
     check.gpu = stack.Gpu(0)
