@@ -160,11 +160,12 @@ def start_ollama(models: dict[str, dict], logdir: Path, env: dict[str, str] | No
 
 
 def start_llama_swap(models: dict[str, dict], logdir: Path, env: dict[str, str] | None = None, port: int | None = None,
-                     resident: tuple[str, ...] = (), name: str = "llama-swap") -> Proc:
-    """The llama-swap stand-in (``tests/doubles/llama_swap_server.py``), as ``start_ollama``."""
+                     resident: tuple[str, ...] = (), name: str = "llama-swap", api_unload: bool = True) -> Proc:
+    """The llama-swap stand-in (``tests/doubles/llama_swap_server.py``), as ``start_ollama``; ``api_unload``
+    False: an older llama-swap, with ``GET /unload`` alone."""
     import json
 
     port = port or free_port()
     argv = [str(GATEWAY_PY), "-m", "tests.doubles.llama_swap_server", "--port", str(port), "--models", json.dumps(models)]
-    argv += [a for m in resident for a in ("--resident", m)]
+    argv += [a for m in resident for a in ("--resident", m)] + ([] if api_unload else ["--no-api-unload"])
     return start(name, argv, env or {}, port, logdir, ready_path="/health")

@@ -129,14 +129,14 @@ def write_catalog(face_catalog: Path, out: Path, tenant: dict) -> Path:  # noqa:
 
 
 def start_stack(face_catalog: Path, tmp_path: Path, logdir: Path, server: str, resident: bool,  # noqa: F811
-                up: bool = True) -> Stack:
+                up: bool = True, **server_options: object) -> Stack:
     env = fake_nvml_host.write_spec(tmp_path / "fake-nvml.json")
     name, start = (OLLAMA_NAME, procs.start_ollama) if server == "ollama" else (SWAP_NAME, procs.start_llama_swap)
     port = procs.free_port()
     llm = None
     if up:
         llm = start({name: {"bytes": LLM_BYTES, "load_s": 0.2, "unload_s": 0.1}}, logdir, env, port=port,
-                    resident=(name,) if resident else (), name=f"{server}-{port}")
+                    resident=(name,) if resident else (), name=f"{server}-{port}", **server_options)
     catalog = write_catalog(face_catalog, tmp_path / "catalog",
                             {"backend": server, "source": name, "options": {"url": f"http://127.0.0.1:{port}"}})
     started: list[procs.Proc] = [llm] if llm else []
@@ -350,3 +350,20 @@ def test_a_slow_release_is_waited_for_not_slept_over(ollama_stack: Stack) -> Non
     llm_gone = next(x for x in readings if x.t > unload["t"] and not x.llm_bytes)
     assert llm_gone.t >= unload["t"] + 1.5  # the release really was slow ...
     assert next(x for x in readings if x.worker_bytes).t > llm_gone.t  # ... and the face worker came after it
+
+
+def test_an_older_llama_swap_is_evicted_with_get_unload(face_catalog: Path, tmp_path: Path,  # noqa: F811
+                                                        logdir: Path) -> None:
+    s = start_stack(face_catalog, tmp_path, logdir, "llama-swap", resident=True, api_unload=False)
+    try:
+        procs.wait_until(lambda: LLM in s.resident(), 30)
+        r = detect(s.gateway.url)
+        assert r.status_code == 200, r.text
+        tried, unload = [(c["method"], c["path"]) for c in s.calls() if "unload" in c["path"]]
+        assert tried == ("POST", f"/api/models/unload/{SWAP_NAME}") and unload == ("GET", "/unload")
+        assert httpx.get(s.llm.url + "/running").json()["running"] == []
+        readings = s.meter.stop()
+        assert_never_both(readings)
+        assert readings[0].llm_bytes >= LLM_BYTES and any(r.worker_bytes for r in readings)
+    finally:
+        stop_stack(s)

@@ -12,7 +12,7 @@ mostlygeek/llama-swap):
   "description"}]}``, every model whose process is not stopped (``state``: starting, ready, stopping);
 - ``POST /api/models/unload/{model}``: stops that model's process and answers "OK" when it has stopped
   (404 envelope for a model it does not have); ``POST /api/models/unload`` (``{"msg": "ok"}``) and the older
-  ``GET /unload`` ("OK") stop them all;
+  ``GET /unload`` ("OK") stop them all (``--no-api-unload``: an older version, ``GET /unload`` alone);
 - ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings`` for the model the body names: the
   models form one swap group, so a request for a model that is not running stops the others, starts it,
   then answers (the upstream's OpenAI shapes; SSE ``data: {...}`` then ``data: [DONE]`` when streaming);
@@ -118,7 +118,7 @@ class LlamaSwap:
         return await openai_answer(request, self.shapes, self.faults, route, name, await request.json())
 
 
-def create_app(models: dict[str, ModelConf], resident: list[str]) -> web.Application:
+def create_app(models: dict[str, ModelConf], resident: list[str], api_unload: bool = True) -> web.Application:
     calls: list[dict] = []
     faults: dict = {}
     swap = LlamaSwap(models, faults)
@@ -126,8 +126,9 @@ def create_app(models: dict[str, ModelConf], resident: list[str]) -> web.Applica
     app.router.add_get("/health", swap.health)
     app.router.add_get("/running", swap.running)
     app.router.add_get("/unload", swap.legacy_unload)
-    app.router.add_post("/api/models/unload", swap.api_unload_all)
-    app.router.add_post("/api/models/unload/{model:.+}", swap.unload_model)
+    if api_unload:  # older versions have GET /unload alone
+        app.router.add_post("/api/models/unload", swap.api_unload_all)
+        app.router.add_post("/api/models/unload/{model:.+}", swap.unload_model)
     app.router.add_get("/v1/models", swap.list_models)
     app.router.add_get("/models", swap.list_models)
     app.router.add_post("/v1/chat/completions", swap.proxied("chat"))
@@ -153,8 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--models", required=True, help='JSON: {"id": {"bytes": N, "load_s": s, "unload_s": s}}')
     parser.add_argument("--resident", action="append", default=[], help="a model started with the server")
+    parser.add_argument("--no-api-unload", action="store_true", help="an older llama-swap: no POST /api/models/unload")
     args = parser.parse_args(argv)
-    serve(create_app(parse_models(args.models), args.resident), args.port)
+    serve(create_app(parse_models(args.models), args.resident, api_unload=not args.no_api_unload), args.port)
 
 
 if __name__ == "__main__":
