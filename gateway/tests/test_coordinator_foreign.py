@@ -157,6 +157,15 @@ def test_a_load_out_of_memory_with_nothing_to_evict_is_refused_at_once() -> None
     assert [f.kind for f in fails] == [FailKind.OUT_OF_MEMORY] and "nothing idle" in fails[0].message
 
 
+def test_a_load_out_of_memory_that_no_one_waits_for_any_more_evicts_nothing() -> None:
+    c = core(A=2 * GiB, C=4 * GiB)
+    resident(c, "A", 0, 1)
+    c.arrive(2, "C", 10, timeout_s=5.0)
+    assert [f.kind for f in of(Fail, c.tick(16))] == [FailKind.DEADLINE]  # its caller gave up during the load
+    assert c.load_done("C", 17, ok=False, out_of_memory=True) == []
+    assert c.swap is None and c.oom_retry is None and "A" in c.resident and not c.resident["A"].draining
+
+
 # Random traces with memory not ours coming and going -----------------------------------------------
 
 

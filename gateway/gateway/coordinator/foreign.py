@@ -65,8 +65,8 @@ def metered(core: Core, used_bytes: int | None, total_bytes: int | None) -> None
     if used_bytes is None or core.total_bytes is None or core.loading is not None or core.unloading:
         return  # no total: not a metered device, nothing to compare the room with
     foreign = max(0, used_bytes - core.used_bytes())
-    if abs(foreign - core.foreign_bytes) >= NOTABLE_CHANGE_BYTES:
-        log.warning("%s: memory not ours went from %.0f to %.0f MiB (device %.0f MiB used, the ledger charges %.0f); "
+    if abs(foreign - core.foreign_bytes) >= NOTABLE_CHANGE_BYTES:  # an eviction it causes logs a warning
+        log.info("%s: memory not ours went from %.0f to %.0f MiB (device %.0f MiB used, the ledger charges %.0f); "
                     "room for ours: %.0f MiB", core.device, core.foreign_bytes / MiB, foreign / MiB, used_bytes / MiB,
                     core.used_bytes() / MiB, (core.total_bytes - core.reserve_bytes - foreign) / MiB)
     core.foreign_bytes = foreign
@@ -134,9 +134,12 @@ def out_of_memory(core: Core, model: str, now: float) -> list[Action]:
     refuse its waiters (OUT_OF_MEMORY) naming what holds the device; it stays unloaded."""
     retried = core.oom_retry == model
     core.oom_retry = None
+    if not core.queues[model]:
+        log.warning("%s: %s ran out of device memory while loading; no request waits for it any more", core.device, model)
+        return []
     need = core.models[model].footprint_bytes
     victims = () if retried or core.swap is not None else _idle_victims(core, need, now)
-    if victims and core.queues[model]:
+    if victims:
         log.warning("%s: %s ran out of device memory while loading; evicting %s and trying once more",
                     core.device, model, list(victims))
         core.oom_retry = model
