@@ -6,7 +6,7 @@ doing the same hop, all in one run on loopback.
 The upstream is tests/doubles/echo_service.py (the model host API with a canned caption), twice:
 one that answers at once ("trivial") and one that sleeps 20 ms per request ("slow"). In front of
 each: a real gateway process (its real catalog, its real POST /v1/images/captions route: JSON parse,
-base64 decode, image header check, multipart forward with aiohttp) and nginx (one worker, a
+base64 decode, image header check, multipart forward over modelhost.http1) and nginx (one worker, a
 keep-alive upstream pool, access log off) proxying the same path to the double.
 
 The request is POST /v1/images/captions with {"image": "<base64 of an 8x8 PNG>", "model":
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import http.client
 import json
 import os
 import re
@@ -202,6 +203,16 @@ def run_wrk(port: int, lua: Path, *, duration_s: float, connections: int, thread
     return r
 
 
+def most_in_flight(port: int) -> int:
+    """The most inference requests the echo double held at once since the last call (which resets it)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/stats")
+        return int(json.loads(conn.getresponse().read())["most_in_flight"])
+    finally:
+        conn.close()
+
+
 def combine(runs: list[dict]) -> dict:
     """Rounds of one path: requests and CPU summed, throughput over the summed time, latency
     percentiles as the median of the rounds' (wrk reports no histogram to merge)."""
@@ -212,6 +223,7 @@ def combine(runs: list[dict]) -> dict:
         "rps_rounds": [r["rps"] for r in runs],
         "p50_us": statistics.median(r["p50_us"] for r in runs), "p99_us": statistics.median(r["p99_us"] for r in runs),
         "cpu": {n: sum(r["cpu"][n] for r in runs) for n in runs[0]["cpu"]},
+        "in_flight": max(r["in_flight"] for r in runs),
     }
 
 
@@ -262,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 procs.start(f"gateway-{kind}", [GATEWAY_PY, "-m", "gateway"], env={
                     "GATEWAY_CATALOG": str(catalog), "GATEWAY_PORT": str(ports[f"gw_{kind}"]),
                     "GATEWAY_SERVICES": json.dumps({"caption": f"http://127.0.0.1:{ports[f'echo_{kind}']}"}),
-                    "GATEWAY_API_KEYS": "[]"})
+                    "GATEWAY_API_KEYS": "[]", "GATEWAY_DATA_DIR": str(tmp / f"data-{kind}")})
             procs.start("nginx", [nginx, "-p", tmp, "-e", tmp / "nginx-error.log", "-c", tmp / "nginx.conf",
                                   "-g", "daemon off;"])
             for kind in ("trivial", "slow"):
@@ -304,19 +316,23 @@ def main(argv: list[str] | None = None) -> int:
                 for kind in ("trivial", "slow"):
                     for t in targets[kind]:
                         procs.check_alive()
+                        echo_port = ports[f"echo_{kind}"]
+                        most_in_flight(echo_port)  # resets the double's count
                         cpu0 = {n: group_cpu_s(p) for n, p in pgid.items()}
                         r = run_wrk(t.port, lua, duration_s=args.duration / args.rounds, connections=args.connections,
                                     threads=args.threads)
                         cpu1 = {n: group_cpu_s(p) for n, p in pgid.items()}
                         r["cpu"] = {n: cpu1[n] - cpu0[n] for n in pgid}
+                        r["in_flight"] = most_in_flight(echo_port)
                         runs.setdefault((kind, t.label), []).append(r)
             results = {key: combine(rs) for key, rs in runs.items()}
             print()
             print(f"Throughput, wrk -t{args.threads} -c{args.connections}, {args.rounds} rounds of "
                   f"{args.duration / args.rounds:g} s per path (CPU: ms of CPU per request in the proxy process / "
-                  "in the upstream double; p50/p99: median of the rounds)")
+                  "in the upstream double; p50/p99: median of the rounds; upstream: the most requests the 20 ms "
+                  "double held at once)")
             print(f"{'upstream':<13}{'path':<9}{'req/s':>9}{'vs direct':>11}{'vs nginx':>10}{'p50 ms':>9}{'p99 ms':>9}"
-                  f"{'errors':>8}{'proxy CPU':>11}{'upstream CPU':>14}  req/s per round")
+                  f"{'errors':>8}{'proxy CPU':>11}{'upstream CPU':>14}{'upstream':>10}  req/s per round")
             for kind in ("trivial", "slow"):
                 d = results[(kind, "direct")]["rps"]
                 ng = results[(kind, "nginx")]["rps"]
@@ -326,8 +342,9 @@ def main(argv: list[str] | None = None) -> int:
                     proxy_cpu = "" if t.label == "direct" else f"{r['cpu'][t.proc] * 1000 / n:.3f}"
                     up_cpu = f"{r['cpu'][f'echo-{kind}'] * 1000 / n:.3f}"
                     upstream = f"{kind} {SLOW_DELAY_MS:g} ms" if kind == "slow" else kind
+                    held = str(r["in_flight"]) if kind == "slow" else ""
                     print(f"{upstream:<13}{t.label:<9}{r['rps']:>9.0f}{r['rps'] / d:>11.2f}{r['rps'] / ng:>10.2f}"
-                          f"{r['p50_us'] / 1000:>9.2f}{r['p99_us'] / 1000:>9.2f}{r['errors']:>8}{proxy_cpu:>11}{up_cpu:>14}  "
+                          f"{r['p50_us'] / 1000:>9.2f}{r['p99_us'] / 1000:>9.2f}{r['errors']:>8}{proxy_cpu:>11}{up_cpu:>14}{held:>10}  "
                           + " ".join(f"{x:.0f}" for x in r["rps_rounds"]))
             errors = sum(r["errors"] for r in results.values())
     finally:

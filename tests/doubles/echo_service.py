@@ -5,6 +5,8 @@ It is the upstream for ``bench/gateway_overhead.py``, so that a benchmark measur
 and not a model. What it answers:
 
     GET  /health/live, /health/ready       200 {"status": "ok", ...}
+    GET  /stats                            200 {"most_in_flight": n}: the most inference requests it held at once
+                                               since the last /stats (counted only with a delay)
     GET  /v1/models                        200 the models loaded so far (``modelhost.contract.ModelsReply``)
     POST /v1/models/{name}/load            200 a ``ModelRow`` in state ready (the model is listed from then on)
     POST /v1/models/{name}/unload          200 an ``UnloadReply`` (the model is no longer listed)
@@ -46,6 +48,7 @@ def create_app(*, delay_ms: float = 0.0, model: str = "bench-caption"):  # noqa:
         "width": 8, "height": 8, "timings": {"decode_ms": 0.05, "inference_ms": delay_ms},
     })
     loaded: dict[str, dict[str, Any]] = {}  # model id -> its ModelRow, as GET /v1/models lists it
+    flight = {"now": 0, "most": 0}  # inference requests sleeping now, and the most at once since /stats
 
     def row(name: str) -> dict[str, Any]:
         return {"id": name, "family": "caption", "backend": "echo", "state": "ready", "device_requested": "cpu",
@@ -87,6 +90,9 @@ def create_app(*, delay_ms: float = 0.0, model: str = "bench-caption"):  # noqa:
                 body = _encode({"status": "ok", "family": "caption", "models": len(loaded), "worker_pid": os.getpid()})
             elif path == "/v1/models":
                 body = models()
+            elif path == "/stats":
+                body = _encode({"most_in_flight": flight["most"]})
+                flight["most"] = flight["now"]
             else:
                 status, body = 404, not_found
         elif method == "POST":
@@ -100,7 +106,12 @@ def create_app(*, delay_ms: float = 0.0, model: str = "bench-caption"):  # noqa:
                     body = _encode({"model": name, "state": "unloaded", "freed_bytes": 0, "unload_s": 0.0,
                                     "worker_stopped": not loaded})
             elif delay_s > 0:
-                await asyncio.sleep(delay_s)
+                flight["now"] += 1
+                flight["most"] = max(flight["most"], flight["now"])
+                try:
+                    await asyncio.sleep(delay_s)
+                finally:
+                    flight["now"] -= 1
         else:
             status, body = 404, not_found
         headers = [_JSON, (b"content-length", str(len(body)).encode())]
