@@ -243,7 +243,11 @@ class Lane:
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
                 loop.call_soon_threadsafe(settle, ok, value)
 
-        threading.Thread(target=main, name=f"{self.name}-{id(watch):x}", daemon=True).start()
+        try:
+            threading.Thread(target=main, name=f"{self.name}-{id(watch):x}", daemon=True).start()
+        except BaseException:  # no thread (the process is at its limit): the slot was never used
+            slots.release()
+            raise
         while True:
             idle = time.monotonic() - watch.last
             try:
