@@ -131,3 +131,36 @@ async def test_the_lane_passes_the_calls_exception_on() -> None:
 
     with pytest.raises(PayloadTooLarge):
         await Lane("test", threads=1, stall_s=5).run(fails)
+
+
+class HungLibrary(Library):
+    """A library on a mount that stopped answering: listing it blocks until ``release`` is set."""
+
+    def __init__(self, root: Path, release: threading.Event) -> None:
+        super().__init__([root])
+        self.release = release
+
+    def expand(self, *args, tick, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
+        self.release.wait()
+        return []
+
+
+async def test_a_hung_listing_is_400_and_a_lane_full_of_them_429_while_the_loop_runs(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from gateway.jobs.service import Jobs
+    from gateway.jobs.tasks import TASKS
+    from modelhost.errors import BadRequest, Overloaded
+
+    release = threading.Event()
+    jobs = SimpleNamespace(library=HungLibrary(tmp_path, release), listing=Lane("listing", threads=1, stall_s=0.3),
+                           settings=SimpleNamespace(jobs_max_items=10))
+    try:
+        with pytest.raises(BadRequest) as e:
+            await Jobs.resolve_paths(jobs, TASKS["caption"], ["photos"])  # type: ignore[arg-type]
+        assert e.value.code == "listing_timeout"
+        with pytest.raises(Overloaded) as e:
+            await Jobs.resolve_paths(jobs, TASKS["caption"], ["photos"])  # type: ignore[arg-type]
+        assert e.value.code == "library_busy" and e.value.status == 429
+    finally:
+        release.set()
