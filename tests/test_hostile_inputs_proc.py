@@ -108,9 +108,14 @@ def gw(hostile_gateway: procs.Proc) -> Iterator[httpx.Client]:
 
 DEEP_ARRAY = b"[" * 100_000 + b"]" * 100_000
 DEEP_OBJECT = b'{"a":' * 50_000 + b"1" + b"}" * 50_000
+NEAR_LIMIT = b"[" * 900 + b"]" * 900  # parses: what the fields' validation makes of it is tested
+DEEP_FIELDS = b"{" + b", ".join(b'"%s": %s' % (k.encode(), NEAR_LIMIT) for k in (
+    "image", "images", "image_a", "input", "model", "task", "paths", "options", "prompt", "max_new_tokens", "messages",
+    "voice", "open", "close")) + b"}"
 HOSTILE_BODIES: list[tuple[str, dict[str, Any]]] = [
     ("deep array", {"content": DEEP_ARRAY, "headers": {"content-type": "application/json"}}),
     ("deep object", {"content": DEEP_OBJECT, "headers": {"content-type": "application/json"}}),
+    ("fields nested 900 deep", {"content": DEEP_FIELDS, "headers": {"content-type": "application/json"}}),
     ("text/plain JSON", {"content": b'{"input": "hello", "task": "caption"}', "headers": {"content-type": "text/plain"}}),
     ("no content type", {"content": b'{"input": "hello"}', "headers": {"content-type": ""}}),
     ("broken JSON", {"content": b'{"a": ', "headers": {"content-type": "application/json"}}),
