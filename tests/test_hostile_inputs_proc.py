@@ -1,9 +1,9 @@
 """A hostile client against real processes (issue 13): no bad input is ever a 5xx, every 4xx is the error
 envelope, and no input can freeze the gateway or blow up a service's memory.
 
-- The corpus: every operation of the gateway's OpenAPI document gets hostile bodies (JSON nested past the
-  parser's limit, text/plain, broken JSON, a JSON array, numbers past every range), hostile query values and
-  hostile path parameters; then the known cases by name (``1e999`` and ``true`` for integer options, an
+- The corpus: every operation of the gateway's OpenAPI document, and of each family service's, gets
+  hostile bodies (JSON nested past the parser's limit, text/plain, broken JSON, a JSON array, numbers past
+  every range), hostile query values and hostile path parameters; then the known cases by name (``1e999`` and ``true`` for integer options, an
   ``after`` past SQLite's integer, ...). The gateway fronts the real caption service (tiny models); its face,
   asr and tts models point at a port where nothing listens, so any bad input that got past the gateway's
   own checks would show as a 503.
@@ -31,7 +31,9 @@ import pytest
 from PIL import Image
 
 from tests import procs
-from tests.face_fixtures import face_catalog  # noqa: F401 - fixture
+from tests.asr_fixtures import asr_catalog, asr_logdir, asr_svc  # noqa: F401 - fixtures
+from tests.face_fixtures import face_catalog, face_svc  # noqa: F401 - fixtures
+from tests.tts_fixtures import tts_catalog, tts_svc  # noqa: F401 - fixtures
 from tests.jobs_fixtures import all_results, start_jobs_gateway, wait_job
 
 pytestmark = pytest.mark.proc
@@ -139,14 +141,11 @@ def operations(doc: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]
                 yield method, path, op
 
 
-def test_every_operation_answers_hostile_input_with_a_4xx_envelope(gw: httpx.Client) -> None:
-    doc = gw.get("/openapi.json").json()
-    ops = list(operations(doc))
-    assert {("post", "/v1/images/captions"), ("post", "/v1/faces/detect"), ("post", "/v1/audio/speech"),
-            ("post", "/v1/audio/transcriptions"), ("post", "/v1/jobs"), ("get", "/v1/jobs/{job_id}/results")} <= {
-        (m, p) for m, p, _ in ops}
+def sweep(client: httpx.Client) -> int:
+    """Every operation of ``client``'s OpenAPI document, with the hostile bodies, queries and path values:
+    each answer is below 500 and a 4xx is the envelope. Returns how many requests were sent."""
     sent = 0
-    for method, path, op in ops:
+    for method, path, op in operations(client.get("/openapi.json").json()):
         params = op.get("parameters", [])
         in_path = [p["name"] for p in params if p["in"] == "path"]
         in_query = [p["name"] for p in params if p["in"] == "query"]
@@ -156,16 +155,32 @@ def test_every_operation_answers_hostile_input_with_a_4xx_envelope(gw: httpx.Cli
                 url = url.replace("{" + name + "}", value or "")
             if method in ("post", "put", "patch"):
                 for what, kwargs in HOSTILE_BODIES:
-                    assert_envelope(gw.request(method.upper(), url, **kwargs), f"{method} {url} {what}")
+                    assert_envelope(client.request(method.upper(), url, **kwargs), f"{method} {url} {what}")
                     sent += 1
             for name in in_query:
                 for bad in HOSTILE_QUERY:
-                    r = gw.request(method.upper(), url, params={name: bad},
-                                   **({"content": b"{}", "headers": {"content-type": "application/json"}}
-                                      if method == "post" else {}))
+                    r = client.request(method.upper(), url, params={name: bad},
+                                       **({"content": b"{}", "headers": {"content-type": "application/json"}}
+                                          if method == "post" else {}))
                     assert_envelope(r, f"{method} {url}?{name}={bad!r}")
                     sent += 1
-    assert sent > 200
+    return sent
+
+
+def test_every_gateway_operation_answers_hostile_input_with_a_4xx_envelope(gw: httpx.Client) -> None:
+    ops = {(m, p) for m, p, _ in operations(gw.get("/openapi.json").json())}
+    assert {("post", "/v1/images/captions"), ("post", "/v1/faces/detect"), ("post", "/v1/audio/speech"),
+            ("post", "/v1/audio/transcriptions"), ("post", "/v1/jobs"), ("get", "/v1/jobs/{job_id}/results")} <= ops
+    assert sweep(gw) > 200
+
+
+@pytest.mark.parametrize("service", ["caption_svc", "face_svc", "asr_svc", "tts_svc"])
+def test_every_family_service_operation_answers_hostile_input_with_a_4xx_envelope(
+        service: str, request: pytest.FixtureRequest) -> None:
+    """The services answer whoever reaches them (compose's network, a port left open): the same corpus."""
+    svc: procs.Proc = request.getfixturevalue(service)
+    with httpx.Client(base_url=svc.url, timeout=60) as c:
+        assert sweep(c) > 50
 
 
 def multipart(fields: dict[str, str], files: dict[str, bytes]) -> dict[str, Any]:
