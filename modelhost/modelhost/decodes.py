@@ -5,15 +5,37 @@ burst of uploads cannot multiply one decode's memory without end.
 At most ``running`` decodes hold a turn at once; up to ``waiting`` more wait for one; a request past those
 is 429 ``overloaded`` with Retry-After at once. A route reads the upload's bytes inside its turn, so a
 request waiting for one holds only the upload as the server spooled it (to disk past 1 MB).
+
+When the last turn of a burst ends, the memory the decodes freed is handed back to the system
+(glibc's ``malloc_trim``): glibc keeps freed heap for reuse, and after a burst of large images a service
+kept gigabytes it no longer used.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import AsyncIterator
+import ctypes
+import ctypes.util
+import functools
+from typing import AsyncIterator, Callable
 
 from .errors import Overloaded
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def give_back_freed_memory() -> None:
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 class DecodeSlots:
@@ -22,6 +44,7 @@ class DecodeSlots:
         self.waiting = 8 * running if waiting is None else waiting
         self.what = what
         self._queued = 0
+        self._inside = 0
         self._slots: asyncio.Semaphore | None = None  # made on the loop that first uses it
 
     @contextlib.asynccontextmanager
@@ -38,7 +61,11 @@ class DecodeSlots:
             await slots.acquire()
         finally:
             self._queued -= 1
+        self._inside += 1
         try:
             yield
         finally:
+            self._inside -= 1
             slots.release()
+            if self._inside == 0 and self._queued == 0:  # the burst is over
+                await asyncio.to_thread(give_back_freed_memory)
