@@ -318,3 +318,20 @@ def test_eight_lying_jpegs_at_once_keep_face_svc_under_its_decode_bound(face_cat
         assert kept < 128 * 2**20, f"face-svc kept {kept / 2**20:.0f} MiB after the burst"  # 191 MiB without malloc_trim
     finally:
         svc.stop()
+
+
+def test_a_lone_surrogate_in_speech_input_is_spoken_through_to_the_end(tts_svc: procs.Proc) -> None:  # noqa: F811
+    """JSON lets a lone UTF-16 surrogate through (UTF-8 has none): it was a 500, or audio that stopped after the
+    first sentence. Read as U+FFFD, the rest of the text is spoken."""
+    with httpx.Client(base_url=tts_svc.url, timeout=120) as c:
+        assert c.post("/v1/models/flite/load").status_code == 200
+        sizes = []
+        for text in ("First sentence here. Second sentence there. Third one now.",
+                     "First sentence here. \\ud800 Second sentence there. Third one now.",
+                     "First sentence \\udfff here. Second sentence there. Third one now."):
+            r = c.post("/v1/audio/speech", content=('{"model": "flite", "input": "%s", "response_format": "pcm"}' % text).encode(),
+                       headers={"content-type": "application/json"})
+            assert r.status_code == 200, r.text
+            assert r.headers["x-sentences"] == "3"
+            sizes.append(len(r.content))
+    assert min(sizes) > 0.9 * max(sizes), sizes
