@@ -17,7 +17,7 @@ from gateway.jobs.inputs import Library
 from gateway.jobs.reading import ItemLimits, ItemReader
 from gateway.jobs.store import Item
 from gateway.jobs.tasks import ItemFailed
-from modelhost.errors import PayloadTooLarge
+from modelhost.errors import BadRequest, PayloadTooLarge
 
 pytestmark = pytest.mark.unit
 
@@ -60,6 +60,12 @@ def test_a_listing_past_its_entry_budget_is_413(tree: Path) -> None:
     with pytest.raises(PayloadTooLarge) as e:
         glob(str(tree / "**" / "*.jpg"), Budget(max_entries=5))
     assert e.value.code == "too_many_entries"
+
+
+def test_a_listing_past_its_time_is_400(tree: Path) -> None:
+    with pytest.raises(BadRequest) as e:
+        walk(str(tree), Budget(timeout_s=-1))
+    assert e.value.code == "listing_timeout"
 
 
 def test_a_library_expansion_over_a_symlink_loop_ends_and_finds_each_file_once(tree: Path) -> None:
@@ -150,7 +156,7 @@ async def test_a_hung_listing_is_400_and_a_lane_full_of_them_429_while_the_loop_
 
     from gateway.jobs.service import Jobs
     from gateway.jobs.tasks import TASKS
-    from modelhost.errors import BadRequest, Overloaded
+    from modelhost.errors import Overloaded
 
     release = threading.Event()
     jobs = SimpleNamespace(library=HungLibrary(tmp_path, release), listing=Lane("listing", threads=1, stall_s=0.3),

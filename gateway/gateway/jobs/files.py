@@ -39,8 +39,10 @@ T = TypeVar("T")
 GLOB_CHARS = frozenset("*?[")
 LISTING_MAX_ENTRIES = 1_000_000
 """Most folder entries one request's paths may have the gateway look at (413 ``too_many_entries``)."""
-LISTING_TIMEOUT_S = 10.0
+LISTING_TIMEOUT_S = 30.0
 """Longest one request's paths may take to list (400 ``listing_timeout``)."""
+LISTING_STALL_S = 10.0
+"""How long a listing may go without looking at an entry before it is abandoned (a hung mount; 400)."""
 STALL_S = 15.0
 """How long a blocking file call may go without progress (no entry listed, no MiB read) before it is abandoned."""
 
@@ -77,6 +79,10 @@ class Budget:
         if self.left < 0:
             raise PayloadTooLarge(f"the paths lead through more than {self.max_entries} folder entries; name smaller "
                                   "folders or narrower globs", param="paths", code="too_many_entries")
+        self.alive()
+
+    def alive(self) -> None:
+        """Progress that costs no entry (a match checked): 400 past the time, else a tick."""
         if time.monotonic() > self.until:
             raise BadRequest(f"listing the paths took longer than {self.timeout_s:g} s (a very large tree, or a slow "
                              "mount); name smaller folders or narrower globs", param="paths", code="listing_timeout")

@@ -82,6 +82,7 @@ class Library:
             if any(c in path for c in GLOB_CHARS):
                 self.check(glob_base(path), shown=spec)
                 for m in glob(path, budget):
+                    budget.alive()
                     real = self.check(m, shown=m)
                     if not os.path.isdir(real) and kind_of(real) in kinds:
                         add(m, real)
@@ -89,6 +90,7 @@ class Library:
             real = self.check(path, shown=spec)
             if os.path.isdir(real):
                 for f in walk(real, budget):
+                    budget.alive()
                     if kind_of(f) in kinds:
                         add(f, self.check(f, shown=f))
             elif os.path.exists(real):

@@ -15,7 +15,7 @@ from modelhost.errors import BadRequest, Conflict, NotFound, Overloaded, Payload
 from modelhost.families import default_model
 
 from ..access import ModelAccess
-from .files import LISTING_TIMEOUT_S, Lane, LaneFull, Stalled
+from .files import LISTING_STALL_S, Lane, LaneFull, Stalled
 from .inputs import BlobStore, Library, kind_of, sniff_kind
 from .reading import ItemLimits
 from .runner import JobRunner, RunnerParts, new_job_id
@@ -45,7 +45,7 @@ class Jobs:
         self.access = access
         self.settings = settings
         self.gateway_settings = gateway_settings
-        self.listing = Lane("job-listing", threads=LISTING_THREADS, stall_s=LISTING_TIMEOUT_S)
+        self.listing = Lane("job-listing", threads=LISTING_THREADS, stall_s=LISTING_STALL_S)
 
     @classmethod
     def build(cls, data_dir: Path, settings: Any, gateway_settings: Any, *, access: ModelAccess, catalog: Catalog,
@@ -100,7 +100,7 @@ class Jobs:
                                            max_items=self.settings.jobs_max_items - already)
         except LaneFull as e:
             raise Overloaded(f"the library is not answering: {e}", param="paths", code="library_busy",
-                             retry_after_s=LISTING_TIMEOUT_S) from None
+                             retry_after_s=LISTING_STALL_S) from None
         except Stalled as e:
             raise BadRequest(f"listing the paths stalled: {e}", param="paths", code="listing_timeout") from None
         return [NewItem(source=src, path=real, upload=False, kind=kind) for src, real, kind in found]
