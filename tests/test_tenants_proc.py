@@ -367,3 +367,34 @@ def test_an_older_llama_swap_is_evicted_with_get_unload(face_catalog: Path, tmp_
         assert readings[0].llm_bytes >= LLM_BYTES and any(r.worker_bytes for r in readings)
     finally:
         stop_stack(s)
+
+
+def test_a_server_that_answers_its_unload_but_keeps_the_model_gets_the_face_request_a_503_not_a_hang(
+        ollama_stack: Stack) -> None:
+    """The server says the LLM is unloaded and keeps it (the stand-in's ``ignore_unload``). The face request
+    had its one eviction: the release was not verified, the re-read found the LLM still loaded, and the
+    request is refused 503 with a Retry-After naming what holds the card, instead of the same eviction
+    every release_timeout_s until its deadline (300 s; the client here gives up after 60 s). Once the
+    server behaves, the next face request evicts the LLM and is served."""
+    s = ollama_stack
+    procs.wait_until(lambda: LLM in s.resident(), 30)
+    httpx.post(s.llm.url + "/_faults", json={"ignore_unload": True}).raise_for_status()
+
+    r = httpx.post(s.gateway.url + "/v1/faces/detect", files={"file": ("a.png", squares())}, data={"model": FACE},
+                   timeout=60)  # a hang fails here (ReadTimeout)
+
+    assert r.status_code == 503, r.text
+    body = r.json()
+    assert set(body) == {"src", "request_id", "error"} and body["error"]["code"] == "model_not_ready"
+    assert float(r.headers["retry-after"]) > 0
+    assert LLM in body["error"]["message"] and "did not release its memory" in body["error"]["message"]
+    assert len(unload_calls(s.calls())) == 1  # asked once for this request, not again and again
+    assert httpx.get(s.gateway.url + "/health/ready", timeout=10).status_code == 200  # the gateway is up
+    assert LLM in s.resident() and [m["name"] for m in httpx.get(s.llm.url + "/api/ps").json()["models"]] == [OLLAMA_NAME]
+
+    httpx.post(s.llm.url + "/_faults", json={"ignore_unload": False}).raise_for_status()
+    r = detect(s.gateway.url)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["faces"]) == 1
+    assert httpx.get(s.llm.url + "/api/ps").json()["models"] == []
+    assert_never_both(s.meter.stop())

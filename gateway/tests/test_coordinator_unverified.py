@@ -191,3 +191,118 @@ def test_random_traces_with_zombie_workers_keep_the_budget_and_answer_everyone(s
     for o in res.outcomes:
         assert (o.granted is not None) != (o.failed is not None), o  # answered exactly once, never left waiting
     assert {t: len(a) for t, a in res.unload_answers.items()} == {t: 1 for t in range(len(unloads))}
+
+
+# A victim that is not released: a server that answers its unload and keeps the model ------------------------
+
+MiB = 2**20
+
+
+class LyingServerWorld:
+    """A virtual-clock driver for one Core: an LLM tenant (150 MiB) whose server answers every unload and,
+    while ``lying``, keeps the model (its list still shows it after release_timeout_s, 15 s); a face model
+    (64 MiB) beside it in a 180 MiB budget. Re-reads, meter-less, as the driver's ``Recheck`` and the periodic
+    reconciliation do (every 15 s). Records every Grant, Fail and Unload with its time."""
+
+    def __init__(self) -> None:
+        self.c = Core("cuda:0", 180 * MiB, {"llm": ModelInfo("llm", 150 * MiB, family="llm", load_s=1.0),
+                                            "face": ModelInfo("face", 64 * MiB, family="face", load_s=1.0)},
+                      config=PolicyConfig(idle_grace_s=0.5))
+        self.lying = True
+        self.held = {"llm": {"llm": Held(150 * MiB)}, "face": {}}  # what each server holds
+        self.events: list[tuple[float, int, str, tuple]] = []  # (at, seq, what, args)
+        self.seq = 0
+        self.answers: dict[int, tuple[float, object]] = {}
+        self.unloads: list[float] = []
+        self.now = 0.0
+
+    def at(self, t: float, what: str, *args) -> None:
+        self.seq += 1
+        self.events.append((t, self.seq, what, args))
+
+    def apply(self, actions: list) -> None:
+        self.c.check_invariants()
+        for a in actions:
+            if isinstance(a, (Grant, Fail)):
+                assert a.req_id not in self.answers, f"request {a.req_id} answered twice"
+                self.answers[a.req_id] = (self.now, a)
+                if isinstance(a, Grant):
+                    self.at(self.now + 0.1, "release", a.model)
+            elif isinstance(a, Unload):
+                self.unloads.append(self.now)
+                self.at(self.now + (15.0 if self.lying else 0.2), "unloaded", a.model)
+            elif isinstance(a, Load):
+                self.at(self.now + 1.0, "loaded", a.model)
+            elif isinstance(a, Recheck):
+                self.at(self.now + 0.05, "recheck", a.families)
+            elif type(a).__name__ == "Wake":
+                self.at(a.at, "tick")
+
+    def run_until(self, t_end: float) -> None:
+        while True:
+            self.events.sort()
+            if not self.events or self.events[0][0] > t_end:
+                self.now = t_end
+                return
+            self.now, _, what, args = self.events.pop(0)
+            c, now = self.c, self.now
+            if what == "arrive":
+                self.apply(c.arrive(args[0], args[1], now, lane=INTERACTIVE, timeout_s=120.0))
+            elif what == "release":
+                self.apply(c.release(args[0], now))
+            elif what == "tick":
+                self.apply(c.tick(now))
+            elif what == "loaded":
+                self.held[c.models[args[0]].family][args[0]] = Held(c.models[args[0]].footprint_bytes)
+                self.apply(c.load_done(args[0], now, ok=True, peak_memory_bytes=c.models[args[0]].footprint_bytes))
+            elif what == "unloaded":
+                model = args[0]
+                if self.lying and model == "llm":
+                    self.apply(c.unload_done(model, now, Released(0, False, 15.0, "service answered state unloading",
+                                                                  unloaded=False)))
+                else:
+                    self.held[c.models[model].family].pop(model, None)
+                    self.apply(c.unload_done(model, now, Released(0, True, 0.2, "gone", worker_stopped=True)))
+            elif what in ("recheck", "reconcile"):
+                since = c.epoch
+                for family in args[0]:
+                    self.apply(c.reconcile(family, dict(self.held[family]), now, since=since))
+                if what == "recheck":
+                    self.apply(c.rechecked(now, device_used_bytes=None))
+                else:
+                    self.at(now + 15.0, "reconcile", args[0])
+
+
+def test_a_victim_its_server_did_not_release_is_not_evicted_again_for_the_same_request() -> None:
+    """The bug: the server answered the LLM's unload and kept it. The release went unverified, the re-read
+    found the LLM loaded and charged it again, and the Core planned the same swap for the same face request,
+    every 15 s, until the request's deadline (120 s): a request that never got its answer in time. Now the
+    request gets one eviction; when its victim is found held again, it is refused, transiently, naming
+    what holds the device. The budget holds throughout (checked after every event)."""
+    w = LyingServerWorld()
+    w.at(0.0, "reconcile", ("face", "llm"))  # at start: the LLM is resident
+    w.at(10.0, "arrive", 1, "face")
+    w.run_until(60.0)
+
+    assert 1 in w.answers, f"the face request still waits at 60 s; the LLM was asked to unload at {w.unloads}"
+    t, answer = w.answers[1]
+    assert isinstance(answer, Fail) and answer.kind is FailKind.MEMORY_UNVERIFIED, answer
+    assert t <= 10.0 + 15.0 + 1.0  # one swap's time, not the deadline
+    assert "llm did not release its memory" in answer.message and "llm 150 MiB" in answer.message
+    assert w.unloads == [10.0]  # asked once for it, not every 15 s
+    assert w.c.state_of("llm") == "ready" and w.c.unverified.by_model == {} and not w.c.queues["face"]
+
+    # A new request gets its own try; the server lies again: refused again, in the same bound.
+    w.at(60.0, "arrive", 2, "face")
+    w.run_until(100.0)
+    t, answer = w.answers[2]
+    assert isinstance(answer, Fail) and answer.kind is FailKind.MEMORY_UNVERIFIED and t <= 60.0 + 16.0
+    assert len(w.unloads) == 2
+
+    # The server behaves again: the next request evicts the LLM and is served.
+    w.lying = False
+    w.at(100.0, "arrive", 3, "face")
+    w.run_until(120.0)
+    t, answer = w.answers[3]
+    assert isinstance(answer, Grant) and t <= 102.0
+    assert w.c.state_of("llm") == "unloaded" and w.c.state_of("face") == "ready" and w.c.used_bytes() == 64 * MiB

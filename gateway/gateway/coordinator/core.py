@@ -23,7 +23,8 @@ Invariants (checked by ``check_invariants`` after every event in the tests):
    the same path: drain, ``Unload``, charged as unloading until ``unload_done``.
 4. Every request ends exactly once: granted, or failed with a ``FailKind``. A timer is always set
    while anyone waits, so nothing hangs; requests that only unverified bytes keep out wait for one
-   ``Recheck``, then are refused. Every operator unload is answered exactly once.
+   ``Recheck``, then are refused; a victim not released is never evicted twice for the same request
+   (``reconciliation.refuse_evicting_again``). Every operator unload is answered exactly once.
 """
 
 from __future__ import annotations
@@ -248,11 +249,7 @@ class Core:
                     kept = back
                 kept = 0 if released.verified else max(0, kept - shown)
             if kept:
-                self.unverified.add(model, kept)
-                self.unverified.baseline(None if self.loading else released.device_used_bytes, self.used_bytes())
-                log.warning("%s: the release of %s is not verified (%s): %.0f MiB stay charged until the meter shows "
-                            "them back, its worker is gone or an operator forgets them", self.device, model,
-                            released.detail, kept / 2**20)
+                reconciliation.keep_unverified(self, model, kept, released)
         return self._answer(model, UnloadOutcome.RELEASED) + self._step(now)
 
     def request_unload(self, ticket: int, model: str, now: float, *, drain: bool = True) -> list[Action]:
@@ -348,6 +345,10 @@ class Core:
         # 3. Start a swap when none is in flight.
         if self.swap is None and self.loading is None and not self.unloading:
             plan = plan_swap(self.snapshot(now))
+            # A victim not released for some waiters (answered its unload, kept the model) is not evicted twice for them.
+            while plan is not None and (refused := reconciliation.refuse_evicting_again(self, plan)):
+                actions += refused
+                plan = plan_swap(self.snapshot(now))
             if plan is not None:
                 self.swap = plan
                 for victim in plan.evict:

@@ -41,6 +41,8 @@ class Waiter:
     lane: str
     arrived: float
     deadline: float
+    # Victims evicted for it whose release was not verified: it never waits for the same eviction twice.
+    not_released: set[str] = field(default_factory=set)
 
 
 @dataclass

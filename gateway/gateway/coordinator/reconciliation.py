@@ -1,17 +1,20 @@
 """What the world says about one device's memory, against its Core's ledger: a family service's
-models (``reconcile``) and the meter's reading (``rechecked``), and which requests only unverified
-bytes keep out (``blocked``). Called by the Core only (its ``reconcile`` and ``rechecked`` events,
-its step), synchronously, like every other decision about the ledger; the Core then takes its step.
+models (``reconcile``) and the meter's reading (``rechecked``), which requests only unverified
+bytes keep out (``blocked``), and a release left unverified (``keep_unverified``) whose victim must
+not be evicted again for the same waiters (``refuse_evicting_again``). Called by the Core only (its
+events and its step), synchronously, like every other decision about the ledger; the Core then takes
+its step.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 from typing import TYPE_CHECKING
 
 from . import foreign
-from .actions import Action, Fail, FailKind, Held, Unload, UnloadReason
-from .policy import Resident
+from .actions import Action, Fail, FailKind, Held, Released, Unload, UnloadReason
+from .policy import Resident, SwapPlan
 
 if TYPE_CHECKING:
     from .core import Core
@@ -116,6 +119,40 @@ def blocked(core: Core) -> list[str]:
     even with every resident of ours evicted."""
     return [m for m, q in core.queues.items()
             if q and m != core.loading and foreign.blocked_kind(core, m) is not None]
+
+
+def keep_unverified(core: Core, model: str, kept: int, released: Released) -> None:
+    """``model``'s release (``unload_done``) left ``kept`` bytes unverified: they stay charged. A victim
+    of the swap in flight: its waiters are not given that eviction again (``refuse_evicting_again``)."""
+    core.unverified.add(model, kept)
+    core.unverified.baseline(None if core.loading else released.device_used_bytes, core.used_bytes())
+    log.warning("%s: the release of %s is not verified (%s): %.0f MiB stay charged until the meter shows "
+                "them back, its worker is gone or an operator forgets them", core.device, model,
+                released.detail, kept / 2**20)
+    if core.swap is not None and model in core.swap.evict:
+        for w in core.queues[core.swap.load]:
+            w.not_released.add(model)
+
+
+def refuse_evicting_again(core: Core, plan: SwapPlan) -> list[Action]:
+    """``plan`` would evict a victim that was already evicted for some of its waiters and not released
+    (its service answered, and kept it: reconciliation then charged it as resident again). Those
+    waiters are refused (MEMORY_UNVERIFIED: transient), naming what holds the device, instead of being
+    given the same eviction until their deadline; the others get their one try. Returns the ``Fail``s."""
+    again = set(plan.evict)
+    q = core.queues[plan.load]
+    refused = [w for w in q if w.not_released & again]
+    if not refused:
+        return []
+    core.queues[plan.load] = collections.deque(w for w in q if not w.not_released & again)
+    victims = sorted(set().union(*(w.not_released & again for w in refused)))
+    need = core.models[plan.load].footprint_bytes / 2**20
+    log.warning("%s: %s would be evicted again for %d request(s) for %s, but was not released the first time; "
+                "they are refused (holding the device: %s)", core.device, victims, len(refused), plan.load,
+                foreign.holders(core))
+    message = (f"{plan.load} needs {need:.0f} MiB, but {', '.join(victims)} did not release its memory when asked to "
+               f"make room for it (its service still holds it); held now: {foreign.holders(core)}; try again later")
+    return [Fail(w.req_id, plan.load, FailKind.MEMORY_UNVERIFIED, message) for w in refused]
 
 
 def forget_unverified(core: Core, model: str | None) -> None:
