@@ -321,6 +321,18 @@ async def test_bad_requests_are_4xx_before_any_server_is_asked(
         assert answer["src"] == "gateway" and fake.calls == []
 
 
+async def test_a_body_not_declared_json_is_415_before_any_server_is_asked(
+        ollama: tuple[FakeOllama, str], http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    fake, url = ollama
+    async with gateway(tmp_path, url) as (base, g):
+        for ctype in ("text/plain", "application/x-www-form-urlencoded"):
+            async with http.post(f"{base}/v1/chat/completions", data=json.dumps(CHAT).encode(),
+                                 headers={"Content-Type": ctype}) as r:
+                answer = await r.json()
+            assert r.status == 415 and answer["error"]["code"] == "unsupported_content_type", answer
+    assert fake.calls == []
+
+
 async def test_with_no_llm_model_the_routes_answer_404_and_the_document_declares_them(
         ollama: tuple[FakeOllama, str], http: aiohttp.ClientSession, tmp_path: Path) -> None:
     async with gateway(tmp_path, None) as (base, g):
@@ -334,7 +346,7 @@ async def test_with_no_llm_model_the_routes_answer_404_and_the_document_declares
         op = doc["paths"][f"/v1/{route}"]["post"]
         schema = op["requestBody"]["content"]["application/json"]["schema"]
         assert set(schema["required"]) == {"model", required} and "$defs" not in json.dumps(schema)
-        assert {"400", "404", "413", "503"} <= set(op["responses"])
+        assert {"400", "404", "413", "415", "503"} <= set(op["responses"])
 
 
 async def test_v1_models_lists_the_tenants_owned_by_their_server(

@@ -22,7 +22,6 @@ a response left unread drops the upstream connection, which stops the synthesis.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, AsyncIterable
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
@@ -31,6 +30,7 @@ from modelhost.errors import UpstreamError, error_responses, request_id_of
 from modelhost.families import default_model, tts
 
 from ..bodies import read_json_object
+from ..relay import RelayResponse
 from ..state import gw
 
 router = APIRouter(tags=["audio"])
@@ -71,21 +71,8 @@ async def speech(request: Request) -> StreamingResponse:
         held = stack.pop_all()  # from here on the response closes it
     headers = {k: audio.headers[k] for k in _RELAY_HEADERS if k in audio.headers}
     media_type = headers.pop("content-type", "application/octet-stream")
-    return _RelayResponse(audio.content.iter_any(), held, media_type=media_type,
+    return RelayResponse(audio.content.iter_any(), held, media_type=media_type,
                           headers={**headers, "Cache-Control": "no-store"})
-
-
-class _RelayResponse(StreamingResponse):
-    """Closes ``held`` (the upstream response, then the model's hold) however the response ends: finished,
-    failed, or the client left before the body started, when the body iterator never runs at all."""
-
-    def __init__(self, content: AsyncIterable[bytes], held: contextlib.AsyncExitStack, **kwargs: Any) -> None:
-        super().__init__(content, **kwargs)
-        self._held = held
-
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
-        async with self._held:  # an error of the relay passes through the hold (its outcome metric)
-            await super().__call__(scope, receive, send)
 
 
 @router.get("/v1/audio/voices", summary="The voices of every tts model (or of one: ?model=)", response_model=tts.VoiceList,

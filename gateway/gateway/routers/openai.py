@@ -1,7 +1,8 @@
 """The OpenAI routes of external tenants, proxied under a lease: ``POST /v1/chat/completions``,
 ``POST /v1/completions`` and ``POST /v1/embeddings`` for a model of the llm family (``gateway.tenants``).
 
-The request is checked here first (the body's size, 413; JSON, 400 ``invalid_json``; its fields' types,
+The request is checked here first (its Content-Type, 415 unless application/json; the body's size, 413;
+JSON, 400 ``invalid_json``; its fields' types,
 400 naming the field; the model, 404 ``model_not_found`` for an id that is not an llm model of the
 catalog), then the model is held through the coordinator (which loads it at its server, evicting what it
 must, or queues the request), and the body is sent to the server's own OpenAI-compatible route (Ollama and
@@ -20,18 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, AsyncIterable
+from typing import Any
 
 import aiohttp
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from modelhost.catalog import TENANT_FAMILY
 from modelhost.errors import DeadlineExceeded, ServiceUnreachable, error_responses, request_id_of
 from modelhost.families import validated
 
-from ..bodies import json_request_body, parse_json_object, read_body
+from ..bodies import json_request_body, read_json_object
+from ..relay import RelayResponse
 from ..state import gw
 
 router = APIRouter(tags=["llm"])
@@ -77,7 +78,7 @@ class EmbeddingRequest(_LlmRequest):
 
 _ANSWER = {200: {"description": "The server's answer, relayed: JSON, or server-sent events when `stream` is true.",
                  "content": {"application/json": {}, "text/event-stream": {}}},
-           **error_responses(400, 401, 404, 413, 429, 502, 503, 504)}
+           **error_responses(400, 401, 404, 413, 415, 429, 502, 503, 504)}
 _DESCRIPTION = ("For an llm model of the catalog (an Ollama, llama-swap or HTTP server's model): held through the "
                 "swap coordinator, then forwarded to its server with `model` rewritten to the server's name for it. "
                 "404 model_not_found for any other model id.")
@@ -107,7 +108,7 @@ async def embeddings(request: Request) -> Response:
 
 async def _proxy(request: Request, path: str, schema: type[_LlmRequest]) -> Response:
     g = gw(request)
-    body = parse_json_object(await read_body(request, g.settings.max_upload_bytes))
+    body = await read_json_object(request, g.settings.max_upload_bytes)
     req = validated(schema, body)
     spec = g.access.spec(req.model, TENANT_FAMILY)  # 404 before any work
     body["model"] = spec.source
@@ -134,16 +135,3 @@ async def _read(resp: aiohttp.ClientResponse, server: str, timeout_s: float) -> 
         raise DeadlineExceeded(f"{server} did not answer within {timeout_s:.0f} s", code="upstream_timeout") from e
     except aiohttp.ClientError as e:
         raise ServiceUnreachable(f"{server} closed the connection mid-answer; retry shortly", retry_after_s=5) from e
-
-
-class RelayResponse(StreamingResponse):
-    """Closes ``held`` (the upstream response, then the model's hold) however the response ends: finished,
-    failed, or the client left before the body started, when the body iterator never runs at all."""
-
-    def __init__(self, content: AsyncIterable[bytes], held: contextlib.AsyncExitStack, **kwargs: Any) -> None:
-        super().__init__(content, **kwargs)
-        self._held = held
-
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
-        async with self._held:  # an error of the relay passes through the hold (its outcome metric)
-            await super().__call__(scope, receive, send)
