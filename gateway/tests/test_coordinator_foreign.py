@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.coordinator.core import Core, Fail, FailKind, Grant, Load, Recheck, Unload, UnloadReason, Wake
+from gateway.coordinator.core import Core, Fail, FailKind, Grant, Held, Load, Recheck, Unload, UnloadReason, Wake
 from gateway.coordinator.policy import ModelInfo, PolicyConfig
 
 pytestmark = pytest.mark.unit
@@ -66,6 +66,41 @@ def test_unverified_bytes_are_never_foreign_too() -> None:
     assert c.unverified.total() == 3 * GiB
     c.metered(5, 3 * GiB + 1 * GiB, TOTAL)  # the zombie's 3 GiB and 1 GiB of someone else's
     assert c.foreign_bytes == 1 * GiB and c.used_bytes() == 3 * GiB
+
+
+@pytest.mark.parametrize("family, held", [("llm", Held(None)),  # a tenant whose server gives no figure (llama-swap)
+                                          ("llm", Held(3 * GiB)),  # a tenant with its own figure (Ollama's size_vram)
+                                          ("caption", Held(3 * GiB))])  # one of our own models
+def test_a_reading_before_the_first_reconciliation_never_charges_a_resident_model_twice(family: str, held: Held) -> None:
+    """At start the meter can be read before reconciliation: a model already resident at its server (a
+    tenant, or our own model the last gateway loaded) is not in the ledger yet, so its bytes read as memory
+    not ours. Once reconciliation charges it, they leave the foreign bytes: the room does not shrink twice,
+    and no idle model is evicted for the correction."""
+    c = Core("cuda:0", 5 * GiB, {"M": ModelInfo("M", 3 * GiB, family=family), "N": ModelInfo("N", 1 * GiB, family="face")},
+             config=PolicyConfig(idle_grace_s=0.5))
+    total = 6 * GiB
+    c.metered(0, 3 * GiB + 1 * GiB, total)  # M's 3 GiB and 1 GiB someone else's; the ledger knows neither
+    assert c.foreign_bytes == 4 * GiB and c.capacity() == 2 * GiB
+    acts = c.reconcile(family, {"M": held}, 1)
+    assert c.state_of("M") == "ready" and c.used_bytes() == 3 * GiB
+    assert c.foreign_bytes == 1 * GiB and c.capacity() == 5 * GiB  # min(budget 5, 6 - 1)
+    assert not of(Unload, acts)
+    acts = c.metered(3, 3 * GiB + 1 * GiB, total)  # the next quiet reading agrees
+    assert c.foreign_bytes == 1 * GiB and not of(Unload, acts)
+    acts = c.arrive(1, "N", 5)  # 3 + 1 fit the 5 GiB of room: M is not evicted for N
+    assert Load("N") in acts and not of(Unload, acts) and c.state_of("M") == "ready"
+    c.check_invariants()
+
+
+def test_a_reading_before_the_first_reconciliation_then_a_charge_then_no_reading_evicts_nothing() -> None:
+    """The same correction with no reading after it: nothing is evicted on the stale foreign figure, even
+    once the reconciled model is idle (the step compares the ledger with the room at every event)."""
+    c = core(budget=5 * GiB, A=3 * GiB, B=1 * GiB)
+    c.metered(0, 4 * GiB, 6 * GiB)
+    c.reconcile("caption", {"A": Held(3 * GiB)}, 1)
+    acts = c.tick(10) + c.tick(20)
+    assert not of(Unload, acts) and c.state_of("A") == "ready" and c.capacity() == 5 * GiB
+    c.check_invariants()
 
 
 def test_foreign_growth_evicts_idle_models_lowest_priority_then_least_recently_used() -> None:

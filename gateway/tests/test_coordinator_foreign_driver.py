@@ -19,7 +19,7 @@ from modelhost.catalog import Catalog, ModelSpec
 from modelhost.errors import InsufficientMemory, ModelNotReady, UpstreamEnvelope
 from modelhost.meter import MeterError
 
-from .test_coordinator_driver import Clock, RecordingEffects, loaded, released, until
+from .test_coordinator_driver import Clock, RecordingEffects, loaded, released, row, until
 
 pytestmark = pytest.mark.unit
 
@@ -157,3 +157,21 @@ async def test_a_load_out_of_memory_twice_is_503_insufficient_memory_naming_the_
     again = asyncio.create_task(world.c.acquire("C", timeout_s=60))  # not failed for good
     await world.effects.finish("load", "C", loaded(800))
     await asyncio.wait_for(again, 5)
+
+
+async def test_a_reading_before_the_first_reconciliation_never_charges_a_resident_model_twice(world: GpuWorld) -> None:
+    """At start: A is resident at its service (the last gateway loaded it), and the meter is read before
+    the service is: A's 400 MiB read as memory not ours, beside 500 MiB really not ours. Once the
+    reconciliation charges A, its bytes leave the foreign figure, so C (800) is loaded beside A."""
+    world.meter(400 + 500)
+    world.c.meter_all()
+    assert world.gpu().foreign_bytes == 900 * MiB
+    world.effects.rows["caption"] = [row("A", "ready", peak_mb=400)]
+    await world.c.reconcile("caption")  # no meter reading after it
+    gpu = world.gpu()
+    assert gpu.foreign_bytes == 500 * MiB and gpu.room_bytes == 1400 * MiB  # min(1500, 2000 - 100 - 500)
+    world.clock.now += 10  # A idle: it could be evicted, and must not be
+    task = asyncio.create_task(world.c.acquire("C", timeout_s=60))
+    await world.effects.finish("load", "C", loaded(800))
+    await asyncio.wait_for(task, 5)
+    assert world.effects.count("unload", "A") == 0 and set(world.gpu().resident) == {"A", "C"}
