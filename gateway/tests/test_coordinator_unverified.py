@@ -212,6 +212,7 @@ class LyingServerWorld:
         self.held = {"llm": {"llm": Held(150 * MiB)}, "face": {}}  # what each server holds
         self.events: list[tuple[float, int, str, tuple]] = []  # (at, seq, what, args)
         self.seq = 0
+        self.arrived: dict[int, float] = {}
         self.answers: dict[int, tuple[float, object]] = {}
         self.unloads: list[float] = []
         self.now = 0.0
@@ -247,7 +248,10 @@ class LyingServerWorld:
             self.now, _, what, args = self.events.pop(0)
             c, now = self.c, self.now
             if what == "arrive":
+                self.arrived[args[0]] = now
                 self.apply(c.arrive(args[0], args[1], now, lane=INTERACTIVE, timeout_s=120.0))
+            elif what == "lying":
+                self.lying = args[0]
             elif what == "release":
                 self.apply(c.release(args[0], now))
             elif what == "tick":
@@ -306,3 +310,25 @@ def test_a_victim_its_server_did_not_release_is_not_evicted_again_for_the_same_r
     t, answer = w.answers[3]
     assert isinstance(answer, Grant) and t <= 102.0
     assert w.c.state_of("llm") == "unloaded" and w.c.state_of("face") == "ready" and w.c.used_bytes() == 64 * MiB
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.floats(0, 200), st.sampled_from(["face", "llm"])), min_size=1, max_size=30),
+       st.lists(st.tuples(st.floats(0, 200), st.booleans()), max_size=6))
+def test_random_traces_with_a_server_that_lies_now_and_then_answer_every_request_within_the_bound(arrivals, lies) -> None:
+    """Face and chat requests at random times, the LLM's server lying about its unloads now and then:
+    every request is answered exactly once, and none waits longer than max_wait_s (30 s) plus one swap
+    (a 15 s release that is not verified, then a 1 s load): the starvation bound, invariant 5."""
+    w = LyingServerWorld()
+    w.lying = False
+    w.at(0.0, "reconcile", ("face", "llm"))
+    for t, lying in lies:
+        w.at(t, "lying", lying)
+    for i, (t, model) in enumerate(sorted(arrivals)):
+        w.at(t, "arrive", i + 1, model)
+    w.run_until(400.0)
+    assert set(w.answers) == set(w.arrived), f"never answered: {set(w.arrived) - set(w.answers)}"
+    for req_id, (t, answer) in w.answers.items():
+        assert t - w.arrived[req_id] <= 30.0 + 15.0 + 1.0, (req_id, w.arrived[req_id], t, answer)
+        if isinstance(answer, Fail):
+            assert answer.kind is FailKind.MEMORY_UNVERIFIED, answer
