@@ -123,6 +123,11 @@ class _Child:
     def __init__(self, conn: Connection, gpu_index: int | None) -> None:
         self.conn = conn
         self.meter = _ChildMeter(gpu_index)
+        # On the host meter, a process's first model is charged what the process took for its frameworks, as
+        # in a worker started cold, whose first load imports them: so a load into a warm spare (imports done
+        # ahead) measures the same footprint as one into a cold worker. On a GPU the spare holds nothing and
+        # its first load creates the context, which that load's own readings include.
+        self.start_reading = self.meter.read_or_none() if self.meter.kind == "host" else None
         self.models: dict[str, Any] = {}
         self.executors: dict[str, ThreadPoolExecutor] = {}
         self.send_lock = threading.Lock()
@@ -152,6 +157,8 @@ class _Child:
         backend = None
         try:  # a meter that fails (a lost GPU) fails the load, which then frees what it took
             before = self.meter.read()
+            if self.start_reading is not None and not self.models:
+                before = self.start_reading
             with _Sampler(self.meter.read) as sampler:
                 t0 = time.perf_counter()
                 backend = import_backend(payload["backend_path"])(spec, payload["cache_dir"])

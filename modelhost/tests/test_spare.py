@@ -78,7 +78,7 @@ async def test_a_spare_is_kept_with_its_backends_imported_and_reports_its_memory
     await wait_until(lambda: spare_pid(rt) is not None, "a spare is ready", DEADLINE_S)
     row = rt.workers.spare_row()
     # The backend's module and its preload; a module that fails to import is left out, the spare kept.
-    assert row.preloaded == ["tests.doubles.arithmetic", "colorsys"]
+    assert row.preloaded == ["tests.doubles.arithmetic", "colorsys", BACKENDS["arith"] + ".prepare()"]
     assert row.host_memory_bytes > 10 * MiB and row.preload_s is not None
     assert worker_children() == {row.pid} and rt.worker_pid is None
     assert sample(rt, "roundhouse_model_spare_state", state="ready") == 1
@@ -107,15 +107,28 @@ async def test_a_load_asked_while_the_spare_starts_waits_for_it_instead_of_start
     assert sample(rt, "roundhouse_model_worker_starts_total", source="cold") == 0
 
 
+async def test_a_load_into_the_spare_is_charged_the_frameworks_as_a_load_into_a_cold_worker(make_runtime, wait_until) -> None:
+    # On the host meter the framework's memory (done by prepare in the spare) belongs to the first model, as when
+    # a cold worker's first load imports it: footprints do not depend on whether a spare was there.
+    cold = make_runtime(spec("a"), spare_worker=False)
+    warm = make_runtime(spec("a"))
+    await wait_until(lambda: spare_pid(warm) is not None, "a spare is ready", DEADLINE_S)
+    cold_entry = await asyncio.wait_for(cold.ensure_ready("a"), DEADLINE_S)
+    warm_entry = await asyncio.wait_for(warm.ensure_ready("a"), DEADLINE_S)
+    assert sample(warm, "roundhouse_model_worker_starts_total", source="spare") == 1
+    for entry in (cold_entry, warm_entry):
+        assert entry.peak_memory_bytes >= 32 * MiB
+
+
 async def test_the_last_unload_ends_the_worker_and_leaves_a_spare(make_runtime, wait_until) -> None:
-    rt = make_runtime(spec("a", options={"alloc_mb": 64}))
+    rt = make_runtime(spec("a", options={"alloc_mb": 160}))
     await asyncio.wait_for(rt.ensure_ready("a"), DEADLINE_S)
     worker = rt.worker_pid
     reply = await asyncio.wait_for(rt.unload("a"), DEADLINE_S)
     assert reply.worker_stopped and rt.worker_pid is None and not psutil.pid_exists(worker)
     await wait_until(lambda: spare_pid(rt) is not None, "a spare is ready", DEADLINE_S)
     assert spare_pid(rt) != worker and worker_children() == {spare_pid(rt)}
-    assert rt.workers.spare_row().host_memory_bytes < 64 * MiB  # not the model's ballast: a fresh process
+    assert rt.workers.spare_row().host_memory_bytes < 160 * MiB  # its framework, not the model: a fresh process
 
 
 async def test_a_spare_that_dies_is_replaced(make_runtime, wait_until) -> None:
