@@ -121,10 +121,11 @@ def test_memory_not_ours_growing_evicts_the_idle_model_and_a_model_that_no_longe
     # A process not ours takes what is left of the room and a quarter of the model's charge more: it eats
     # into the reserve (the card is not full: it could not be), so the idle model steps back.
     other = stack.other_process(TOTAL - RESERVE - before - charged + charged // 4)
-    procs.wait_until(lambda: "game-victim" not in stack.gpu()["resident"], TIMEOUT_S)
+    # Wait for the release to be over, not only for the model to leave the residents (it is then unloading).
+    procs.wait_until(lambda: stack.state("game-victim") == "unloaded", TIMEOUT_S)
     gpu = stack.gpu()
+    assert "game-victim" not in gpu["resident"] and "game-victim" not in gpu["unloading"]
     assert gpu["foreign_bytes"] > before and gpu["room_bytes"] < charged
-    assert stack.state("game-victim") == "unloaded"
     metrics = httpx.get(stack.gateway.url + "/metrics", timeout=10).text
     assert 'roundhouse_coordinator_evictions_total{model="game-victim",reason="foreign"} 1.0' in metrics
     assert 'roundhouse_coordinator_foreign_bytes{device="cuda:0"}' in metrics
