@@ -31,7 +31,7 @@ from .errors import (  # noqa: F401 - ServiceUnreachable and UpstreamEnvelope ar
     UpstreamEnvelope,
     UpstreamError,
 )
-from .http1 import ConnectionClosed, Http1Pool
+from .http1 import IDLE_S, ConnectionClosed, Http1Pool
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +216,6 @@ class ModelHostClient:
 
 def new_session(*, limit: int = 256) -> aiohttp.ClientSession:
     """The one pooled session: keep-alive connections, no cookie jar, no trust of proxy env vars."""
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, keepalive_timeout=60, ttl_dns_cache=300)
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, keepalive_timeout=IDLE_S, ttl_dns_cache=300)
     return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
                                  json_serialize=json.dumps)

@@ -20,6 +20,10 @@ import collections
 
 import httptools
 
+# Idle connections are dropped after this long: shorter than the services' keep-alive (uvicorn: 5 s), so a
+# request is never written on a connection the service is closing at that moment.
+IDLE_S = 4.0
+
 
 class ConnectionClosed(ConnectionError):
     """The service closed the connection before the answer was complete."""
@@ -110,7 +114,7 @@ class Http1Pool:
         self.host = host
         self.port = port
         self._host_header = f"Host: {host}:{port}\r\n".encode("latin-1")
-        self._idle: collections.deque[_Connection] = collections.deque()
+        self._idle: collections.deque[tuple[_Connection, float]] = collections.deque()  # (connection, idle since)
         self._slots = asyncio.Semaphore(limit)
         self.opened = 0  # connections opened so far (tests read it)
 
@@ -141,11 +145,14 @@ class Http1Pool:
             self._slots.release()
 
     async def _connection(self, deadline: float, *, fresh: bool = False) -> tuple[_Connection, bool]:
+        loop = asyncio.get_running_loop()
         while self._idle and not fresh:
-            conn = self._idle.pop()  # the most recently used: the least likely to have timed out
+            conn, since = self._idle.pop()  # the most recently used: the least likely to have timed out
+            if loop.time() - since >= IDLE_S:
+                conn.close()  # the service is about to close it, if it has not already: never race it
+                continue
             if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
                 return conn, True
-        loop = asyncio.get_running_loop()
         _, conn = await asyncio.wait_for(loop.create_connection(_Connection, self.host, self.port),
                                          max(0.0, deadline - loop.time()))
         self.opened += 1
@@ -164,14 +171,14 @@ class Http1Pool:
         finally:
             timer.cancel()
         if conn.keep_alive and not conn.closed:
-            self._idle.append(conn)
+            self._idle.append((conn, loop.time()))
         else:
             conn.close()
         return answer
 
     def close(self) -> None:
         while self._idle:
-            self._idle.pop().close()
+            self._idle.pop()[0].close()
 
 
 def _expire(waiter: asyncio.Future) -> None:

@@ -118,6 +118,22 @@ async def test_a_connection_the_service_closed_is_not_reused(client_for: Callabl
     assert svc.connections == 3
 
 
+async def test_a_connection_idle_for_the_keep_alive_limit_is_not_reused(client_for: Callable, monkeypatch) -> None:
+    """The service (uvicorn) closes idle connections after 5 s; the pool drops them first (``IDLE_S``), so a
+    request is never written as the service closes its connection (a spurious 503, 1 in 60 at a 5 s spacing)."""
+    from modelhost import http1
+
+    svc = Service(lambda n, _: OK)  # keeps every connection open: only the pool's own limit can close one
+    client = await client_for(svc)
+    await client.request("GET", "/v1/models", timeout_s=5)
+    await client.request("GET", "/v1/models", timeout_s=5)
+    assert svc.connections == 1  # reused while fresh
+    assert 0 < http1.IDLE_S < 5.0  # below uvicorn's timeout_keep_alive
+    monkeypatch.setattr(http1, "IDLE_S", 0.0)  # now every idle connection is past the limit
+    await client.request("GET", "/v1/models", timeout_s=5)
+    assert svc.connections == 2
+
+
 async def test_connection_close_in_the_answer_is_honoured(client_for: Callable) -> None:
     svc = Service(lambda n, _: answer(200, b"{}", close=True))
     client = await client_for(svc)
