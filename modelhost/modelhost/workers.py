@@ -6,9 +6,9 @@ The runtime asks for a worker (``ensure``) when a load needs one, ends it when i
 * At most one worker at a time; ``ensure`` is serialised, so two loads never start two workers.
 * ``ensure`` takes the spare when there is one and starts a worker cold otherwise; a spare taken is the
   family's worker from then on, exactly as one started cold (same command line and environment).
-* The spare is replenished after every change of the worker (a load's worker start, a stop, a crash),
-  in the background and only once the load that took the last one has been sent, so its imports do not
-  compete with a load that waits; with ``spare_worker`` off none is ever started.
+* The spare is replenished after every change of the worker (a stop, a crash) and after each load (the
+  runtime calls ``replenish`` once a load is over, so a new spare's imports never compete with the load
+  that took the last one), in the background; with ``spare_worker`` off none is ever started.
 * An orderly stop detaches the worker first, so its exit is never taken for a crash.
 """
 
