@@ -36,3 +36,18 @@ class HostSettings(BaseSettings):
     force_device: str | None = Field(
         None, description="Run every catalog model on this device (e.g. cpu), whatever the catalog says.")
     log_level: str = Field("INFO", description="Log level.")
+
+
+class ImageHostSettings(HostSettings):
+    """The limits of a family that decodes uploaded images (caption, face): one definition, each service's prefix."""
+
+    max_image_pixels: int = Field(
+        50_000_000, gt=0, description="Largest image (width x height) accepted; bigger is a decompression bomb (413).")
+    max_decode_bytes: int = Field(
+        200 * 1024 * 1024, gt=0, description="Most memory one image's decode may allocate, counted before decoding "
+        "as its pixels x 4 bytes (JPEG decoded reduced first, to no less than max_image_side); 413 decode_too_large above.")
+    max_concurrent_decodes: int = Field(
+        2, ge=1, description="Most uploads decoded at once; up to eight times as many more wait for a turn (holding "
+        "only their spooled upload), and "
+        "a request past those is 429 overloaded (Retry-After). Decode memory stays under about "
+        "max_concurrent_decodes x 1.25 x max_decode_bytes.")
