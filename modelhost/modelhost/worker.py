@@ -105,8 +105,16 @@ class WorkerProcess:
             # An operator's explicit setting wins; otherwise the frameworks must not take every core
             # from the HTTP process that feeds them (on 2 cores: 29 ms per item instead of 650 ms).
             env.setdefault(var, str(self._threads))
-        self._proc = subprocess.Popen(args, pass_fds=(child_fd,), close_fds=True, env=env)
-        child_sock.close()
+        # Off the event loop: a fork and exec of this process takes milliseconds that would hold every request
+        # (a spare is started right after a load, as the load's reply goes out). Cancelled meanwhile, the
+        # child still starts, finds its pipe closed and exits.
+        try:
+            self._proc = await asyncio.to_thread(subprocess.Popen, args, pass_fds=(child_fd,), close_fds=True, env=env)
+        except BaseException:
+            parent_sock.close()
+            raise
+        finally:
+            child_sock.close()
         self._conn = Connection(parent_sock.detach())
         self._hello = self._loop.create_future()
         self._pending[0] = self._hello
