@@ -70,7 +70,8 @@ class GatewayMetrics:
         self.foreign = Gauge(
             "roundhouse_coordinator_foreign_bytes",
             "Memory on a metered device that is not ours (another process on the GPU): its used bytes beyond every "
-            "charge of the ledger, at the last reading taken while nothing loaded or unloaded.", ["device"], registry=r)
+            "charge of the ledger, at the last reading taken while nothing loaded or unloaded; 0 on a device without a "
+            "meter (the host), whose ledger charges nothing not ours.", ["device"], registry=r)
         self.room = Gauge(
             "roundhouse_coordinator_room_bytes",
             "What the ledger may charge now: the budget, or the device's total less the reserve and the memory not "
@@ -120,8 +121,7 @@ class GatewayMetrics:
         self.ledger_unverified.labels(core.device).set(core.unverified.total())
         self.ledger_budget.labels(core.device).set(core.budget_bytes)
         self.room.labels(core.device).set(core.capacity())
-        if core.total_bytes is not None:
-            self.foreign.labels(core.device).set(core.foreign_bytes)
+        self.foreign.labels(core.device).set(core.foreign_bytes)  # 0 on the host: its ledger charges nothing not ours
         for model, q in core.queues.items():
             self.queue_depth.labels(model).set(len(q))
             r = core.resident.get(model)
