@@ -151,6 +151,7 @@ async def test_schemathesis_takes_the_document_and_its_bodies_are_never_refused_
     ({"json": {"task": "caption", "paths": ["a\x00.jpg"]}}, 400, "bad_request"),
     ({"json": {"task": "caption"}}, 400, "no_inputs"),
     ({"json": {"task": "caption", "paths": []}}, 400, "no_inputs"),
+    ({"json": {"task": "caption", "paths": ["*.nothing-matches"]}}, 400, "no_matching_files"),
     ({"json": {"task": "caption", "paths": [""]}}, 400, "bad_request"),
     ({"files": [("task", (None, "caption")), ("open", (None, "false"))]}, 400, "no_inputs"),
     ({"json": {"task": "caption", "paths": ["nowhere.jpg"]}}, 400, "path_not_found"),

@@ -103,6 +103,10 @@ class Jobs:
                              retry_after_s=LISTING_STALL_S) from None
         except Stalled as e:
             raise BadRequest(f"listing the paths stalled: {e}", param="paths", code="listing_timeout") from None
+        if paths and not found:  # globs or folders that hold nothing this task reads: say so, not "no input"
+            raise BadRequest(f"the paths name no file a {cls.name} job reads (kinds: {', '.join(sorted(cls.kinds))}): "
+                             f"a glob that matches nothing, or folders without such files", param="paths",
+                             code="no_matching_files")
         return [NewItem(source=src, path=real, upload=False, kind=kind) for src, real, kind in found]
 
     async def store_uploads(self, uploads: list[Upload]) -> list[NewItem]:
