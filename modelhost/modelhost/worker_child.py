@@ -256,7 +256,10 @@ class _Child:
     # loop -----------------------------------------------------------------------------------
 
     def serve(self) -> None:
-        self.send((0, "ok", {"hello": os.getpid()}))
+        try:
+            self.send((0, "ok", {"hello": os.getpid()}))
+        except (BrokenPipeError, EOFError, OSError):
+            return  # the parent gave up on this start (a cancelled spare, a service stopping): exit quietly
         while True:
             try:
                 msg_id, op, payload = self.conn.recv()
