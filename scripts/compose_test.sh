@@ -11,6 +11,19 @@ export BASE_IMAGE=$BASE ROUNDHOUSE_MODELS_DIR=./build/tiny-models ROUNDHOUSE_CAT
 export GATEWAY_PUBLISH=127.0.0.1:18080 COMPOSE_PROJECT_NAME=roundhouse-ci
 compose=(docker compose -f docker-compose.yml -f compose.cpu.yml)
 
+# The family images and the build cache (about 26 GB), not the base image (a 2-3 minute debootstrap).
+# Labels are inherited, so the images are picked by name, not by the base image's label.
+drop_images() {
+  docker image ls 'roundhouse/*' --format '{{.Repository}}:{{.Tag}}' | { grep -vxF "$BASE" || true; } | xargs -r docker image rm -f >/dev/null
+  docker image prune -f >/dev/null
+  docker builder prune -af >/dev/null
+}
+if [ "${1:-}" = "--clean" ]; then  # CI, after the run: leave the disk to the next fresh clone
+  drop_images
+  echo "== dropped the family images and the build cache; $(df -h --output=avail / | tail -1 | tr -d ' ') free"
+  exit 0
+fi
+
 chmod -R a+rX build/tiny-models  # the containers run as a non-root user
 scripts/docker_setup.sh
 scripts/make_base_image.sh "$BASE"
@@ -21,8 +34,8 @@ scripts/make_base_image.sh "$BASE"
 NEED_GB=${COMPOSE_TEST_NEED_GB:-30}
 free_gb() { df -BG --output=avail "$(docker info --format '{{.DockerRootDir}}')" | tail -1 | tr -dc 0-9; }
 if [ "$(free_gb)" -lt "$NEED_GB" ]; then
-  echo "== only $(free_gb) GB free for images (want $NEED_GB): pruning the Docker build cache"
-  docker builder prune -af >/dev/null
+  echo "== only $(free_gb) GB free for images (want $NEED_GB): dropping old Roundhouse images and the build cache"
+  drop_images
 fi
 echo "== $(free_gb) GB free for images"
 if [ "$(free_gb)" -lt "$NEED_GB" ]; then
