@@ -26,6 +26,14 @@ class Report:
     def ok(self) -> bool:
         return not self.failed and not self.cuda_initialised
 
+    def problems(self, paths: Iterable[str]) -> list[str]:
+        """What keeps a spare of these backends from being ready and device-free; [] when nothing does."""
+        out = [f"{name}: {why}" for name, why in self.failed.items()]
+        if self.cuda_initialised:
+            out.append("torch's CUDA was initialised: a spare would hold device memory")
+        out += [f"{path}: its module was not imported" for path in paths if path.partition(":")[0] not in self.imported]
+        return out
+
 
 def check(paths: list[str]) -> Report:
     """In this process (a fresh one: ``run``)."""
