@@ -102,13 +102,7 @@ class ModelHostClient:
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         async with self._open(method, path, timeout=timeout, timeout_s=timeout_s, request_id=request_id,
                               json_body=json_body, data=data, params=params, content_type=content_type) as resp:
-            try:
-                raw = await resp.read()
-            except asyncio.TimeoutError as e:
-                raise DeadlineExceeded(f"{self.name} did not answer within {timeout_s:.0f} s", code="upstream_timeout") from e
-            except aiohttp.ClientError as e:
-                raise ServiceUnreachable(f"the {self.name} service closed the connection mid-answer; retry shortly",
-                                         retry_after_s=5) from e
+            raw = await read_all(resp, self.name, f"the {self.name} service", timeout_s)
             return json.loads(raw) if raw else None
 
     async def _request_lean(self, method: str, path: str, *, timeout_s: float, request_id: str | None, json_body: Any,
@@ -212,6 +206,16 @@ class ModelHostClient:
 
     def _parse(self, model: type[T], body: Any) -> T:
         return reply_as(model, body, self.name)
+
+
+async def read_all(resp: aiohttp.ClientResponse, name: str, subject: str, timeout_s: float) -> bytes:
+    """A response's whole body; 504 ``upstream_timeout`` past the timeout, 503 when ``subject`` closes mid-answer."""
+    try:
+        return await resp.read()
+    except asyncio.TimeoutError as e:
+        raise DeadlineExceeded(f"{name} did not answer within {timeout_s:.0f} s", code="upstream_timeout") from e
+    except aiohttp.ClientError as e:
+        raise ServiceUnreachable(f"{subject} closed the connection mid-answer; retry shortly", retry_after_s=5) from e
 
 
 def new_session(*, limit: int = 256) -> aiohttp.ClientSession:

@@ -19,16 +19,15 @@ the envelope), and the stack is closed when the response ends, however it ends.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from typing import Any
 
-import aiohttp
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from modelhost.catalog import TENANT_FAMILY
-from modelhost.errors import DeadlineExceeded, ServiceUnreachable, error_responses, request_id_of
+from modelhost.client import read_all
+from modelhost.errors import error_responses, request_id_of
 from modelhost.families import validated
 
 from ..bodies import json_request_body, read_json_object
@@ -121,17 +120,8 @@ async def _proxy(request: Request, path: str, schema: type[_LlmRequest]) -> Resp
             upstream.stream("POST", path, first_byte_timeout_s=timeout_s, request_id=rid, json_body=body))
         media_type = resp.headers.get("Content-Type", "text/event-stream" if streaming else "application/json")
         if not streaming:
-            return Response(await _read(resp, upstream.client.name, timeout_s), status_code=resp.status,
+            return Response(await read_all(resp, upstream.client.name, upstream.client.name, timeout_s), status_code=resp.status,
                             media_type=media_type)
         held = stack.pop_all()  # from here on the response closes it
     return RelayResponse(resp.content.iter_any(), held, status_code=resp.status, media_type=media_type,
                          headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
-
-
-async def _read(resp: aiohttp.ClientResponse, server: str, timeout_s: float) -> bytes:
-    try:
-        return await resp.read()
-    except asyncio.TimeoutError as e:
-        raise DeadlineExceeded(f"{server} did not answer within {timeout_s:.0f} s", code="upstream_timeout") from e
-    except aiohttp.ClientError as e:
-        raise ServiceUnreachable(f"{server} closed the connection mid-answer; retry shortly", retry_after_s=5) from e

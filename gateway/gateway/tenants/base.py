@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from modelhost.catalog import ModelSpec
-from modelhost.client import ModelHostClient
+from modelhost.client import ModelHostClient, read_all
 from modelhost.contract import ModelRow, ModelsReply, ReadyReply, UnloadReply
 from modelhost.errors import (
     REQUEST_ID_HEADER,
@@ -191,13 +191,7 @@ class TenantClient(ModelHostClient):
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, self.connect_timeout_s))
         async with self._open(method, path, timeout=timeout, timeout_s=timeout_s, request_id=request_id,
                               json_body=json_body) as resp:
-            try:
-                raw = await resp.read()
-            except asyncio.TimeoutError as e:
-                raise DeadlineExceeded(f"{self.name} did not answer within {timeout_s:.0f} s", code="upstream_timeout") from e
-            except aiohttp.ClientError as e:
-                raise ServiceUnreachable(f"{self.name} closed the connection mid-answer; retry shortly",
-                                         retry_after_s=5) from e
+            raw = await read_all(resp, self.name, self.name, timeout_s)
         try:
             return json.loads(raw) if raw else None
         except ValueError:
