@@ -116,6 +116,9 @@ class Coordinator(WorldReads):
         self._reconciling: dict[str, asyncio.Task] = {}
         self.unverified_releases = 0
         self._load_errors: dict[str, RoundhouseError] = {}
+        # Told of every batch of a Core's actions, after they are carried out (the events stream's observer);
+        # called on the event loop thread: they must only look at the Core, never change it, never block.
+        self.listeners: list[Callable[[str, Core, list[Action]], None]] = []
 
     # requests ------------------------------------------------------------------------------------
 
@@ -217,6 +220,8 @@ class Coordinator(WorldReads):
                 self._spawn(self._recheck(dev, a.families), f"coordinator-recheck-{dev}")
         if self.metrics is not None:
             self.metrics.observe_core(core)
+        for listener in self.listeners:
+            listener(dev, core, actions)
 
     def _error(self, a: Fail) -> RoundhouseError:
         if a.kind is FailKind.LOAD_FAILED:

@@ -17,6 +17,7 @@ import asyncio
 import collections
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 
 class JobEvents:
@@ -24,8 +25,11 @@ class JobEvents:
 
     def __init__(self) -> None:
         self._changed: dict[str, asyncio.Event] = {}
+        self.listeners: list[Callable[[str], None]] = []  # told of every change (the gateway's events stream)
 
     def notify(self, job_id: str) -> None:
+        for listener in self.listeners:
+            listener(job_id)
         ev = self._changed.pop(job_id, None)
         if ev is not None:
             ev.set()
