@@ -26,12 +26,16 @@ from .coordinator.effects import HttpEffects
 from .coordinator.footprints import FootprintStore
 from .coordinator.loop import Coordinator
 from .coordinator.policy import PolicyConfig
+from .events import EventHub
+from .events_sources import CoordinatorObserver, JobProgress
 from .gpu_metrics import GpuCollector
 from .jobs.service import Jobs
 from .metrics import GatewayMetrics
 from .observe import ObserveMiddleware
 from .routers import audio_speech, audio_transcriptions, captions, faces, health, models, openai
+from .routers import events as events_router
 from .routers import jobs as jobs_router
+from .routers import ui as ui_router
 from .state import Gateway
 from .tenants import Tenants
 
@@ -71,6 +75,7 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
                                   config=policy, max_queue=cs.max_queue, metrics=metrics,
                                   reserve_bytes=cs.gpu_reserve_mb * 2**20, meter_interval_s=cs.meter_interval_s)
         await coordinator.reconcile_all()
+        coordinator.listeners.append(CoordinatorObserver(hub).seeded(coordinator.cores))  # GET /admin/events
         coordinator.start()  # reads the GPUs' meters every meter_interval_s: memory not ours, the room left
         reconciler = asyncio.create_task(_reconcile_forever(coordinator, cs.reconcile_interval_s)) \
             if cs.reconcile_interval_s else None
@@ -81,6 +86,9 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
         # Bulk jobs: their database and uploads live beside the footprints, in the data directory.
         jobs = Jobs.build(cs.data_dir, js, settings, access=access, catalog=catalog, coordinator=coordinator, metrics=metrics)
         app.state.jobs = jobs
+        job_progress = JobProgress(hub, jobs.status)
+        jobs.runner.events.listeners.append(job_progress.notify)
+        job_progress.start()
         await jobs.start()
         log.info("coordinator budgets: %s", {d: f"{b / 2**20:.0f} MiB" for d, b in budgets.items()})
         log.info("gateway on %s:%d: %d model(s), services %s, tenants %s, auth %s", settings.host, settings.port,
@@ -91,6 +99,7 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
         finally:
             if reconciler is not None:
                 reconciler.cancel()
+            await job_progress.close()
             await jobs.close()
             await coordinator.close()
             for client in clients.values():
@@ -107,11 +116,14 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app, "gateway")
+    hub = app.state.events = EventHub()  # the one live events stream: GET /admin/events, the console
     # The inference routes first: they are the hot path, matched on every request.
     for router in (captions.router, faces.router, audio_speech.router, audio_transcriptions.router,
                    openai.router, models.router, health.router):
         app.include_router(router)
     app.include_router(jobs_router.router)
+    app.include_router(events_router.router)
+    ui_router.install(app)  # /ui: the web console; / redirects there
     # Outermost last: ObserveMiddleware sees every answer, the 401s included.
     app.add_middleware(ApiKeyMiddleware, keys=[k.get_secret_value() for k in settings.api_keys])
     app.add_middleware(ObserveMiddleware, metrics=metrics)
