@@ -37,7 +37,7 @@ def synthesised(tts_svc: procs.Proc, model: str) -> float:
 
 
 def model_row(tts_svc: procs.Proc, model: str) -> dict:
-    rows = httpx.get(tts_svc.url + "/v1/models", timeout=10).json()["data"]
+    rows = httpx.get(tts_svc.url + "/v1/models", headers=procs.INTERNAL_HEADERS, timeout=10).json()["data"]
     return next(r for r in rows if r["id"] == model)
 
 
@@ -164,7 +164,7 @@ BAD_INPUTS = [
                              "headers": {"content-type": "application/json"}}, 413, "payload_too_large", "gateway"),
     ("unknown model", _speech(model="no-such-model"), 404, "model_not_found", "gateway"),
     ("model of another family", _speech(model="tiny-blip"), 404, "model_not_found", "gateway"),
-    ("unknown voice", _speech(voice="alloy"), 404, "voice_not_found", "gateway"),
+    ("unknown voice", _speech(voice="nobody"), 404, "voice_not_found", "gateway"),
     ("unknown format", _speech(response_format="ogg"), 400, "unsupported_response_format", "gateway"),
     ("speed too low", _speech(speed=0.2), 400, "speed_out_of_range", "gateway"),
     ("speed too high", _speech(speed=4.01), 400, "speed_out_of_range", "gateway"),

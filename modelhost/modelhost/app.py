@@ -4,7 +4,8 @@
     GET  /health/ready                the runtime is started (models load on demand)
     GET  /metrics                     Prometheus text
     GET  /v1/models                   every catalog model of this family, with its state
-    POST /v1/models/{name}/load       returns when READY (coalesced), with measured memory
+    POST /v1/models/{name}/load       returns when READY (coalesced), with measured memory; 503
+                                      model_unavailable when something it needs is missing here
     POST /v1/models/{name}/unload     returns when released, with freed bytes; ?drain=true waits
 
 A family adds its inference routes with an ``APIRouter`` and reaches the runtime through
@@ -17,13 +18,14 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.middleware.base import BaseHTTPMiddleware
 
-from .catalog import Catalog
+from .auth import InternalTokenMiddleware
+from .catalog import Catalog, ModelSpec
 from .contract import DeviceMemory, ModelRow, ModelsReply, ReadyReply, UnloadReply
 from .cuda import check_cuda_driver
 from .errors import REQUEST_ID_HEADER, install_error_handlers, request_id_of
@@ -31,6 +33,7 @@ from .meter import MemoryMeter, MeterError, open_meter
 from .metrics import HostMetrics
 from .runtime import ModelRuntime
 from .settings import HostSettings
+from .states import ModelState, ModelUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,9 @@ class Family:
     service: str  # compose service name, used as the envelope's src: caption-svc
     backends: dict[str, str]  # backend name -> "package.module:Class" (imported in the worker only)
     version: str = "0.1.0"
+    missing: Callable[[ModelSpec], str | None] | None = None
+    """What a model needs that this machine lacks ("flite is not installed: apt-get install flite"), or
+    None. Asked in the HTTP process at every look, so it must be cheap and import no backend."""
 
 
 @dataclass
@@ -58,6 +64,27 @@ class Host:
 
 def host(request: Request) -> Host:
     return request.app.state.host
+
+
+def missing_for(h: Host, name: str) -> str | None:
+    """Why ``name`` cannot run on this machine (404 for a model not in the catalog), or None."""
+    spec = h.runtime.entry(name).spec
+    return h.family.missing(spec) if h.family.missing is not None else None
+
+
+def check_available(h: Host, name: str) -> None:
+    """503 ``model_unavailable`` with the reason when ``name`` cannot run on this machine."""
+    reason = missing_for(h, name)
+    if reason is not None:
+        raise ModelUnavailable(f"model {name} is unavailable: {reason}", param="model")
+
+
+def _as_seen(h: Host, row: ModelRow) -> ModelRow:
+    """A model at rest whose requirement is missing is shown ``unavailable``, with the reason."""
+    if row.state not in (ModelState.UNLOADED.value, ModelState.FAILED.value):
+        return row
+    reason = missing_for(h, row.id)
+    return row if reason is None else row.model_copy(update={"state": ModelState.UNAVAILABLE.value, "reason": reason})
 
 
 def _gpu_index(settings: HostSettings, catalog: Catalog) -> int | None:
@@ -102,6 +129,8 @@ def create_host_app(
     app = FastAPI(title=family.service, version=family.version, lifespan=lifespan)
     install_error_handlers(app, family.service)
     app.add_middleware(_RequestIdMiddleware)
+    token = settings.internal_token.get_secret_value() if settings.internal_token else None
+    app.add_middleware(InternalTokenMiddleware, token=token, src=family.service)  # outermost: before any work
 
     @app.get("/health/live", tags=["health"])
     async def live() -> dict:
@@ -131,12 +160,13 @@ def create_host_app(
         return ModelsReply(
             family=family.name, service=family.service, worker_pid=h.runtime.worker_pid,
             worker_memory_bytes=worker_bytes, spare=h.runtime.workers.spare_row(), meter=h.meter.kind, device=device,
-            meter_error=meter_error, data=h.runtime.snapshot(),
+            meter_error=meter_error, data=[_as_seen(h, row) for row in h.runtime.snapshot()],
         )
 
     @app.post("/v1/models/{name}/load", tags=["models"], response_model=ModelRow)
     async def load(name: str, request: Request) -> ModelRow:
         h = host(request)
+        check_available(h, name)
         entry = await h.runtime.ensure_ready(name)
         return h.runtime.describe(entry)
 

@@ -11,11 +11,19 @@
 The runtime is the one owner; it changes state only through ``ModelRuntime._transition``, which
 checks this table, so an impossible transition is a bug that fails loudly instead of a lie in
 ``/v1/models``.
+
+``unavailable`` is outside the machine: the runtime never enters it. A model shows it (with the reason)
+while something it needs is missing on this machine (a system program: "flite is not installed: apt-get
+install flite"; the GPU the catalog asks for), and a load of it is refused with ``ModelUnavailable``
+(503 ``model_unavailable``) instead of being tried. It is decided again at every look, so the model is
+``unloaded`` as soon as the program is installed.
 """
 
 from __future__ import annotations
 
 import enum
+
+from .errors import Unavailable
 
 
 class ModelState(str, enum.Enum):
@@ -24,6 +32,7 @@ class ModelState(str, enum.Enum):
     READY = "ready"
     UNLOADING = "unloading"
     FAILED = "failed"
+    UNAVAILABLE = "unavailable"  # reported, never entered: see the module's docstring
 
 
 S = ModelState
@@ -34,7 +43,17 @@ TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {
     S.READY: frozenset({S.UNLOADING, S.FAILED}),
     S.UNLOADING: frozenset({S.UNLOADED, S.FAILED}),
     S.FAILED: frozenset({S.LOADING, S.UNLOADED}),
+    S.UNAVAILABLE: frozenset(),
 }
+
+
+class ModelUnavailable(Unavailable):
+    """The model cannot run on this machine as it is (its reason in the message): retrying will not help
+    until an operator installs what is missing, so bulk work fails the item instead of pausing."""
+
+    code = "model_unavailable"
+    retryable = False
+
 
 
 class IllegalTransition(RuntimeError):

@@ -1,7 +1,8 @@
 """TTS routes: parse → lease → synthesise sentence by sentence → stream. Nothing else lives here.
 
     POST /v1/audio/speech    OpenAI's speech request; the audio streams as each sentence is made
-    GET  /v1/audio/voices    the voices of every model of this service (``?model=`` for one)
+    GET  /v1/audio/voices    the voices of every model of this service (``?model=`` for one), with
+                             OpenAI's voice names as aliases
 
 Every check runs before the response starts; the first sentence is synthesised before it starts too, so
 a model that cannot speak answers with an error envelope, not a cut-off stream. Past the first chunk an
@@ -20,13 +21,13 @@ from fastapi.responses import StreamingResponse
 from modelhost.app import host
 from modelhost.errors import BadRequest, error_responses, request_id_of
 from modelhost.families import tts
-from modelhost.families.tts import ModelVoices, VoiceCard, VoiceList
+from modelhost.families.tts import ModelVoices, VoiceList
 
 from .encoding import OUTPUT_SAMPLE_RATE, Encoder, content_type
 from .schemas import ServiceSpeechRequest
 from .sentences import split_sentences
 from .synthesis import SpeechStream
-from .voices import voices_for
+from .voices import model_voices
 
 router = APIRouter(tags=["speech"])
 log = logging.getLogger(__name__)
@@ -35,10 +36,7 @@ log = logging.getLogger(__name__)
 def _model_voices(request: Request, model: str) -> ModelVoices:
     h = host(request)
     spec = h.runtime.entry(model).spec  # 404 for a model not in this service's catalog
-    voices = [VoiceCard(**v.as_dict()) for v in voices_for(spec, h.settings.cache_dir)]
-    languages = spec.options.get("languages")
-    return ModelVoices(model=spec.id, backend=spec.backend, voices=voices,
-                       languages=[str(x) for x in languages] if languages else None)
+    return model_voices(spec, h.settings.cache_dir)
 
 
 @router.get("/v1/audio/voices", response_model=VoiceList, responses=error_responses(404))

@@ -11,8 +11,9 @@ from modelhost.meter import MemoryMeter
 from .api import router
 from .backends import BACKENDS
 from .config import TtsSettings
+from .voices import missing
 
-FAMILY = Family(name="tts", service="tts-svc", backends=BACKENDS)
+FAMILY = Family(name="tts", service="tts-svc", backends=BACKENDS, missing=missing)
 
 
 def create_app(settings: TtsSettings | None = None, *, meter: MemoryMeter | None = None) -> FastAPI:

@@ -14,6 +14,12 @@ Per backend:
 
 A catalog ``voices`` option (a list of ids) always wins: it restricts a long list, or names voices of a
 model that is not downloaded yet.
+
+OpenAI's voice names (``alloy``, ``ash``, ...) are aliases of these, as ``modelhost.families.tts.voice_aliases``
+maps them: the catalog's ``voice_aliases`` option (``{alloy: slt}``) first, the rest spread over the voices.
+
+``missing()`` says what a backend needs that this machine lacks (flite's binary): such a model lists no
+voices, with that reason, and shows ``unavailable`` in ``GET /v1/models``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from modelhost.catalog import ModelSpec
+from modelhost.families.tts import ModelVoices, VoiceCard, voice_aliases
 
 FLITE_SKIP = {"awb_time"}
 
@@ -39,6 +46,26 @@ class Voice:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def missing(spec: ModelSpec) -> str | None:
+    """What ``spec``'s backend needs that this machine lacks, or None: read at every look (a few ``stat``s),
+    so installing the program makes the model available without a restart."""
+    if spec.backend == "flite" and shutil.which(spec.source) is None:
+        if "/" in spec.source:
+            return f"the flite binary {spec.source} does not exist (Debian/Ubuntu: apt-get install flite)"
+        return f"{spec.source} is not installed: apt-get install flite"
+    return None
+
+
+def model_voices(spec: ModelSpec, cache_dir: str | Path | None = None) -> ModelVoices:
+    """The voices of ``spec`` with OpenAI's names as aliases (none, with the reason, where it is unavailable)."""
+    languages = spec.options.get("languages")
+    reason = missing(spec)
+    voices = [] if reason else [VoiceCard(**v.as_dict()) for v in voices_for(spec, cache_dir)]
+    aliases = voice_aliases(voices, declared=spec.options.get("voice_aliases"), language=spec.options.get("language"))
+    return ModelVoices(model=spec.id, backend=spec.backend, voices=voices, aliases=aliases, reason=reason,
+                       languages=[str(x) for x in languages] if languages else None)
 
 
 def voices_for(spec: ModelSpec, cache_dir: str | Path | None = None) -> list[Voice]:

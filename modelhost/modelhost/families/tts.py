@@ -4,8 +4,9 @@
 - ``SpeechRequest``: OpenAI's speech request, the JSON the gateway takes and ``speak()`` sends on. Its
   types are checked by pydantic (400 at the gateway, 422 at the service, as FastAPI answers it); its values
   by ``check()``, each bad one with its own code, at the gateway and at the service alike.
-- ``VoiceList``: the voices of each model, as the service lists them; ``ModelVoices.voice()`` picks the one a
-  request gets.
+- ``VoiceList``: the voices of each model, as the service lists them, with OpenAI's voice names
+  (``OPENAI_VOICES``) as aliases of them (``voice_aliases()``, the one place they are mapped);
+  ``ModelVoices.voice()`` picks the one a request gets, at the gateway and at the service alike.
 - ``voices()`` and ``speak()``: the upstream calls.
 """
 
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Annotated, Any, Literal, Mapping, get_args
+from typing import Annotated, Any, Literal, Mapping, Sequence, get_args
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, Strict, StrictStr, field_validator
 
 from ..errors import BadRequest, NotFound, PayloadTooLarge
+from ..states import ModelUnavailable
 from . import Requester, reply_as, validated
 
 FAMILY = "tts"
@@ -41,7 +43,9 @@ class SpeechRequest(BaseModel):
     input: StrictStr = Field(description="The text to speak; split into sentences, each streamed as it is made. "
                                          "Over the configured length: 413. Control characters are read as spaces.",
                              json_schema_extra={"minLength": 1, "pattern": r"[^\s\x00-\x1f\x7f]"})
-    voice: StrictStr | None = Field(None, description="One of the model's voices; default: its first.")
+    voice: StrictStr | None = Field(None, description="One of the model's voices, or one of OpenAI's voice names "
+                                                      "(alloy, ash, ...: aliases of the model's voices, listed by GET "
+                                                      "/v1/audio/voices); default: its first.")
     # null is the default for these two (never None once validated)
     response_format: StrictStr | None = Field("mp3", description="The audio's format.",
                                               json_schema_extra={"enum": [*RESPONSE_FORMATS, None]})
@@ -93,28 +97,64 @@ def speech_request(values: Mapping[str, Any], *, max_input_chars: int) -> Speech
     return req
 
 
+OPENAI_VOICES: tuple[str, ...] = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage",
+                                   "shimmer", "verse")
+"""The voice names of OpenAI's speech API, which its clients send (``alloy`` by default)."""
+
+
 class VoiceCard(BaseModel):
     id: str
     language: str | None = None
     name: str | None = None
 
 
+def voice_aliases(voices: Sequence[VoiceCard], *, declared: Mapping[str, Any] | None = None,
+                  language: str | None = None) -> dict[str, str]:
+    """OpenAI's voice names as a model's voices: ``declared`` (the catalog's ``voice_aliases`` option, such as
+    ``{alloy: slt}``) where it names one of ``voices``, the rest spread over the voices in their order (alloy
+    the first, ash the second, ... round again when there are fewer). The spread takes the voices of
+    ``language`` (the model's own), else the English ones, else all, so that ``alloy`` speaks English on a
+    model of a hundred languages. A name that is itself one of the model's voices stays that voice."""
+    ids = [v.id for v in voices]
+    if not ids:
+        return {}
+
+    def speaks(lang: str) -> list[str]:
+        return [v.id for v in voices if v.language and (v.language == lang or v.language.startswith(f"{lang}-"))]
+
+    pool = (speaks(language) if language else []) or speaks("en") or ids
+    given = {str(k): str(v) for k, v in (declared or {}).items() if str(v) in ids}
+    spread = iter(pool * (len(OPENAI_VOICES) // len(pool) + 1))
+    return {name: given.get(name) or next(spread) for name in OPENAI_VOICES if name not in ids}
+
+
 class ModelVoices(BaseModel):
     model: str
     backend: str
     voices: list[VoiceCard]
+    aliases: dict[str, str] = Field(default_factory=dict,
+                                    description="OpenAI's voice names (alloy, ash, ...) and the voice each one speaks with.")
     languages: list[str] | None = Field(None, description="Languages a multilingual model accepts, where the catalog names them.")
+    reason: str | None = Field(None, description="Why the model has no voices (what it needs is missing here).")
 
     def voice(self, asked: str | None) -> str:
-        """The voice a request gets: the one ``asked`` for, else the model's first; 404 ``voice_not_found``."""
+        """The voice a request gets: the one ``asked`` for (a voice, or an alias of one), else the model's first;
+        404 ``voice_not_found``, 503 ``model_unavailable`` when the model has no voices for a missing requirement."""
         ids = [v.id for v in self.voices]
-        if asked is None and ids:
-            return ids[0]
-        if asked not in ids:
-            shown = ", ".join(ids[:20]) + (" ..." if len(ids) > 20 else "")
-            raise NotFound(f"model {self.model} has no voice {asked!r}; its voices: {shown or 'none'}", param="voice",
+        if not ids:
+            if self.reason:
+                raise ModelUnavailable(f"model {self.model} has no voices: {self.reason}", param="model")
+            raise NotFound(f"model {self.model} has no voices: its backend found none", param="voice",
                            code="voice_not_found")
-        return asked
+        if asked is None:
+            return ids[0]
+        if asked in ids:
+            return asked
+        if asked in self.aliases:
+            return self.aliases[asked]
+        shown = ", ".join(ids[:20]) + (" ..." if len(ids) > 20 else "")
+        raise NotFound(f"model {self.model} has no voice {asked!r}; its voices: {shown}; or one of OpenAI's names: "
+                       f"{', '.join(self.aliases)}", param="voice", code="voice_not_found")
 
 
 class VoiceList(BaseModel):
