@@ -57,6 +57,11 @@ class ModelRow(BaseModel):
     priority: int = 0
     group: str | None = None
     max_batch: int = 1
+    cached: bool | None = Field(
+        None, description="Its weights are on this machine (a local source, weights shipped in a package, or a "
+        "complete download in the cache); false: its first load would download them (pull them first); null: the "
+        "backend fetches its weights itself on its first load, so the service cannot tell.")
+    size_on_disk_bytes: int | None = Field(None, description="What its weights take on disk; null when unknown.")
 
     @property
     def resident(self) -> bool:
@@ -67,6 +72,38 @@ class ModelRow(BaseModel):
     def ready_s(self) -> float:
         """Seconds from a load request to ready: the load and the warm-up."""
         return (self.load_s or 0.0) + (self.warmup_s or 0.0)
+
+
+class PullStatus(BaseModel):
+    """``POST|GET /v1/models/{name}/pull``: a model's weights on their way into the cache."""
+
+    model: str
+    source: str
+    kind: str = Field(description="local (a path: verified in place), hub (a Hugging Face repo, downloaded into the "
+                                  "cache), bundled (weights shipped in a package: nothing to fetch), or on_load (the "
+                                  "backend fetches its weights itself on its first load: not pullable).")
+    state: str = Field(description="idle (no pull since the service started), pulling, done or failed.")
+    cached: bool | None = Field(None, description="As the model row's cached.")
+    size_on_disk_bytes: int | None = None
+    bytes_done: int = Field(0, description="Bytes fetched (or verified) by this pull so far.")
+    bytes_total: int | None = Field(None, description="Bytes this pull fetches in all; null until known.")
+    rate_bytes_per_s: float | None = None
+    eta_s: float | None = Field(None, description="Seconds left at the current rate; null when unknown.")
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = Field(None, description="Why the pull failed, in words.")
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed")
+
+
+class CacheDeleted(BaseModel):
+    """``DELETE /v1/models/{name}/cache``."""
+
+    model: str
+    freed_bytes: int
+    path: str | None = Field(None, description="What was removed.")
 
 
 class DeviceMemory(BaseModel):
