@@ -12,6 +12,7 @@ TASK_KINDS: dict[str, frozenset[str]] = {
     "caption": frozenset({"image", "video"}),
     "faces": frozenset({"image", "video"}),
     "transcribe": frozenset({"audio", "video"}),
+    "embed": frozenset({"image", "video"}),
 }
 
 

@@ -8,7 +8,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, Awaitable, BinaryIO, Callable
 
 from modelhost.catalog import Catalog
 from modelhost.errors import BadRequest, Conflict, NotFound, Overloaded, PayloadTooLarge
@@ -46,6 +46,8 @@ class Jobs:
         self.settings = settings
         self.gateway_settings = gateway_settings
         self.listing = Lane("job-listing", threads=LISTING_THREADS, stall_s=LISTING_STALL_S)
+        self.on_deleted: list[Callable[[str], Awaitable[None]]] = []
+        """Called with a job's id once it is deleted, before DELETE answers (search drops its items)."""
 
     @classmethod
     def build(cls, data_dir: Path, settings: Any, gateway_settings: Any, *, access: ModelAccess, catalog: Catalog,
@@ -81,7 +83,8 @@ class Jobs:
     def default_model(self, cls: type[Task]) -> str:
         configured = {"caption": self.gateway_settings.default_caption_model,
                       "asr": getattr(self.gateway_settings, "default_asr_model", None),
-                      "face": getattr(self.gateway_settings, "default_face_model", None)}.get(cls.family)
+                      "face": getattr(self.gateway_settings, "default_face_model", None),
+                      "embed": getattr(self.gateway_settings, "default_embed_model", None)}.get(cls.family)
         return default_model(self.catalog.models, cls.family, configured)
 
     def prepare(self, task: Any, model: str | None, options: dict[str, Any]) -> tuple[type[Task], str, dict[str, Any]]:
@@ -182,6 +185,8 @@ class Jobs:
         if outcome == "stopping":
             raise Conflict(f"job {job_id} is cancelled, but its workers are still stopping; delete it again shortly",
                            param="job_id", code="job_stopping", retry_after_s=1.0)
+        for hook in self.on_deleted:
+            await hook(job_id)
 
     # reading -------------------------------------------------------------------------------------
 

@@ -1,0 +1,86 @@
+"""``POST /v1/search``: the request and the answer."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from modelhost.families.embed import MAX_TEXT_CHARS
+
+MAX_K = 1000
+MAX_JOBS = 100
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be blank")
+    return text
+
+
+QueryText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_not_blank)]
+
+
+class ImageQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    image: str = Field(min_length=1, description="The image, base64 or a data: URL.")
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    query: QueryText | ImageQuery = Field(description='Text ("a dog on a beach"), or {"image": base64} for photos like it.')
+    model: str | None = Field(None, description="An embed model of the catalog; default: the model of `jobs`, else the "
+                                                "catalog's first embed model.")
+    k: int = Field(20, ge=1, le=MAX_K, description="How many results.")
+    jobs: list[Annotated[str, StringConstraints(min_length=1)]] | None = Field(
+        None, min_length=1, max_length=MAX_JOBS,
+        description="The embed jobs to search (ended ones, of one model); default: every completed embed job of the model.")
+    min_score: float | None = Field(None, ge=-1.0, le=1.0, description="Leave out results below this cosine similarity.")
+
+
+class CaptionRef(BaseModel):
+    job: str
+    model: str
+    text: str
+
+
+class PersonRef(BaseModel):
+    job: str = Field(description="The faces job that grouped the file's faces into people.")
+    person: int
+    faces: list[str] = Field(description='The faces of this person in the file ("3", or "2.0" for keyframe 2, face 0).')
+
+
+class SearchHit(BaseModel):
+    rank: int
+    score: float = Field(description="Cosine similarity between the query and the image or keyframe, -1..1.")
+    job: str
+    seq: int = Field(description="The item's number in its job (GET /v1/jobs/{job}/results).")
+    source: str = Field(description="The library path, or the uploaded file's name.")
+    kind: Literal["image", "video"]
+    sha256: str | None
+    t_s: float | None = Field(None, description="A video's keyframe: its time in seconds.")
+    caption: CaptionRef | None = Field(None, description="The file's caption from a caption job (the keyframe's, for a video).")
+    people: list[PersonRef] = Field(default_factory=list, description="The file's people from faces jobs.")
+
+
+class QueryInfo(BaseModel):
+    modality: Literal["text", "image"]
+    tokens: int
+
+
+class SearchTimings(BaseModel):
+    embed_ms: float = Field(description="Embedding the query (the model held, the service's answer).")
+    rank_ms: float = Field(description="Ranking the vectors.")
+    total_ms: float
+
+
+class SearchResponse(BaseModel):
+    object: Literal["search.result"] = "search.result"
+    model: str
+    query: QueryInfo
+    jobs: list[str] = Field(description="The jobs searched.")
+    searched: int = Field(description="Vectors searched (images and keyframes).")
+    data: list[SearchHit]
+    timings: SearchTimings
