@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 
 def memory_budgets(catalog: Catalog, cs: CoordinatorSettings, meters: dict[str, MemoryMeter | None]) -> dict[str, int]:
     """One budget per device the catalog uses: configured, else NVML total minus the reserve on a
-    GPU, else 75 % of host memory on the CPU."""
+    GPU, else 75 % of host memory on the CPU. A GPU that NVML cannot see and that has no configured
+    budget gets none: the coordinator lists its models as unavailable (the default catalog on a box
+    without a GPU still serves its CPU models)."""
     budgets: dict[str, int] = {}
     for dev in sorted({device_key(m) for m in catalog.models}):
         if dev in cs.memory_budget_mb:
@@ -30,8 +32,10 @@ def memory_budgets(catalog: Catalog, cs: CoordinatorSettings, meters: dict[str, 
         else:
             meter = meters.get(dev)
             if meter is None:
-                raise RuntimeError(f"the catalog puts models on {dev} but NVML sees no such GPU; "
-                                   f'set GATEWAY_MEMORY_BUDGET_MB=\'{{"{dev}": <MiB>}}\' or use a CPU catalog')
+                log.warning("the catalog puts models on %s but NVML sees no such GPU: they are unavailable. To run "
+                            "every model on the CPU set GATEWAY_FORCE_DEVICE=cpu and each service's "
+                            "<FAMILY>_SVC_FORCE_DEVICE=cpu (make dev FORCE_DEVICE=cpu)", dev)
+                continue
             budgets[dev] = max(0, meter.device().total_bytes - cs.gpu_reserve_mb * 2**20)
     return budgets
 

@@ -25,7 +25,8 @@ class AdminModel(BaseModel):
     id: str
     family: str
     service: str
-    state: str = Field(description="unloaded, loading, ready, unloading, failed, or unknown when the service is unreachable")
+    state: str = Field(description="unloaded, loading, ready, unloading, failed, unavailable (something it needs is "
+                                   "missing on this machine: reason says what), or unknown when the service is unreachable")
     reason: str | None = None
     device: str | None = None
     device_requested: str

@@ -30,6 +30,7 @@ from modelhost.errors import (
     Overloaded,
     RoundhouseError,
 )
+from modelhost.states import ModelUnavailable
 
 from .actions import (Action, Fail, FailKind, Grant, Load, Recheck, Released, Unload, UnloadAnswer, UnloadOutcome,
                       UnloadReason, Wake)
@@ -61,6 +62,11 @@ FAIL_ERRORS: dict[FailKind, tuple[type[RoundhouseError], float | None]] = {
 }
 
 
+def no_gpu_reason(dev: str) -> str:
+    return (f"the catalog puts it on {dev}, and NVML sees no such GPU here; to run every model on the CPU set "
+            "GATEWAY_FORCE_DEVICE=cpu and each service's <FAMILY>_SVC_FORCE_DEVICE=cpu (make dev FORCE_DEVICE=cpu)")
+
+
 def device_key(spec: ModelSpec) -> str:
     if not spec.wants_gpu:
         return "cpu"
@@ -90,9 +96,15 @@ class Coordinator(WorldReads):
         self.cores: dict[str, Core] = {}
         self.device_of: dict[str, str] = {}
         by_device: dict[str, dict[str, ModelInfo]] = {}
+        # A model on a device without a budget (a GPU that NVML does not see: budgets.memory_budgets) is
+        # unavailable: listed with the reason, refused at once, never queued or loaded.
+        self.unavailable: dict[str, str] = {}
         for spec in catalog.models:
             dev = device_key(spec)
             self.device_of[spec.id] = dev
+            if dev not in budgets:
+                self.unavailable[spec.id] = no_gpu_reason(dev)
+                continue
             known = store.get(spec.id)
             footprint = int(known["peak_memory_bytes"]) if known else spec.memory_estimate_bytes
             load_s = float(known["load_s"]) if known else 2.0
@@ -101,8 +113,6 @@ class Coordinator(WorldReads):
                 spec.id, footprint, pin=spec.pin, priority=spec.priority, group=spec.group, load_s=load_s,
                 unload_s=0.5 if unload_s is None else unload_s, family=spec.family)
         for dev, models in by_device.items():
-            if dev not in budgets:
-                raise ValueError(f"no memory budget for device {dev}")
             self.cores[dev] = Core(dev, budgets[dev], models, config=config, max_queue=max_queue,
                                    reserve_bytes=reserve_bytes if dev != "cpu" else 0)
         self.meter_interval_s = meter_interval_s  # how often start() reads the meters (None: never)
@@ -161,6 +171,8 @@ class Coordinator(WorldReads):
         release, or None when the model was not resident. Requests waiting for it stay queued and
         bring it back later. 504 when it takes longer than ``timeout_s``; the unload goes on
         regardless (and if the caller goes away)."""
+        if model in self.unavailable:
+            return None  # never loaded here
         dev, core = self._core(model)
         ticket = next(self._ids)
         fut = asyncio.get_running_loop().create_future()
@@ -184,6 +196,8 @@ class Coordinator(WorldReads):
         dev = self.device_of.get(model)
         if dev is None:
             raise ModelNotFound(f"model {model!r} is not in the catalog", param="model")
+        if model in self.unavailable:
+            raise ModelUnavailable(f"model {model} is unavailable: {self.unavailable[model]}", param="model")
         return dev, self.cores[dev]
 
     # actions -------------------------------------------------------------------------------------
@@ -368,5 +382,7 @@ class Coordinator(WorldReads):
         return sum(r.in_flight for r in core.resident.values()) + sum(len(q) for q in core.queues.values())
 
     def model_state(self, model: str) -> LedgerState:
+        if model in self.unavailable:
+            return LedgerState(ledger_state="unavailable", queue_depth=0, device_ledger=self.device_of[model])
         dev, core = self._core(model)
         return ledger_state(core, model)

@@ -66,7 +66,8 @@ async def admin_models(request: Request) -> AdminModels:
         rows.append(AdminModel(
             id=spec.id, family=spec.family,
             service=_server(g, spec),
-            device_requested=spec.device, memory_estimate_bytes=spec.memory_estimate_bytes, **_as_served(m),
+            device_requested=spec.device, memory_estimate_bytes=spec.memory_estimate_bytes,
+            **_as_served(m, g.coordinator.unavailable.get(spec.id)),
             queue_depth=ledger.queue_depth + (m.queue_depth if m else 0),
             ledger_state=ledger.ledger_state, device_ledger=ledger.device_ledger, charged_bytes=ledger.charged_bytes,
             ttl_s=spec.ttl_s, pin=spec.pin, priority=spec.priority, group=spec.group,
@@ -82,8 +83,11 @@ def _server(g: Gateway, spec: ModelSpec) -> str:
 _SERVED = {"state", "reason", "device", "memory_bytes", "peak_memory_bytes", "load_s", "last_used", "in_flight"}
 
 
-def _as_served(row: ModelRow | None) -> dict:
-    """What the model's service says of it; state "unknown" when the service did not answer."""
+def _as_served(row: ModelRow | None, unavailable: str | None = None) -> dict:
+    """What the model's service says of it; state "unknown" when the service did not answer; "unavailable"
+    with the reason when the gateway has no device for it (a GPU that NVML does not see)."""
+    if unavailable is not None:
+        return {"state": "unavailable", "reason": unavailable}
     return row.model_dump(include=_SERVED) if row is not None else {"state": "unknown"}
 
 
