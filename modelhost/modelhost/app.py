@@ -7,6 +7,9 @@
     POST /v1/models/{name}/load       returns when READY (coalesced), with measured memory; 503
                                       model_unavailable when something it needs is missing here
     POST /v1/models/{name}/unload     returns when released, with freed bytes; ?drain=true waits
+    POST /v1/models/{name}/pull       fetch its weights into the cache, outside the worker (``pulls``)
+    GET  /v1/models/{name}/pull       that pull's progress: bytes, total, rate, ETA
+    DELETE /v1/models/{name}/cache    remove its downloaded weights (409 while loaded)
 
 A family adds its inference routes with an ``APIRouter`` and reaches the runtime through
 ``host(request)``.
@@ -26,11 +29,12 @@ from starlette.middleware.base import BaseHTTPMiddleware
 
 from .auth import InternalTokenMiddleware
 from .catalog import Catalog, ModelSpec
-from .contract import DeviceMemory, ModelRow, ModelsReply, ReadyReply, UnloadReply
+from .contract import CacheDeleted, DeviceMemory, ModelRow, ModelsReply, PullStatus, ReadyReply, UnloadReply
 from .cuda import check_cuda_driver
 from .errors import REQUEST_ID_HEADER, install_error_handlers, request_id_of
 from .meter import MemoryMeter, MeterError, open_meter
 from .metrics import HostMetrics
+from .pulls import Pulls
 from .runtime import ModelRuntime
 from .settings import HostSettings
 from .states import ModelState, ModelUnavailable
@@ -60,6 +64,7 @@ class Host:
     metrics: HostMetrics
     meter: MemoryMeter
     started_at: float
+    pulls: Pulls | None = None
 
 
 def host(request: Request) -> Host:
@@ -118,12 +123,14 @@ def create_host_app(
         )
         check_cuda_driver(family.service, own)
         runtime.start()
-        app.state.host = Host(family, settings, own, runtime, metrics, the_meter, time.time())
+        pulls = Pulls(own.models, settings.cache_dir)
+        app.state.host = Host(family, settings, own, runtime, metrics, the_meter, time.time(), pulls)
         log.info("%s ready: %d catalog model(s), measuring memory with %s",
                  family.service, len(runtime.entries), the_meter.kind)
         try:
             yield
         finally:
+            await pulls.close()
             await runtime.close()
 
     app = FastAPI(title=family.service, version=family.version, lifespan=lifespan)
@@ -160,7 +167,7 @@ def create_host_app(
         return ModelsReply(
             family=family.name, service=family.service, worker_pid=h.runtime.worker_pid,
             worker_memory_bytes=worker_bytes, spare=h.runtime.workers.spare_row(), meter=h.meter.kind, device=device,
-            meter_error=meter_error, data=[_as_seen(h, row) for row in h.runtime.snapshot()],
+            meter_error=meter_error, data=await h.pulls.annotate([_as_seen(h, row) for row in h.runtime.snapshot()]),
         )
 
     @app.post("/v1/models/{name}/load", tags=["models"], response_model=ModelRow)
@@ -174,6 +181,23 @@ def create_host_app(
     async def unload(name: str, request: Request, drain: bool = Query(False, description="Wait for in-flight requests instead of answering 409.")) -> UnloadReply:
         h = host(request)
         return await h.runtime.unload(name, drain=drain)
+
+    @app.post("/v1/models/{name}/pull", tags=["models"], response_model=PullStatus)
+    async def pull(name: str, request: Request,
+                   wait: bool = Query(False, description="Answer when the pull has ended instead of at once.")) -> PullStatus:
+        h = host(request)
+        status = await h.pulls.start(name)
+        return await h.pulls.wait(name) if wait else status
+
+    @app.get("/v1/models/{name}/pull", tags=["models"], response_model=PullStatus)
+    async def pull_status(name: str, request: Request) -> PullStatus:
+        return await host(request).pulls.status(name)
+
+    @app.delete("/v1/models/{name}/cache", tags=["models"], response_model=CacheDeleted)
+    async def delete_cache(name: str, request: Request) -> CacheDeleted:
+        h = host(request)
+        loaded = name in h.runtime.entries and h.runtime.entries[name].state not in (ModelState.UNLOADED, ModelState.FAILED)
+        return await h.pulls.delete(name, loaded=loaded)
 
     for router in routers:
         app.include_router(router)
