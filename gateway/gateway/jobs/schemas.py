@@ -25,7 +25,7 @@ from modelhost.errors import BadRequest
 from modelhost.families import asr, caption, face, validated
 from modelhost.languages import LANGUAGES
 
-TaskName = Literal["caption", "faces", "transcribe", "embed"]
+TaskName = Literal["caption", "embed", "faces", "transcribe"]
 JobState = Literal["queued", "running", "completed", "cancelled", "failed"]
 ItemState = Literal["done", "error", "cancelled"]
 
