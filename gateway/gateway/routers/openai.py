@@ -1,5 +1,6 @@
 """The OpenAI routes of external tenants, proxied under a lease: ``POST /v1/chat/completions``,
-``POST /v1/completions`` and ``POST /v1/embeddings`` for a model of the llm family (``gateway.tenants``).
+``POST /v1/completions`` and, through ``routers.embeddings`` (which serves the embed family's models itself),
+``POST /v1/embeddings`` for a model of the llm family (``gateway.tenants``).
 
 The request is checked here first (its Content-Type, 415 unless application/json; the body's size, 413;
 JSON, 400 ``invalid_json``; its fields' types,
@@ -97,17 +98,13 @@ async def completions(request: Request) -> Response:
     return await _proxy(request, "/v1/completions", CompletionRequest)
 
 
-@router.post("/v1/embeddings", summary="Text embeddings from an LLM server's model (OpenAI-compatible)",
-             description=_DESCRIPTION, response_class=Response,
-             responses={**_ANSWER, 200: {"description": "The server's answer, relayed.", "content": {"application/json": {}}}},
-             openapi_extra=json_request_body(EmbeddingRequest))
-async def embeddings(request: Request) -> Response:
-    return await _proxy(request, "/v1/embeddings", EmbeddingRequest)
-
-
 async def _proxy(request: Request, path: str, schema: type[_LlmRequest]) -> Response:
+    return await forward(request, path, schema, await read_json_object(request, gw(request).settings.max_upload_bytes))
+
+
+async def forward(request: Request, path: str, schema: type[_LlmRequest], body: dict[str, Any]) -> Response:
+    """``body`` (read already) to the llm model's server under a hold, answered as the module says."""
     g = gw(request)
-    body = await read_json_object(request, g.settings.max_upload_bytes)
     req = validated(schema, body)
     spec = g.access.spec(req.model, TENANT_FAMILY)  # 404 before any work
     body["model"] = spec.source
