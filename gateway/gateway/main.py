@@ -32,9 +32,11 @@ from .gpu_metrics import GpuCollector
 from .jobs.service import Jobs
 from .metrics import GatewayMetrics
 from .observe import ObserveMiddleware
-from .routers import audio_speech, audio_transcriptions, captions, faces, health, models, openai
+from .routers import audio_speech, audio_transcriptions, captions, embeddings, faces, health, models, openai
 from .routers import events as events_router
 from .routers import jobs as jobs_router
+from .routers import search as search_router
+from .search.service import Search
 from .routers import ui as ui_router
 from .state import Gateway
 from .tenants import Tenants
@@ -90,6 +92,12 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
         jobs.runner.events.listeners.append(job_progress.notify)
         job_progress.start()
         await jobs.start()
+        # Photo search: the vectors of ended embed jobs, kept in step with the jobs database.
+        search = Search.build(cs.data_dir, jobs.store, access=access, catalog=catalog, settings=settings,
+                              registry=metrics.registry)
+        jobs.on_deleted.append(search.forget)
+        app.state.search = search
+        await search.start()
         log.info("coordinator budgets: %s", {d: f"{b / 2**20:.0f} MiB" for d, b in budgets.items()})
         log.info("gateway on %s:%d: %d model(s), services %s, tenants %s, auth %s", settings.host, settings.port,
                  len(catalog.models), settings.services, tenants.names or "none",
@@ -101,6 +109,7 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
                 reconciler.cancel()
             await job_progress.close()
             await jobs.close()
+            await search.close()
             await coordinator.close()
             for client in clients.values():
                 client.close()
@@ -119,7 +128,7 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
     hub = app.state.events = EventHub()  # the one live events stream: GET /admin/events, the console
     # The inference routes first: they are the hot path, matched on every request.
     for router in (captions.router, faces.router, audio_speech.router, audio_transcriptions.router,
-                   openai.router, models.router, health.router):
+                   openai.router, embeddings.router, search_router.router, models.router, health.router):
         app.include_router(router)
     app.include_router(jobs_router.router)
     app.include_router(events_router.router)
