@@ -1,0 +1,1 @@
+"""The web console's static files (static/), served at /ui by routers/ui.py."""
