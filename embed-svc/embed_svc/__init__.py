@@ -1,0 +1,1 @@
+"""embed-svc: image-text embeddings (CLIP, SigLIP) for search."""
