@@ -178,6 +178,9 @@ def fetch_hub(w: Weights, cache_dir: Path, endpoint: str, offline: bool, on_tota
     """Download ``w`` into ``cache_dir`` (blocking: run it in a thread); ``on_total`` gets the bytes it fetches."""
     if offline:
         raise PullError(f"HF_HUB_OFFLINE is set and {w.repo_id} is not in the cache ({cache_dir})")
+    unreachable = probe(endpoint)  # seconds at most, and the reason in words, before any library retries
+    if unreachable:
+        raise PullError(f"cannot fetch {w.repo_id} from {endpoint}: {unreachable}")
     try:
         import huggingface_hub as hub
     except ImportError:
@@ -328,8 +331,9 @@ class Pulls:
 
 
 def _remove(path: Path) -> int:
+    """Remove a hub repo folder; its blobs' bytes (what ``on_disk`` shows as its size)."""
     if not path.exists():
         return 0
-    freed = _tree_bytes(path)
+    freed = _blob_bytes(path)
     shutil.rmtree(path)
     return freed
