@@ -23,7 +23,7 @@ from typing import Any, AsyncIterator, TypeVar
 import aiohttp
 from pydantic import BaseModel, ValidationError
 
-from .contract import ModelRow, ModelsReply, ReadyReply, UnloadReply
+from .contract import CacheDeleted, ModelRow, ModelsReply, PullStatus, ReadyReply, UnloadReply
 from .errors import (  # noqa: F401 - ServiceUnreachable and UpstreamEnvelope are re-exported for callers
     REQUEST_ID_HEADER,
     DeadlineExceeded,
@@ -203,6 +203,18 @@ class ModelHostClient:
         body = await self.request("POST", f"/v1/models/{model}/unload", params={"drain": "true" if drain else "false"},
                                   timeout_s=timeout_s, request_id=request_id)
         return self._parse(UnloadReply, body)
+
+    async def pull(self, model: str, *, timeout_s: float = 10.0, request_id: str | None = None) -> PullStatus:
+        """Start (or join) a pull of ``model``'s weights; answered at once with its status."""
+        body = await self.request("POST", f"/v1/models/{model}/pull", timeout_s=timeout_s, request_id=request_id)
+        return self._parse(PullStatus, body)
+
+    async def pull_status(self, model: str, *, timeout_s: float = 10.0) -> PullStatus:
+        return self._parse(PullStatus, await self.request("GET", f"/v1/models/{model}/pull", timeout_s=timeout_s))
+
+    async def delete_cache(self, model: str, *, timeout_s: float = 60.0, request_id: str | None = None) -> CacheDeleted:
+        body = await self.request("DELETE", f"/v1/models/{model}/cache", timeout_s=timeout_s, request_id=request_id)
+        return self._parse(CacheDeleted, body)
 
     def _parse(self, model: type[T], body: Any) -> T:
         return reply_as(model, body, self.name)
