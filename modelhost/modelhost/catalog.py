@@ -45,6 +45,9 @@ class ModelSpec(BaseModel):
     )
     ttl_s: float | None = Field(None, gt=0, description="Unload after this many idle seconds; None = never.")
     pin: bool = Field(False, description="Never evicted by the swap coordinator.")
+    preload: bool = Field(
+        False, description="The gateway loads it at start-up (after its first reconciliation), in priority order, as "
+        "far as the device's budget allows; its weights are pulled first when they are not cached.")
     priority: int = Field(0, description="Higher is kept resident in preference to lower.")
     group: str | None = Field(None, description="Exclusive group: a model that needs the whole device.")
     max_batch: int = Field(8, ge=1, le=1024, description="Largest batch gathered for one forward pass.")
