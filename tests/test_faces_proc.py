@@ -206,7 +206,7 @@ def test_bad_input_gets_its_4xx_envelope(gw: httpx.Client, face_gateway: procs.P
 
 def test_face_models_are_listed_and_documented(gw: httpx.Client) -> None:
     ids = [m["id"] for m in gw.get("/v1/models").json()["data"] if m["family"] == "face"]
-    assert ids == [TINY, DLIB]
+    assert ids == ["yunet-sface", TINY, DLIB]  # the real offline model first: `make dev`'s default
     paths = gw.get("/openapi.json").json()["paths"]
     assert {"/v1/faces/detect", "/v1/faces/embed", "/v1/faces/verify"} <= set(paths)
 

@@ -96,7 +96,7 @@ def test_both_models_are_ready_on_cpu(client: TestClient) -> None:
     listing = client.get("/v1/models").json()
     assert listing["family"] == "face" and listing["service"] == "face-svc"
     states = {m["id"]: (m["state"], m["device"]) for m in listing["data"]}
-    assert states == {TINY: ("ready", "cpu"), DLIB: ("ready", "cpu")}
+    assert states == {"yunet-sface": ("unloaded", None), TINY: ("ready", "cpu"), DLIB: ("ready", "cpu")}
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])

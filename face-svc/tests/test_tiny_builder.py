@@ -44,7 +44,7 @@ def test_face_entries_are_appended_and_everything_else_is_kept(tmp_path: Path) -
     assert builder.merge_catalog(catalog).startswith("added")
     text = catalog.read_text()
     assert text.startswith(CAPTION + OTHER_BLOCK)
-    assert ids(catalog) == ["tiny-blip", "flite", "tiny-insightface", "dlib-resnet"]
+    assert ids(catalog) == ["tiny-blip", "flite", "yunet-sface", "tiny-insightface", "dlib-resnet"]
 
 
 def test_a_rerun_leaves_the_file_untouched_even_with_blocks_after_ours(tmp_path: Path) -> None:
@@ -63,14 +63,14 @@ def test_face_entries_outside_the_block_are_replaced(tmp_path: Path) -> None:
     stray = "  - id: tiny-insightface\n    family: face\n    backend: insightface\n    source: ./old\n"
     catalog.write_text(CAPTION + stray + OTHER_BLOCK)
     builder.merge_catalog(catalog)
-    assert ids(catalog) == ["tiny-blip", "flite", "tiny-insightface", "dlib-resnet"]
+    assert ids(catalog) == ["tiny-blip", "flite", "yunet-sface", "tiny-insightface", "dlib-resnet"]
     assert "./old" not in catalog.read_text()
 
 
 def test_a_missing_catalog_is_written_whole(tmp_path: Path) -> None:
     catalog = tmp_path / "catalog.yaml"
     assert builder.merge_catalog(catalog) == "wrote"
-    assert ids(catalog) == ["tiny-insightface", "dlib-resnet"]
+    assert ids(catalog) == ["yunet-sface", "tiny-insightface", "dlib-resnet"]
 
 
 def test_a_catalog_that_does_not_parse_stops_the_build_with_a_clear_message(tmp_path: Path) -> None:

@@ -7,4 +7,5 @@ imports nothing heavy; the worker process imports the one it needs.
 BACKENDS: dict[str, str] = {
     "insightface": "face_svc.backends.insightface:InsightFaceAnalyzer",
     "dlib": "face_svc.backends.dlib_resnet:DlibFaceAnalyzer",
+    "yunet_sface": "face_svc.backends.yunet_sface:YuNetSFaceAnalyzer",
 }
