@@ -112,7 +112,8 @@ def voice_aliases(voices: Sequence[VoiceCard], *, declared: Mapping[str, Any] | 
                   language: str | None = None) -> dict[str, str]:
     """OpenAI's voice names as a model's voices: ``declared`` (the catalog's ``voice_aliases`` option, such as
     ``{alloy: slt}``) where it names one of ``voices``, the rest spread over the voices in their order (alloy
-    the first, ash the second, ... round again when there are fewer). The spread takes the voices of
+    the first, ash the second, ... round again when there are fewer; a name's voice does not depend on what
+    the catalog declares for the others). The spread takes the voices of
     ``language`` (the model's own), else the English ones, else all, so that ``alloy`` speaks English on a
     model of a hundred languages. A name that is itself one of the model's voices stays that voice."""
     ids = [v.id for v in voices]
@@ -124,8 +125,7 @@ def voice_aliases(voices: Sequence[VoiceCard], *, declared: Mapping[str, Any] | 
 
     pool = (speaks(language) if language else []) or speaks("en") or ids
     given = {str(k): str(v) for k, v in (declared or {}).items() if str(v) in ids}
-    spread = iter(pool * (len(OPENAI_VOICES) // len(pool) + 1))
-    return {name: given.get(name) or next(spread) for name in OPENAI_VOICES if name not in ids}
+    return {name: given.get(name) or pool[i % len(pool)] for i, name in enumerate(OPENAI_VOICES) if name not in ids}
 
 
 class ModelVoices(BaseModel):
