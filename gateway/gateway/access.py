@@ -36,6 +36,7 @@ from modelhost.errors import (
 from .coordinator.loop import Coordinator
 from .coordinator.policy import INTERACTIVE
 from .metrics import GatewayMetrics
+from .pulls import Pulls
 from .schemas import AdminLoaded, AdminUnloaded
 from .tenants import Tenants
 
@@ -113,6 +114,9 @@ class ModelAccess:
         self.coordinator = coordinator
         self.request_timeout_s = request_timeout_s
         self.tenants = tenants or Tenants([])
+        # The gate every load passes first: weights not cached are pulled before the model asks for a swap
+        # (gateway.pulls), so a download never holds the coordinator's swap slot. None: no gate.
+        self.pulls: Pulls | None = None
 
     def spec(self, model_id: str, family: str | None = None) -> ModelSpec:
         spec = self.catalog.get(model_id)
@@ -141,6 +145,8 @@ class ModelAccess:
         t0 = time.perf_counter()
         outcome = "error"
         try:
+            if self.pulls is not None:
+                await self.pulls.ensure_cached(spec, upstream.timeout_s)
             await upstream.acquire()
             yield upstream
             outcome = "ok"
@@ -167,6 +173,8 @@ class ModelAccess:
     async def load(self, model_id: str, request_id: str | None = None) -> AdminLoaded:
         """Load through the coordinator (it decides what to evict), then describe the model."""
         spec = self.spec(model_id)
+        if self.pulls is not None:
+            await self.pulls.ensure_cached(spec, self.request_timeout_s)
         await self.coordinator.acquire(model_id, lane=INTERACTIVE, timeout_s=self.request_timeout_s)
         try:
             body = await self.client(spec).models()
