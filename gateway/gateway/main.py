@@ -32,9 +32,12 @@ from .gpu_metrics import GpuCollector
 from .jobs.service import Jobs
 from .metrics import GatewayMetrics
 from .observe import ObserveMiddleware
+from .preload import preload
+from .pulls import Pulls
 from .routers import audio_speech, audio_transcriptions, captions, embeddings, faces, health, models, openai
 from .routers import events as events_router
 from .routers import jobs as jobs_router
+from .routers import pulls as pulls_router
 from .routers import search as search_router
 from .search.service import Search
 from .routers import ui as ui_router
@@ -83,6 +86,8 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
             if cs.reconcile_interval_s else None
         access = ModelAccess(catalog, clients, metrics, coordinator, request_timeout_s=settings.request_timeout_s,
                              tenants=tenants)
+        # Weights are pulled ahead of a load, outside the swap slot (gateway.pulls): the admin routes and the gate.
+        access.pulls = app.state.pulls = Pulls(catalog, clients, coordinator)
         app.state.gateway = Gateway(settings, catalog, metrics, session, clients, access, time.time(),
                                     coordinator, the_meters)
         # Bulk jobs: their database and uploads live beside the footprints, in the data directory.
@@ -98,6 +103,8 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
         jobs.on_deleted.append(search.forget)
         app.state.search = search
         await search.start()
+        # The catalog's preload models, loaded in the background now that the ledger is read (gateway.preload).
+        preloader = asyncio.create_task(preload(catalog, coordinator, access), name="preload")
         log.info("coordinator budgets: %s", {d: f"{b / 2**20:.0f} MiB" for d, b in budgets.items()})
         log.info("gateway on %s:%d: %d model(s), services %s, tenants %s, auth %s", settings.host, settings.port,
                  len(catalog.models), settings.services, tenants.names or "none",
@@ -107,6 +114,7 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
         finally:
             if reconciler is not None:
                 reconciler.cancel()
+            preloader.cancel()
             await job_progress.close()
             await jobs.close()
             await search.close()
@@ -131,6 +139,7 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
                    openai.router, embeddings.router, search_router.router, models.router, health.router):
         app.include_router(router)
     app.include_router(jobs_router.router)
+    app.include_router(pulls_router.router)
     app.include_router(events_router.router)
     ui_router.install(app)  # /ui: the web console; / redirects there
     # Outermost last: ObserveMiddleware sees every answer, the 401s included.
