@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -20,6 +21,15 @@ CAPTION_PY = Path(os.environ.get("CAP_PY", VENVS / "caption-svc" / "bin" / "pyth
 FACE_PY = Path(os.environ.get("FACE_PY", VENVS / "face-svc" / "bin" / "python"))
 TTS_PY = Path(os.environ.get("TTS_PY", VENVS / "tts-svc" / "bin" / "python"))
 ASR_PY = Path(os.environ.get("ASR_PY", VENVS / "asr-svc" / "bin" / "python"))
+
+
+INTERNAL_TOKEN = secrets.token_urlsafe(24)
+"""This test run's internal credential (modelhost.auth): every process ``start`` starts gets it under each
+component's prefix (each reads its own), so every service is closed to callers without it and every gateway
+sends it, as in a deployment. A test that calls a service itself sends ``INTERNAL_HEADERS``."""
+INTERNAL_HEADERS = {"Authorization": f"Bearer {INTERNAL_TOKEN}"}
+_TOKEN_ENV = {f"{prefix}_INTERNAL_TOKEN": INTERNAL_TOKEN
+              for prefix in ("GATEWAY", "CAPTION_SVC", "FACE_SVC", "ASR_SVC", "TTS_SVC", "EMBED_SVC")}
 
 
 def free_port() -> int:
@@ -74,10 +84,11 @@ class Proc:
 
 def start(name: str, argv: list[str], env: dict[str, str], port: int, logdir: Path, ready_path: str = "/health/ready",
           timeout_s: float = 60) -> Proc:
-    """Start ``argv`` in its own process group (so its worker children stop with it)."""
+    """Start ``argv`` in its own process group (so its worker children stop with it), with this run's internal
+    credential unless ``env`` sets its own (an empty value: none)."""
     log = logdir / f"{name}.log"
     fh = open(log, "ab")
-    proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=fh, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(argv, env={**os.environ, **_TOKEN_ENV, **env}, stdout=fh, stderr=subprocess.STDOUT,
                             cwd=ROOT, start_new_session=True)
     p = Proc(name, proc, port, log)
     try:

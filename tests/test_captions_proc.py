@@ -193,7 +193,7 @@ def test_gateway_reloads_a_model_the_service_unloaded_behind_its_back(gateway: p
     c = httpx.Client(timeout=120)
     assert c.post(gateway.url + "/v1/images/captions", files={"file": ("a.jpg", image_bytes())}).status_code == 200
     # The service drops the model (as its TTL reaper or a restart would); the gateway still thinks it is loaded.
-    r = c.post(caption_svc.url + "/v1/models/tiny-blip/unload")
+    r = c.post(caption_svc.url + "/v1/models/tiny-blip/unload", headers=procs.INTERNAL_HEADERS)
     assert r.json()["state"] == "unloaded"
     r = c.post(gateway.url + "/v1/images/captions", files={"file": ("a.jpg", image_bytes())})
     assert r.status_code == 200, r.text

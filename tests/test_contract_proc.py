@@ -40,7 +40,7 @@ def test_the_ledger_charges_the_peak_the_service_measured(fresh_stack) -> None:
                    data={"model": MODEL}, timeout=180)
     assert r.status_code == 200, r.text
 
-    served = ModelsReply.model_validate(httpx.get(svc.url + "/v1/models", timeout=10).json())
+    served = ModelsReply.model_validate(httpx.get(svc.url + "/v1/models", headers=procs.INTERNAL_HEADERS, timeout=10).json())
     row = next(m for m in served.data if m.id == MODEL)
     assert row.state == "ready" and row.peak_memory_bytes is not None and row.peak_memory_bytes > 0
 

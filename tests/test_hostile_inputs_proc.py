@@ -179,7 +179,7 @@ def test_every_family_service_operation_answers_hostile_input_with_a_4xx_envelop
         service: str, request: pytest.FixtureRequest) -> None:
     """The services answer whoever reaches them (compose's network, a port left open): the same corpus."""
     svc: procs.Proc = request.getfixturevalue(service)
-    with httpx.Client(base_url=svc.url, timeout=60) as c:
+    with httpx.Client(base_url=svc.url, timeout=60, headers=procs.INTERNAL_HEADERS) as c:
         assert sweep(c) > 50
 
 
@@ -291,7 +291,7 @@ def test_eight_lying_jpegs_at_once_keep_face_svc_under_its_decode_bound(face_cat
     svc = procs.start_face_svc(face_catalog, logdir, max_concurrent_decodes=str(concurrent_decodes),
                                max_decode_bytes=str(decode_bytes), max_image_pixels=str(50_000_000))
     try:
-        with httpx.Client(base_url=svc.url, timeout=120) as c:
+        with httpx.Client(base_url=svc.url, timeout=120, headers=procs.INTERNAL_HEADERS) as c:
             loaded = c.post("/v1/models/tiny-insightface/load")
             assert loaded.status_code == 200, loaded.text
             warm = c.post("/v1/faces/detect", data={"model": "tiny-insightface"}, files={"file": ("a.jpg", jpeg())})
@@ -323,7 +323,7 @@ def test_eight_lying_jpegs_at_once_keep_face_svc_under_its_decode_bound(face_cat
 def test_a_lone_surrogate_in_speech_input_is_spoken_through_to_the_end(tts_svc: procs.Proc) -> None:  # noqa: F811
     """JSON lets a lone UTF-16 surrogate through (UTF-8 has none): it was a 500, or audio that stopped after the
     first sentence. Read as U+FFFD, the rest of the text is spoken."""
-    with httpx.Client(base_url=tts_svc.url, timeout=120) as c:
+    with httpx.Client(base_url=tts_svc.url, timeout=120, headers=procs.INTERNAL_HEADERS) as c:
         assert c.post("/v1/models/flite/load").status_code == 200
         sizes = []
         for text in ("First sentence here. Second sentence there. Third one now.",

@@ -22,6 +22,10 @@ class GatewaySettings(BaseSettings):
         default_factory=list,
         description='Accepted API keys, as JSON: ["key1", "key2"]. Empty: no authentication (local use only).',
     )
+    internal_token: SecretStr | None = Field(
+        None, description="The internal credential sent to every family service ('Authorization: Bearer'): the "
+        "same secret as their <PREFIX>_INTERNAL_TOKEN. Compose sets both from ROUNDHOUSE_INTERNAL_TOKEN; make dev "
+        "generates one per run. None: the services are called without one (they must then be open).")
     max_upload_bytes: int = Field(25 * 1024 * 1024, gt=0, description="Largest accepted upload (413 above).")
     max_image_pixels: int = Field(50_000_000, gt=0, description="Largest image in pixels (413 above: decompression bombs).")
     default_caption_model: str | None = Field(None, description="Caption model used when a request names none; default: the catalog's first.")

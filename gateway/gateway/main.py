@@ -66,7 +66,8 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         session = new_session()
-        clients = {family: ModelHostClient(SERVICE_NAMES.get(family, f"{family}-svc"), url, session)
+        token = settings.internal_token.get_secret_value() if settings.internal_token else None
+        clients = {family: ModelHostClient(SERVICE_NAMES.get(family, f"{family}-svc"), url, session, internal_token=token)
                    for family, url in settings.services.items()}
         tenants = Tenants.build(catalog, session)  # the servers of the llm models (Ollama, llama-swap, http)
         metrics.init_labels([], tenants.names)

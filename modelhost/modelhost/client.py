@@ -23,6 +23,7 @@ from typing import Any, AsyncIterator, TypeVar
 import aiohttp
 from pydantic import BaseModel, ValidationError
 
+from .auth import bearer_header
 from .contract import CacheDeleted, ModelRow, ModelsReply, PullStatus, ReadyReply, UnloadReply
 from .errors import (  # noqa: F401 - ServiceUnreachable and UpstreamEnvelope are re-exported for callers
     REQUEST_ID_HEADER,
@@ -69,10 +70,14 @@ def multipart(fields: dict[str, str | None], files: list[tuple[str, str, bytes]]
 
 
 class ModelHostClient:
-    def __init__(self, name: str, base_url: str, session: aiohttp.ClientSession) -> None:
+    def __init__(self, name: str, base_url: str, session: aiohttp.ClientSession, *,
+                 internal_token: str | None = None) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self._session = session
+        # The deployment's internal credential (modelhost.auth), sent on every call; None for a server that
+        # takes none (an external tenant's, a service run by hand).
+        self._auth: list[tuple[str, str]] = [bearer_header(internal_token)] if internal_token else []
         url = urllib.parse.urlsplit(self.base_url)
         # Whole-answer calls go over the lean pool (see modelhost.http1); anything but plain http, aiohttp.
         self._pool = Http1Pool(url.hostname, url.port or 80) if url.scheme == "http" and url.hostname and \
@@ -109,7 +114,7 @@ class ModelHostClient:
                             data: bytes | None, params: dict[str, str] | None, content_type: str | None) -> Any:
         """``request`` over ``self._pool``, with ``_open``'s error mapping."""
         assert self._pool is not None
-        headers: list[tuple[str, str]] = [(REQUEST_ID_HEADER, request_id)] if request_id else []
+        headers: list[tuple[str, str]] = [*self._auth, (REQUEST_ID_HEADER, request_id)] if request_id else [*self._auth]
         body = b""
         if json_body is not None:
             body = json.dumps(json_body).encode()
@@ -166,7 +171,9 @@ class ModelHostClient:
                     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """The one error mapping: a 2xx response is yielded unread; an envelope is raised as
         ``UpstreamEnvelope``, any other non-2xx as 502, a refused connection as 503, a timeout as 504."""
-        headers: dict[str, str] = {REQUEST_ID_HEADER: request_id} if request_id else {}
+        headers: dict[str, str] = dict(self._auth)
+        if request_id:
+            headers[REQUEST_ID_HEADER] = request_id
         if content_type is not None:
             headers["Content-Type"] = content_type
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,6 +36,15 @@ class HostSettings(BaseSettings):
     force_device: str | None = Field(
         None, description="Run every catalog model on this device (e.g. cpu), whatever the catalog says.")
     log_level: str = Field("INFO", description="Log level.")
+    internal_token: SecretStr | None = Field(
+        None, description="The internal credential: callers other than /health/* and /metrics must send it as "
+        "'Authorization: Bearer <token>' (401 otherwise). The gateway sends its GATEWAY_INTERNAL_TOKEN, which must "
+        "be the same; compose sets both from ROUNDHOUSE_INTERNAL_TOKEN, make dev generates one per run. None: open "
+        "to any caller (a service run by hand on loopback).")
+    worker_silent_s: float = Field(
+        10.0, gt=0, description="A worker that has sent no heartbeat for this long makes /health/ready 503 "
+        "(stopped or frozen). It sends one a second from a thread of its own, so a long load or inference "
+        "does not silence it.")
 
 
 class ImageHostSettings(HostSettings):
