@@ -44,6 +44,11 @@ class AdminModel(BaseModel):
     pin: bool = False
     priority: int = 0
     group: str | None = None
+    preload: bool = Field(False, description="Loaded when the gateway starts (the catalog's preload).")
+    cached: bool | None = Field(None, description="Its weights are on its service's disk; false: its first load "
+                                "pulls them first (POST /admin/models/{id}/pull ahead of time); null: unknown (the "
+                                "backend fetches its own weights on its first load, or the service did not answer).")
+    size_on_disk_bytes: int | None = Field(None, description="What its weights take on disk; null when unknown.")
 
 
 class AdminService(BaseModel):
