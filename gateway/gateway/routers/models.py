@@ -70,7 +70,7 @@ async def admin_models(request: Request) -> AdminModels:
             **_as_served(m, g.coordinator.unavailable.get(spec.id)),
             queue_depth=ledger.queue_depth + (m.queue_depth if m else 0),
             ledger_state=ledger.ledger_state, device_ledger=ledger.device_ledger, charged_bytes=ledger.charged_bytes,
-            ttl_s=spec.ttl_s, pin=spec.pin, priority=spec.priority, group=spec.group,
+            ttl_s=spec.ttl_s, pin=spec.pin, priority=spec.priority, group=spec.group, preload=spec.preload,
         ))
     return AdminModels(data=rows, services=services)
 
@@ -80,7 +80,8 @@ def _server(g: Gateway, spec: ModelSpec) -> str:
     return client.name if client is not None else "not configured"
 
 
-_SERVED = {"state", "reason", "device", "memory_bytes", "peak_memory_bytes", "load_s", "last_used", "in_flight"}
+_SERVED = {"state", "reason", "device", "memory_bytes", "peak_memory_bytes", "load_s", "last_used", "in_flight",
+           "cached", "size_on_disk_bytes"}
 
 
 def _as_served(row: ModelRow | None, unavailable: str | None = None) -> dict:
