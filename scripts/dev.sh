@@ -31,6 +31,10 @@ fi
 # CUDA numbers its devices fastest first, NVML by PCI bus: the same order on both sides, so that cuda:N
 # in the catalog is the card whose memory the gateway meters.
 export CUDA_DEVICE_ORDER=${CUDA_DEVICE_ORDER:-PCI_BUS_ID}
+# The internal credential (README: Limits and security): a new one each run unless ROUNDHOUSE_INTERNAL_TOKEN is
+# set, handed to the gateway and every service under its own prefix; only /health/* and /metrics answer without it.
+ROUNDHOUSE_INTERNAL_TOKEN=${ROUNDHOUSE_INTERNAL_TOKEN:-$(head -c 24 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')}
+for prefix in GATEWAY CAPTION_SVC FACE_SVC TTS_SVC ASR_SVC EMBED_SVC; do export "${prefix}_INTERNAL_TOKEN=$ROUNDHOUSE_INTERNAL_TOKEN"; done
 LOG_DIR=${DEV_LOG_DIR:-build/logs}
 DEV_RESTARTS=${DEV_RESTARTS:-5}
 mkdir -p "$LOG_DIR"
