@@ -130,6 +130,7 @@ bench: venvs tiny-models
 	$(GW_PY) bench/batching.py
 	$(GW_PY) bench/jobs.py
 	$(GW_PY) bench/llm_cycle.py
+	$(GW_PY) bench/search.py
 	$(TTS_PY) bench/tts.py
 	$(ASR_PY) bench/asr.py
 	$(FACE_PY) bench/faces.py

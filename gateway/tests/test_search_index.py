@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from gateway.jobs.store import COMPLETED, AsyncStore, NewItem
 from gateway.search.codec import F16, from_f16_b64, to_f16_b64, to_f16_bytes
 from gateway.search.matrix import ModelMatrix
@@ -127,7 +126,7 @@ async def ended_job(store: AsyncStore, job_id: str, task: str, model: str, resul
 
 
 @pytest.fixture
-async def search(tmp_path: Path):  # noqa: ANN201
+async def search(tmp_path: Path):
     jobs = AsyncStore(tmp_path / "jobs.sqlite3")
     s = Search(tmp_path / "search" / "vectors.sqlite3", jobs, None, CATALOG, Settings())  # type: ignore[arg-type]
     await s.start()

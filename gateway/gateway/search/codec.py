@@ -5,7 +5,7 @@ about 1e-3)."""
 from __future__ import annotations
 
 import base64
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import base64
 import json
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from ..jobs.store import DONE, TERMINAL_STATES, JobStore
 from .store import VectorRow

@@ -18,18 +18,19 @@ the query is embedded or the vectors ranked (a ranking holds its ``ModelMatrix``
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Histogram
-
 from modelhost.catalog import Catalog
 from modelhost.errors import BadRequest, Conflict, NotFound
 from modelhost.families import default_model, embed
+from prometheus_client import CollectorRegistry, Histogram
 
 from ..access import ModelAccess
 from ..bodies import decode_base64_field
@@ -37,7 +38,16 @@ from ..images import check_image
 from ..jobs.store import COMPLETED, AsyncStore
 from . import jobs_view
 from .matrix import ModelMatrix
-from .schemas import CaptionRef, ImageQuery, PersonRef, QueryInfo, SearchHit, SearchRequest, SearchResponse, SearchTimings
+from .schemas import (
+    CaptionRef,
+    ImageQuery,
+    PersonRef,
+    QueryInfo,
+    SearchHit,
+    SearchRequest,
+    SearchResponse,
+    SearchTimings,
+)
 from .store import VectorStore
 
 log = logging.getLogger(__name__)
@@ -65,7 +75,7 @@ class Search:
 
     @classmethod
     def build(cls, data_dir: Path, jobs_store: AsyncStore, *, access: ModelAccess, catalog: Catalog, settings: Any,
-              registry: CollectorRegistry | None = None) -> "Search":
+              registry: CollectorRegistry | None = None) -> Search:
         return cls(data_dir / "search" / "vectors.sqlite3", jobs_store, access, catalog, settings, registry)
 
     async def _in_index(self, fn: Callable[..., T], *args: Any) -> T:
@@ -92,7 +102,8 @@ class Search:
             for job_id in ended.keys() - self._indexed.keys():
                 rows, dim = await self.jobs_store.call(jobs_view.job_vectors, self.jobs_store.sync, job_id)
                 model = ended[job_id]["model"]
-                n = await self._in_index(lambda: self.vectors.add_job(job_id, model, ended[job_id]["state"], rows, dim=dim))
+                n = await self._in_index(functools.partial(self.vectors.add_job, job_id, model, ended[job_id]["state"],
+                                                           rows, dim=dim))
                 self._indexed[job_id] = model
                 self._matrices.pop(model, None)
                 log.info("search: job %s indexed (%d vectors of %s)", job_id, n, model)
