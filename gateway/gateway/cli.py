@@ -1,4 +1,4 @@
-"""``roundhouse``: the command line for the gateway's bulk jobs.
+"""``roundhouse``: the command line for the gateway's bulk jobs and photo search.
 
     roundhouse jobs submit --task caption ./photos          upload a folder, show progress, print a summary
     roundhouse jobs submit --task faces --path /photos/2023  name a folder on the server (under its library roots)
@@ -7,6 +7,8 @@
     roundhouse jobs cancel JOB                              stop it; it stays, with its results so far
     roundhouse jobs delete JOB                              remove it, its results and its uploads (cancelled first)
     roundhouse jobs list
+    roundhouse search "a dog on a beach" [-k 20] [--model M] [--job JOB] [--min-score S] [--json]
+    roundhouse search --image photo.jpg                     photos like this one (embed jobs' files, ranked)
 
 The gateway is ``--url`` (or ROUNDHOUSE_URL, default http://127.0.0.1:8080); an API key is ``--api-key``
 (or ROUNDHOUSE_API_KEY). Local folders are uploaded in pieces of at most ``--chunk-files`` files and
@@ -234,9 +236,37 @@ async def submit(client: Client, args: argparse.Namespace) -> int:
     return 0 if status["state"] == "completed" else 1
 
 
+async def search(client: Client, args: argparse.Namespace) -> int:
+    """Ranked results of POST /v1/search, one line each: rank, score, file (a video's keyframe time), caption, people."""
+    if bool(args.query) == bool(args.image):
+        raise ApiError("give a text query or --image FILE (one of them)")
+    query: Any = args.query
+    if args.image:
+        import base64
+
+        query = {"image": base64.b64encode(Path(args.image).read_bytes()).decode("ascii")}
+    body = {"query": query, "k": args.k, **({"model": args.model} if args.model else {}),
+            **({"jobs": args.job} if args.job else {}), **({"min_score": args.min_score} if args.min_score is not None else {})}
+    answer = await client.call("POST", "/v1/search", json=body)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    for hit in answer["data"]:
+        where = hit["source"] + (f" @{hit['t_s']:.1f}s" if hit.get("t_s") is not None else "")
+        extra = f"  \"{hit['caption']['text']}\"" if hit.get("caption") else ""
+        if hit.get("people"):
+            extra += "  people: " + ", ".join(str(p["person"]) for p in hit["people"])
+        print(f"{hit['rank']:>4}  {hit['score']:.4f}  {where}{extra}")
+    print(f"{len(answer['data'])} of {answer['searched']} image(s) and keyframe(s) in {len(answer['jobs'])} job(s), "
+          f"{answer['model']}, {answer['timings']['total_ms']:.0f} ms", file=sys.stderr)
+    return 0
+
+
 async def run(args: argparse.Namespace) -> int:
     client = Client(args.url, args.api_key)
     try:
+        if args.area == "search":
+            return await search(client, args)
         if args.command == "submit":
             return await submit(client, args)
         if args.command == "status":
@@ -292,7 +322,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="catalog model id (default: the gateway's default for the task)")
     s.add_argument("--path", action="append", default=[], help="a path, folder or glob on the server, under its library roots (repeat)")
     s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="task option: prompt, max_new_tokens (caption); cluster, cluster_threshold, max_faces (faces); language, prompt (transcribe)")
+                   help="task option: prompt, max_new_tokens (caption); cluster, cluster_threshold, max_faces (faces); language, prompt "
+                        "(transcribe); embed takes none")
     s.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
     s.add_argument("--chunk-files", type=int, default=256, help="most files per upload request")
     s.add_argument("--chunk-mb", type=int, default=256, help="most MiB per upload request")
@@ -302,7 +333,7 @@ def parser() -> argparse.ArgumentParser:
     r = jobs.add_parser("results", help="a job's results")
     r.add_argument("job")
     r.add_argument("--format", choices=("jsonl", "csv", "json"), default="jsonl")
-    r.add_argument("--embeddings", action="store_true", help="include face embeddings")
+    r.add_argument("--embeddings", action="store_true", help="include the embeddings (faces, embed)")
     r.add_argument("-o", "--output", help="write to this file instead of standard output")
     c = jobs.add_parser("cancel", help="cancel a job (it stays, with its results so far)")
     c.add_argument("job")
@@ -310,6 +341,14 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("job")
     ls = jobs.add_parser("list", help="recent jobs")
     ls.add_argument("--limit", type=int, default=20)
+    q = sub.add_parser("search", help="photos and video keyframes of the embed jobs, ranked by a text or an image")
+    q.add_argument("query", nargs="?", help="what to look for, in words")
+    q.add_argument("--image", help="an image file: look for photos like it")
+    q.add_argument("-k", type=int, default=20, help="how many results (1..1000)")
+    q.add_argument("--model", help="embed model (default: the jobs' or the gateway's)")
+    q.add_argument("--job", action="append", default=[], help="search this embed job only (repeat; default: every completed one)")
+    q.add_argument("--min-score", type=float, help="leave out results below this cosine similarity")
+    q.add_argument("--json", action="store_true", help="print the whole answer as JSON")
     return p
 
 
