@@ -120,7 +120,7 @@ tiny-models: $(TINY)/catalog.yaml $(TINY)/tts/.built $(TINY)/asr/.built $(TINY)/
 	@chmod -R a+rX $(TINY)
 
 dev: venvs tiny-models
-	CATALOG=$(CATALOG) GW_PY=$(GW_PY) CAP_PY=$(CAP_PY) FACE_PY=$(FACE_PY) TTS_PY=$(TTS_PY) ASR_PY=$(ASR_PY) scripts/dev.sh
+	CATALOG=$(CATALOG) FORCE_DEVICE=$(FORCE_DEVICE) GW_PY=$(GW_PY) CAP_PY=$(CAP_PY) FACE_PY=$(FACE_PY) TTS_PY=$(TTS_PY) ASR_PY=$(ASR_PY) scripts/dev.sh
 
 test: venvs tiny-models
 	GW_PY=$(GW_PY) CAP_PY=$(CAP_PY) FACE_PY=$(FACE_PY) TTS_PY=$(TTS_PY) ASR_PY=$(ASR_PY) scripts/run_tests.sh
@@ -151,6 +151,7 @@ IMAGES := gateway caption-svc face-svc asr-svc tts-svc
 
 up:
 	@case "$(COMPOSE_FILES)" in *compose.cpu.yml*) echo "No NVIDIA runtime in Docker: using compose.cpu.yml (every model on the CPU).";; esac
+	@scripts/internal_token.sh  # the deployment's internal credential, in .env on the first run (README: Limits and security)
 	BASE_IMAGE=$(BASE_IMAGE) PIP_NO_INDEX=$(PIP_NO_INDEX) $(COMPOSE) up -d --build --wait
 	@echo "Roundhouse is up: API http://127.0.0.1:8080 (docs /docs), Grafana http://127.0.0.1:3000"
 
@@ -164,6 +165,7 @@ ps:
 	$(COMPOSE) ps
 
 build:
+	@scripts/internal_token.sh
 	BASE_IMAGE=$(BASE_IMAGE) PIP_NO_INDEX=$(PIP_NO_INDEX) $(COMPOSE) build $(IMAGES)
 
 # The Python base image without a registry (debootstrap); then: make up BASE_IMAGE=$(LOCAL_BASE)

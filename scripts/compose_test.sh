@@ -9,6 +9,8 @@ BASE=roundhouse/python-base:bookworm-3.11
 APP_SERVICES="gateway caption-svc face-svc asr-svc tts-svc"
 export BASE_IMAGE=$BASE ROUNDHOUSE_MODELS_DIR=./build/tiny-models ROUNDHOUSE_CATALOG_FILE=catalog.yaml
 export GATEWAY_PUBLISH=127.0.0.1:18080 COMPOSE_PROJECT_NAME=roundhouse-ci
+# The stack's internal credential (docker-compose.yml requires one): a new one for each CI run.
+export ROUNDHOUSE_INTERNAL_TOKEN=${ROUNDHOUSE_INTERNAL_TOKEN:-$(head -c 24 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')}
 compose=(docker compose -f docker-compose.yml -f compose.cpu.yml)
 
 # The family images and the build cache (about 26 GB), not the base image (a 2-3 minute debootstrap).
