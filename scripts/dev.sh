@@ -8,6 +8,12 @@
 # For harnesses (scripts/schemathesis.sh): DEV_SAMPLES=0 skips the sample requests; DEV_READY_FILE,
 # when set, is written once the stack is ready, so a caller can wait for it and then test the stack.
 # DEV_LOG_DIR (build/logs) holds each component's log; DEV_RESTARTS (5) bounds its restarts.
+#
+# System packages: curl (this script) and flite (the flite voices, and the speech the demo transcribes) are
+# installed with apt-get when this runs as root, as .ci/run does; otherwise they are named and the stack
+# starts without them (DEV_SYSTEM_PACKAGES=0 skips the step). FORCE_DEVICE=cpu runs every catalog model on
+# the CPU (each component's *_FORCE_DEVICE, as compose.cpu.yml sets them): the default catalog on a box
+# without a GPU. Without it such a box lists the catalog's cuda models as unavailable and serves the rest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CATALOG=${CATALOG:-build/tiny-models/catalog.yaml}
@@ -23,6 +29,28 @@ TTS_PORT=${TTS_PORT:-8104}
 ASR_PORT=${ASR_PORT:-8103}
 DEV_SAMPLES=${DEV_SAMPLES:-1}
 DEV_READY_FILE=${DEV_READY_FILE:-}
+
+system_packages() {
+  local need=() pkg
+  for pkg in curl flite; do command -v "$pkg" >/dev/null 2>&1 || need+=("$pkg"); done
+  if [ ${#need[@]} -eq 0 ]; then return 0; fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing system packages: ${need[*]}"
+    if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; then
+      return 0
+    fi
+    echo "!! apt-get could not install ${need[*]}" >&2
+  else
+    echo "!! not installed: ${need[*]}; as root: apt-get install ${need[*]} (Debian/Ubuntu)" >&2
+  fi
+  if ! command -v curl >/dev/null 2>&1; then echo "!! make dev needs curl" >&2; exit 1; fi
+  echo "== going on without flite: its model is listed unavailable (GET /admin/models), and the demo speaks with espeak-ng" >&2
+}
+if [ "${DEV_SYSTEM_PACKAGES:-1}" != 0 ]; then system_packages; fi
+if [ -n "${FORCE_DEVICE:-}" ]; then
+  export GATEWAY_FORCE_DEVICE=$FORCE_DEVICE CAPTION_SVC_FORCE_DEVICE=$FORCE_DEVICE FACE_SVC_FORCE_DEVICE=$FORCE_DEVICE \
+    TTS_SVC_FORCE_DEVICE=$FORCE_DEVICE ASR_SVC_FORCE_DEVICE=$FORCE_DEVICE EMBED_SVC_FORCE_DEVICE=$FORCE_DEVICE
+fi
 
 if [ ! -f "$CATALOG" ]; then
   echo "catalog $CATALOG does not exist (run 'make tiny-models', or set CATALOG=models.yaml)" >&2
@@ -113,31 +141,61 @@ wait_ready "http://127.0.0.1:$ASR_PORT/health/ready" 60
 echo
 echo "== Roundhouse is up: gateway http://127.0.0.1:$GATEWAY_PORT (docs at /docs), catalog $CATALOG"
 
+# One demo step: curl's answer must be a 2xx of the expected content type, else the demo stops here with
+# the error's code and message (an error body is never kept as the step's output). Prints a JSON or text
+# answer, and the size of a binary one.
+demo_step() {  # title expected-content-type output-file curl-arguments...
+  local title=$1 want=$2 out=$3 meta status ctype
+  shift 3
+  echo "== $title"
+  if ! meta=$(curl -sS -o "$out.part" -w '%{http_code} %{content_type}' "$@"); then
+    rm -f "$out.part"; echo "!! the demo stopped at this step: curl could not reach the gateway" >&2; return 1
+  fi
+  status=${meta%% *}; ctype=${meta#* }
+  if [[ $status != 2* || $ctype != "$want"* ]]; then
+    echo "!! the demo stopped at this step: HTTP $status, $ctype (expected $want)" >&2
+    "$GW_PY" -c 'import json, sys; e = json.load(open(sys.argv[1]))["error"]; print("!!", e["code"] + ":", e["message"])' \
+      "$out.part" >&2 2>/dev/null || head -c 600 "$out.part" >&2
+    rm -f "$out.part"
+    return 1
+  fi
+  mv "$out.part" "$out"
+  case $want in
+    application/json|text/*) cat "$out"; echo ;;
+    *) echo "$out: $(wc -c < "$out") bytes of $ctype" ;;
+  esac
+}
+
 samples() {
-  mkdir -p build
-  "$CAP_PY" -c "from PIL import Image; Image.radial_gradient('L').resize((320, 240)).convert('RGB').save('build/sample.jpg')"
-  echo "== curl -F file=@build/sample.jpg 127.0.0.1:$GATEWAY_PORT/v1/images/captions"
-  curl -sS -F file=@build/sample.jpg "127.0.0.1:$GATEWAY_PORT/v1/images/captions"
-  echo
-  echo "== curl 127.0.0.1:$GATEWAY_PORT/v1/audio/speech -H 'content-type: application/json' -d '{\"model\": \"flite\", \"voice\": \"slt\", \"input\": \"Hello there.\", \"response_format\": \"wav\"}' -o build/hello.wav"
-  curl -sS "127.0.0.1:$GATEWAY_PORT/v1/audio/speech" -H 'content-type: application/json' \
-    -d '{"model": "flite", "voice": "slt", "input": "Hello there.", "response_format": "wav"}' -o build/hello.wav \
-    -w "build/hello.wav: %{size_download} bytes of %{content_type}\n"
-  echo
-  echo "== curl -F file=@build/hello.wav -F model=pocketsphinx-en-us -F response_format=text 127.0.0.1:$GATEWAY_PORT/v1/audio/transcriptions"
-  curl -sS -F file=@build/hello.wav -F model=pocketsphinx-en-us -F response_format=text "127.0.0.1:$GATEWAY_PORT/v1/audio/transcriptions"
-  echo
+  local gw="127.0.0.1:$GATEWAY_PORT" speaker=flite
+  mkdir -p build/demo
+  "$CAP_PY" -c "from PIL import Image; Image.radial_gradient('L').resize((320, 240)).convert('RGB').save('build/sample.jpg')" || return 1
+  demo_step "curl -F file=@build/sample.jpg $gw/v1/images/captions" application/json build/demo/caption.json \
+    -F file=@build/sample.jpg "$gw/v1/images/captions" || return 1
+  if ! command -v flite >/dev/null 2>&1; then
+    speaker=espeak-ng
+    echo "== flite is not installed (apt-get install flite): the demo speaks with espeak-ng, whose voices ship in its wheel"
+  fi
+  local body="{\"model\": \"$speaker\", \"voice\": \"alloy\", \"input\": \"Hello there.\", \"response_format\": \"wav\"}"
+  demo_step "curl $gw/v1/audio/speech -H 'content-type: application/json' -d '$body' -o build/hello.wav" audio/wav build/hello.wav \
+    "$gw/v1/audio/speech" -H 'content-type: application/json' -d "$body" || return 1
+  demo_step "curl -F file=@build/hello.wav -F model=pocketsphinx-en-us -F response_format=text $gw/v1/audio/transcriptions" \
+    text/plain build/demo/transcript.txt \
+    -F file=@build/hello.wav -F model=pocketsphinx-en-us -F response_format=text "$gw/v1/audio/transcriptions" || return 1
   # A real photo that ships in scikit-image, and a mirrored, cropped copy: dlib's real models find her face
   # and say the two are the same person.
-  "$FACE_PY" -c "from PIL import Image; from skimage import data; a = Image.fromarray(data.astronaut()); a.save('build/astronaut.jpg', quality=95); a.transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((32, 40, 452, 400)).save('build/astronaut-flipped.jpg', quality=90)"
-  echo "== curl -F file=@build/astronaut.jpg -F model=dlib-resnet 127.0.0.1:$GATEWAY_PORT/v1/faces/detect"
-  curl -sS -F file=@build/astronaut.jpg -F model=dlib-resnet "127.0.0.1:$GATEWAY_PORT/v1/faces/detect"
-  echo
-  echo "== curl -F file_a=@build/astronaut.jpg -F file_b=@build/astronaut-flipped.jpg -F model=dlib-resnet 127.0.0.1:$GATEWAY_PORT/v1/faces/verify"
-  curl -sS -F file_a=@build/astronaut.jpg -F file_b=@build/astronaut-flipped.jpg -F model=dlib-resnet "127.0.0.1:$GATEWAY_PORT/v1/faces/verify"
-  echo
+  "$FACE_PY" -c "from PIL import Image; from skimage import data; a = Image.fromarray(data.astronaut()); a.save('build/astronaut.jpg', quality=95); a.transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((32, 40, 452, 400)).save('build/astronaut-flipped.jpg', quality=90)" || return 1
+  demo_step "curl -F file=@build/astronaut.jpg -F model=dlib-resnet $gw/v1/faces/detect" application/json build/demo/faces.json \
+    -F file=@build/astronaut.jpg -F model=dlib-resnet "$gw/v1/faces/detect" || return 1
+  demo_step "curl -F file_a=@build/astronaut.jpg -F file_b=@build/astronaut-flipped.jpg -F model=dlib-resnet $gw/v1/faces/verify" \
+    application/json build/demo/verify.json \
+    -F file_a=@build/astronaut.jpg -F file_b=@build/astronaut-flipped.jpg -F model=dlib-resnet "$gw/v1/faces/verify" || return 1
+  echo "== every demo step passed"
 }
-if [ "$DEV_SAMPLES" != 0 ]; then samples; fi
+if [ "$DEV_SAMPLES" != 0 ] && ! samples; then
+  echo "!! the demo stopped at its first failing step (above); the stack keeps running: GET /admin/models shows" \
+       "each model's state and reason, build/logs/ each component's log" >&2
+fi
 
 if [ -n "$DEV_READY_FILE" ]; then touch "$DEV_READY_FILE"; fi
 echo "== Logs: $LOG_DIR/<name>.log. A component that exits is restarted (at most $DEV_RESTARTS times each)."
