@@ -51,11 +51,19 @@ class ModelLoaded(Conflict):
     code = "model_loaded"
 
 
+def size_words(n: float) -> str:
+    """``412.0 MB``: bytes in the largest decimal unit that keeps a digit before the point."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
 def progress_words(s: PullStatus) -> str:
-    """``412.0 of 990.0 MB, 35.2 MB/s, 16 s left`` (what is known of it)."""
-    parts = [f"{s.bytes_done / 1e6:.1f}" + (f" of {s.bytes_total / 1e6:.1f} MB" if s.bytes_total else " MB")]
+    """``412.0 MB of 990.0 MB, 35.2 MB/s, 16 s left`` (what is known of it)."""
+    parts = [size_words(s.bytes_done) + (f" of {size_words(s.bytes_total)}" if s.bytes_total else "")]
     if s.rate_bytes_per_s:
-        parts.append(f"{s.rate_bytes_per_s / 1e6:.1f} MB/s")
+        parts.append(f"{size_words(s.rate_bytes_per_s)}/s")
     if s.eta_s is not None and s.state == "pulling":
         parts.append(f"{s.eta_s:.0f} s left")
     return ", ".join(parts)
@@ -131,6 +139,12 @@ class Pulls:
                               "deleting its weights")
         self._cached.discard(model_id)
         return await client.delete_cache(model_id, request_id=request_id)
+
+    async def close(self) -> None:
+        """Stop the gates' polling (the pulls themselves go on in their services)."""
+        for gate in self._gates.values():
+            gate.cancel()
+        await asyncio.gather(*self._gates.values(), return_exceptions=True)
 
     # the gate of every load ----------------------------------------------------------------------------
 
