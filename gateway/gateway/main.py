@@ -116,6 +116,7 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
             if reconciler is not None:
                 reconciler.cancel()
             preloader.cancel()
+            await app.state.pulls.close()
             await job_progress.close()
             await jobs.close()
             await search.close()
