@@ -9,6 +9,7 @@
     roundhouse jobs list
     roundhouse search "a dog on a beach" [-k 20] [--model M] [--job JOB] [--min-score S] [--json]
     roundhouse search --image photo.jpg                     photos like this one (embed jobs' files, ranked)
+    roundhouse models pull ID | ls | rm ID                  model weights: fetch with a progress bar, list, delete (cli_models)
 
 The gateway is ``--url`` (or ROUNDHOUSE_URL, default http://127.0.0.1:8080); an API key is ``--api-key``
 (or ROUNDHOUSE_API_KEY). Local folders are uploaded in pieces of at most ``--chunk-files`` files and
@@ -267,6 +268,10 @@ async def run(args: argparse.Namespace) -> int:
     try:
         if args.area == "search":
             return await search(client, args)
+        if args.area == "models":
+            from . import cli_models
+
+            return await cli_models.run(client, args)
         if args.command == "submit":
             return await submit(client, args)
         if args.command == "status":
@@ -349,6 +354,9 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--job", action="append", default=[], help="search this embed job only (repeat; default: every completed one)")
     q.add_argument("--min-score", type=float, help="leave out results below this cosine similarity")
     q.add_argument("--json", action="store_true", help="print the whole answer as JSON")
+    from . import cli_models
+
+    cli_models.add_parser(sub)
     return p
 
 
