@@ -1,7 +1,8 @@
 """``create_host_app``: the model host API every family service gets for free.
 
     GET  /health/live                 the process answers
-    GET  /health/ready                the runtime is started (models load on demand)
+    GET  /health/ready                the runtime is started (models load on demand) and its worker, if
+                                      any, was heard from lately (503 worker_unresponsive otherwise)
     GET  /metrics                     Prometheus text
     GET  /v1/models                   every catalog model of this family, with its state
     POST /v1/models/{name}/load       returns when READY (coalesced), with measured memory; 503
@@ -31,7 +32,7 @@ from .auth import InternalTokenMiddleware
 from .catalog import Catalog, ModelSpec
 from .contract import CacheDeleted, DeviceMemory, ModelRow, ModelsReply, PullStatus, ReadyReply, UnloadReply
 from .cuda import check_cuda_driver
-from .errors import REQUEST_ID_HEADER, install_error_handlers, request_id_of
+from .errors import REQUEST_ID_HEADER, Unavailable, install_error_handlers, request_id_of
 from .meter import MemoryMeter, MeterError, open_meter
 from .metrics import HostMetrics
 from .pulls import Pulls
@@ -148,6 +149,9 @@ def create_host_app(
     @app.get("/health/ready", tags=["health"], response_model=ReadyReply)
     async def ready(request: Request) -> ReadyReply:
         h = host(request)
+        hung = h.runtime.workers.unresponsive()  # a worker not heard from (modelhost.worker's heartbeat)
+        if hung is not None:
+            raise Unavailable(hung, code="worker_unresponsive", retry_after_s=5)
         return ReadyReply(status="ok", family=family.name, models=len(h.runtime.entries), worker_pid=h.runtime.worker_pid)
 
     @app.get("/metrics", tags=["health"])

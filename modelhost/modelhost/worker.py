@@ -9,6 +9,14 @@ Protocol (pickled tuples over a socketpair, one request at a time per model, rep
 
     parent → child   (msg_id, op, payload)      op ∈ preload, load, unload, infer, memory, shutdown
     child → parent   (msg_id, "ok", payload) | (msg_id, "err", {"kind", "message"})
+    child → parent   (BEAT_ID, "ok", None)      every HEARTBEAT_S, from a thread of its own
+
+The heartbeat is how the parent tells a worker that does not answer (SIGSTOPped, frozen, swapped out)
+from one that is busy: a load or an inference runs on a model's thread (and mostly outside the GIL), so
+the heartbeat thread keeps its pace whatever the models do, while a stopped process sends nothing.
+``WorkerProcess.silent_s`` is the time since the child was last heard from; the service's readiness
+turns 503 past ``worker_silent_s`` (``modelhost.workers``). Nothing is sent to the child to ask, so a
+check can never block on a child that does not read, and costs the event loop one subtraction.
 
 This module holds what both sides share (the errors, ``ItemOutcome``) and the parent's side,
 ``WorkerProcess``; the child's side (a thread per model, the out-of-memory batch split) is in
@@ -26,11 +34,17 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Callable
 
 log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
+"""How often the child says it is alive."""
+BEAT_ID = -1
+"""The msg_id of a heartbeat (requests count up from 1; the hello is 0)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,6 +102,7 @@ class WorkerProcess:
         self._hello: asyncio.Future | None = None
         self._stopping = False
         self.dead = False
+        self._last_heard = time.monotonic()  # any message from the child: a reply or a heartbeat
 
     @property
     def pid(self) -> int | None:
@@ -133,7 +148,9 @@ class WorkerProcess:
                 msg_id, status, payload = self._conn.recv()
             except (EOFError, OSError):
                 break
-            self._loop.call_soon_threadsafe(self._resolve, msg_id, status, payload)
+            self._last_heard = time.monotonic()  # a float stored from this thread, read on the loop
+            if msg_id != BEAT_ID:
+                self._loop.call_soon_threadsafe(self._resolve, msg_id, status, payload)
         code = self._proc.wait() if self._proc else None
         self._loop.call_soon_threadsafe(self._died, code)
 
@@ -157,6 +174,10 @@ class WorkerProcess:
         if not self._stopping:
             log.error("worker (pid %s) exited unexpectedly with code %s", self.pid, code)
         self.on_exit(self, code)
+
+    def silent_s(self) -> float:
+        """Seconds since the child was last heard from (a reply or a heartbeat)."""
+        return time.monotonic() - self._last_heard
 
     async def call(self, op: str, payload: dict, timeout_s: float | None = None) -> Any:
         if self.dead or self._conn is None or self._loop is None:

@@ -29,7 +29,7 @@ from typing import Any, Callable
 from .contract import LoadMeasurement
 from .meter import MemoryReading, MeterError, NvmlMeter, load_footprint, released_bytes, self_rss_bytes
 from .oom import is_out_of_memory
-from .worker import ItemOutcome, WorkerError
+from .worker import BEAT_ID, HEARTBEAT_S, ItemOutcome, WorkerError
 
 log = logging.getLogger(__name__)
 
@@ -255,11 +255,21 @@ class _Child:
 
     # loop -----------------------------------------------------------------------------------
 
+    def beat(self) -> None:
+        """Say it is alive every HEARTBEAT_S, whatever the model threads do (``modelhost.worker``)."""
+        while True:
+            time.sleep(HEARTBEAT_S)
+            try:
+                self.send((BEAT_ID, "ok", None))
+            except (OSError, ValueError):
+                return  # the pipe is gone: the parent is, or the process is ending
+
     def serve(self) -> None:
         try:
             self.send((0, "ok", {"hello": os.getpid()}))
         except (BrokenPipeError, EOFError, OSError):
             return  # the parent gave up on this start (a cancelled spare, a service stopping): exit quietly
+        threading.Thread(target=self.beat, name="heartbeat", daemon=True).start()
         while True:
             try:
                 msg_id, op, payload = self.conn.recv()

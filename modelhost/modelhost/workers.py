@@ -60,6 +60,18 @@ class WorkerSlot:
         worker = self.worker
         return worker.pid if worker is not None else None
 
+    def unresponsive(self) -> str | None:
+        """Why the worker is taken for hung (not heard from for ``worker_silent_s``: stopped or frozen), or None.
+        A busy worker still beats (``modelhost.worker``); no worker at all is fine: models load on demand."""
+        worker = self.worker
+        if worker is None:
+            return None
+        silent_s = worker.silent_s()
+        if silent_s <= self._settings.worker_silent_s:
+            return None
+        return (f"the {self.family} worker (pid {worker.pid}) has not been heard from for {silent_s:.0f} s "
+                f"(stopped or frozen; worker_silent_s={self._settings.worker_silent_s:g})")
+
     def spare_row(self) -> SpareWorker | None:
         return self.spare.row(self._meter) if self.spare is not None else None
 
