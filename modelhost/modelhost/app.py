@@ -139,8 +139,6 @@ def create_host_app(
     app.add_middleware(_RequestIdMiddleware)
     token = settings.internal_token.get_secret_value() if settings.internal_token else None
     app.add_middleware(InternalTokenMiddleware, token=token, src=family.service)  # outermost: before any work
-    token = settings.internal_token.get_secret_value() if settings.internal_token else None
-    app.add_middleware(InternalTokenMiddleware, token=token, src=family.service)  # outermost: before any work
 
     @app.get("/health/live", tags=["health"])
     async def live() -> dict:
