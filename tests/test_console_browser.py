@@ -1,0 +1,244 @@
+"""The web console (/ui) in a real browser: Debian's chromium, driven by Playwright (its own browser
+download is never used), against real processes on loopback: a gateway and caption-svc on the tiny
+models. Every view is read from the page as a person sees it; screenshots go to
+build/test-results/screenshots/ (CI keeps build/test-results)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+import yaml
+from PIL import Image
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests import procs
+
+pytestmark = pytest.mark.proc
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = procs.ROOT / "build" / "test-results" / "screenshots"
+KEY = "console-test-key"
+# Chromium refuses to run as root without it (CI and this machine run as root).
+ROOT_ARGS = ["--no-sandbox"] if os.geteuid() == 0 else []
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_catalog: Path, logdir: Path) -> Iterator[tuple[procs.Proc, procs.Proc]]:
+    cap = procs.start_caption_svc(tiny_catalog, logdir)
+    gw = procs.start_gateway(tiny_catalog, {"caption": cap.url}, logdir, name="console-gateway")
+    yield gw, cap
+    gw.stop()
+    cap.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(stack: tuple[procs.Proc, procs.Proc]) -> procs.Proc:
+    return stack[0]
+
+
+@pytest.fixture(scope="module")
+def catalog_ids(tiny_catalog: Path) -> list[str]:
+    return [m["id"] for m in yaml.safe_load(tiny_catalog.read_text())["models"]]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert Path(CHROMIUM).exists(), "Debian's chromium is not installed (apt-get install chromium; .ci/run does)"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ROOT_ARGS)
+        yield b
+        b.close()
+
+
+class Console:
+    """A page of the console with its console errors recorded."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.errors: list[str] = []
+        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+
+    def state_of(self, model: str):  # noqa: ANN201 - a Locator
+        return self.page.locator(f'#model-table tr[data-model="{model}"] .model-state [data-state]')
+
+    def shot(self, name: str) -> None:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+@pytest.fixture
+def console(browser: Browser, gateway: procs.Proc) -> Iterator[Console]:
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    c = Console(page)
+    page.goto(gateway.url + "/")
+    page.wait_for_selector("body[data-ready=true]")
+    expect(page.locator("#live")).to_have_text("live")
+    yield c
+    context.close()
+
+
+def photo(seed: int = 0) -> bytes:
+    """A small JPEG, different for each seed (a job deduplicates identical files)."""
+    img = Image.radial_gradient("L").resize((64, 48)).convert("RGB")
+    img.putpixel((seed % 64, (seed // 64) % 48), (seed % 256, 255 - seed % 256, 7))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def test_the_page_lists_every_catalog_model_with_its_state_and_logs_no_error(
+        console: Console, gateway: procs.Proc, catalog_ids: list[str]) -> None:
+    page = console.page
+    assert page.url.endswith("/ui/")  # / redirects to the console
+    rows = page.locator("#model-table tbody tr[data-model]")
+    expect(rows).to_have_count(len(catalog_ids))
+    assert rows.evaluate_all("rs => rs.map(r => r.dataset.model)") == catalog_ids
+    admin = {m["id"]: m for m in httpx.get(gateway.url + "/admin/models", timeout=30).json()["data"]}
+    for model in catalog_ids:
+        shown = console.state_of(model).get_attribute("data-state")
+        m = admin[model]
+        assert shown == (m["ledger_state"] if m["ledger_state"] != "unloaded" else m["state"]), model
+    expect(page.locator("#device-list [data-device=cpu] .bar")).to_be_visible()
+    for select, family in (("#caption-model", "caption"), ("#faces-model", "face")):
+        options = page.locator(f"{select} option").all_inner_texts()
+        assert options == [m for m in catalog_ids if admin[m]["family"] == family]
+    console.shot("console-loaded")
+    assert console.errors == []
+
+
+def test_a_caption_from_the_playground_appears(console: Console, tmp_path: Path) -> None:
+    page = console.page
+    (tmp_path / "photo.jpg").write_bytes(photo())
+    page.select_option("#caption-model", "tiny-blip")
+    page.set_input_files("#caption-file", str(tmp_path / "photo.jpg"))
+    expect(page.locator("#caption-preview")).to_be_visible()
+    page.get_by_role("button", name="Caption", exact=True).click()
+    out = page.locator("#caption-out")
+    expect(out).to_have_attribute("data-model", "tiny-blip", timeout=120_000)
+    assert out.inner_text().strip() and out.inner_text() != "working…"
+    # The load it took shows live: tiny-blip ready, and a swap that loaded it.
+    expect(console.state_of("tiny-blip")).to_have_attribute("data-state", "ready")
+    expect(page.locator("#swap-table tbody th", has_text="tiny-blip").first).to_be_visible()
+    console.shot("console-caption")
+    assert console.errors == []
+
+
+def test_a_jobs_progress_moves_live(console: Console, tmp_path: Path) -> None:
+    page = console.page
+    files = []
+    for i in range(40):
+        f = tmp_path / f"p{i:02d}.jpg"
+        f.write_bytes(photo(i + 1))
+        files.append(str(f))
+    # Record every progress value the page shows for the job, as it shows it.
+    page.evaluate("""() => {
+        window.seen = [];
+        new MutationObserver(() => {
+            for (const p of document.querySelectorAll('#job-table progress')) window.seen.push(Number(p.value));
+        }).observe(document.querySelector('#job-table tbody'), {subtree: true, childList: true, attributes: true});
+    }""")
+    page.select_option("#job-task", "caption")
+    page.set_input_files("#job-files", files)
+    page.get_by_role("button", name="Start job").click()
+    expect(page.locator("#job-message")).to_contain_text("started: 40 file(s)")
+    row = page.locator("#job-table tbody tr[data-job]").first
+    expect(row.locator("[data-state]")).to_have_attribute("data-state", "completed", timeout=120_000)
+    expect(row.locator("progress")).to_have_attribute("value", "1")
+    seen = page.evaluate("window.seen")
+    assert any(0 < v < 1 for v in seen), seen  # it moved through the middle, live
+    assert seen == sorted(seen), seen
+    expect(row.get_by_role("button", name="CSV", exact=False)).to_be_visible()
+    console.shot("console-job")
+    assert console.errors == []
+
+
+def test_a_load_and_an_unload_show_in_the_models_view(console: Console, gateway: procs.Proc) -> None:
+    page = console.page
+    # Another client loads a model: the page shows it from the events stream (its full read is every 10 s).
+    r = httpx.post(gateway.url + "/admin/models/tiny-blip2/load", timeout=120)
+    assert r.status_code == 200, r.text
+    expect(console.state_of("tiny-blip2")).to_have_attribute("data-state", "ready", timeout=5_000)
+    # The page's own Unload button.
+    page.get_by_role("button", name="Unload tiny-blip2").click()
+    expect(page.locator("#model-message")).to_contain_text("tiny-blip2 unloaded", timeout=60_000)
+    expect(console.state_of("tiny-blip2")).to_have_attribute("data-state", "unloaded")
+    rows = {m["id"]: m for m in httpx.get(gateway.url + "/admin/models", timeout=30).json()["data"]}
+    assert rows["tiny-blip2"]["ledger_state"] == "unloaded"
+    console.shot("console-unload")
+    assert console.errors == []
+
+
+def test_the_main_controls_are_reached_by_tab_with_a_visible_focus(console: Console, gateway: procs.Proc) -> None:
+    page = console.page
+    page.locator("body").focus()
+    reached: list[str] = []
+    outlines: set[str] = set()
+    for _ in range(80):
+        page.keyboard.press("Tab")
+        who = page.evaluate("""() => {
+            const e = document.activeElement;
+            const own = e.tagName === 'BUTTON' || e.tagName === 'A' ? e.textContent : e.id;
+            return {name: (e.getAttribute('aria-label') || own || '').trim(), id: e.id,
+                    tag: e.tagName, outline: getComputedStyle(e).outlineStyle};
+        }""")
+        reached.append(who["name"] or who["id"])
+        if who["tag"] in ("BUTTON", "A"):
+            outlines.add(who["outline"])
+    families = {m["family"] for m in httpx.get(gateway.url + "/admin/models", timeout=30).json()["data"]}
+    # A family without models in the catalog has its playground button disabled (not in the tab order).
+    buttons = {"caption": "Caption", "face": "Detect", "asr": "Transcribe", "tts": "Speak"}
+    for name in ("Skip to content", "Models", "Jobs", "Playground", "Load tiny-blip", "Unload tiny-blip", "Start job",
+                 *(b for f, b in buttons.items() if f in families)):
+        assert name in reached, (name, reached)
+    for control in ("caption-file", "job-files", "tts-text", "caption-model", "job-task"):
+        assert control in reached, (control, reached)
+    assert outlines == {"solid"}, outlines  # :focus-visible draws an outline on every focused control
+
+
+def test_dump_dom_prints_the_model_ids_and_states(gateway: procs.Proc, catalog_ids: list[str]) -> None:
+    out = subprocess.run([CHROMIUM, "--headless", *ROOT_ARGS, "--virtual-time-budget=10000", "--dump-dom",
+                          gateway.url + "/ui"], capture_output=True, text=True, timeout=90, check=True).stdout
+    states = dict(re.findall(r'<tr data-model="([^"]+)">.*?data-state="([a-z]+)"', out, flags=re.S))
+    assert list(states) == catalog_ids, out[:2000]
+    assert set(states.values()) <= {"unloaded", "loading", "ready", "draining", "unloading", "failed", "unknown"}, states
+    assert states["tiny-blip"] == "ready" and states["tiny-blip2"] == "unloaded"  # as the tests before left them
+
+
+def test_with_api_keys_the_page_asks_for_one_and_then_shows_the_models(
+        browser: Browser, stack: tuple[procs.Proc, procs.Proc], tiny_catalog: Path, logdir: Path,
+        catalog_ids: list[str]) -> None:
+    gw = procs.start_gateway(tiny_catalog, {"caption": stack[1].url}, logdir, name="console-gateway-keys",
+                             api_keys=json.dumps([KEY]))
+    try:
+        assert httpx.get(gw.url + "/admin/models", timeout=30).status_code == 401
+        assert httpx.get(gw.url + "/ui/", timeout=30).status_code == 200  # the shell itself is public
+        context = browser.new_context()
+        page = context.new_page()
+        c = Console(page)
+        page.goto(gw.url + "/ui")
+        expect(page.get_by_role("textbox", name="Key")).to_be_visible()
+        page.get_by_role("textbox", name="Key").fill("wrong")
+        page.get_by_role("button", name="Use this key").click()
+        expect(page.locator("#key-error")).to_have_text("That key was refused.")
+        page.get_by_role("textbox", name="Key").fill(KEY)
+        page.get_by_role("button", name="Use this key").click()
+        expect(page.locator("#model-table tbody tr[data-model]")).to_have_count(len(catalog_ids))
+        expect(page.locator("#live")).to_have_text("live")  # the events stream took the key too
+        assert page.evaluate("sessionStorage.getItem('roundhouse.apiKey')") == KEY
+        # The refused calls are the browser's own network errors (401s), nothing the page threw.
+        assert all("401" in e for e in c.errors), c.errors
+        context.close()
+    finally:
+        gw.stop()
