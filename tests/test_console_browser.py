@@ -8,9 +8,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import queue
 import re
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -242,3 +244,29 @@ def test_with_api_keys_the_page_asks_for_one_and_then_shows_the_models(
         context.close()
     finally:
         gw.stop()
+
+
+def test_the_cli_watch_prints_model_changes_from_the_same_stream(gateway: procs.Proc) -> None:
+    watcher = subprocess.Popen([str(procs.GATEWAY_PY), "-m", "gateway.cli", "--url", gateway.url, "jobs", "list", "--watch"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(ln) for ln in watcher.stdout], daemon=True).start()  # type: ignore[union-attr]
+    seen: list[str] = []
+    try:
+        # Nothing says when it has subscribed: load and unload until its lines show a load (at most 5 tries).
+        for _ in range(5):
+            assert httpx.post(gateway.url + "/admin/models/tiny-qwen25vl/load", timeout=120).status_code == 200
+            try:
+                while True:
+                    seen.append(lines.get(timeout=3))
+                    if "tiny-qwen25vl" in seen[-1] and "loading -> ready" in seen[-1]:
+                        break
+            except queue.Empty:
+                assert httpx.post(gateway.url + "/admin/models/tiny-qwen25vl/unload?drain=true", timeout=120).status_code == 200
+                continue
+            break
+        assert any("loading -> ready" in ln for ln in seen), seen
+        assert any(" swap " in ln and "tiny-qwen25vl" in ln for ln in seen), seen
+    finally:
+        watcher.terminate()
+        watcher.wait(10)

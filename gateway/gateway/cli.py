@@ -6,7 +6,7 @@
     roundhouse jobs results JOB [--format jsonl|csv|json] [-o FILE]
     roundhouse jobs cancel JOB                              stop it; it stays, with its results so far
     roundhouse jobs delete JOB                              remove it, its results and its uploads (cancelled first)
-    roundhouse jobs list
+    roundhouse jobs list [--watch]                          --watch: every job's progress, model state and swap, live
     roundhouse search "a dog on a beach" [-k 20] [--model M] [--job JOB] [--min-score S] [--json]
     roundhouse search --image photo.jpg                     photos like this one (embed jobs' files, ranked)
     roundhouse models pull ID | ls | rm ID                  model weights: fetch with a progress bar, list, delete (cli_models)
@@ -290,6 +290,10 @@ async def run(args: argparse.Namespace) -> int:
             print(f"job {args.job} deleted", file=sys.stderr)
             return 0
         if args.command == "list":
+            if args.watch:
+                from .events_watch import watch
+
+                return await watch(client)
             for j in (await client.call("GET", "/v1/jobs", params={"limit": str(args.limit)}))["data"]:
                 c = j["counts"]
                 print(f"{j['id']}  {j['state']:<9}  {j['task']:<10}  {j['model']:<20}  {c['total'] - c['pending']}/{c['total']}")
@@ -346,6 +350,9 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("job")
     ls = jobs.add_parser("list", help="recent jobs")
     ls.add_argument("--limit", type=int, default=20)
+    ls.add_argument("--watch", action="store_true",
+                    help="instead, follow the gateway's live events (GET /admin/events): every job's progress, model "
+                         "state changes and swaps, a line each, until interrupted")
     q = sub.add_parser("search", help="photos and video keyframes of the embed jobs, ranked by a text or an image")
     q.add_argument("query", nargs="?", help="what to look for, in words")
     q.add_argument("--image", help="an image file: look for photos like it")
