@@ -96,7 +96,13 @@ class JobSettings(BaseSettings):
         3, ge=1, description="Tries of an item whose service failed with a server error (5xx); 4xx errors are final at "
         "once, and unavailability (429/503) only pauses the job.")
     jobs_keyframes_per_minute: float = Field(
-        12.0, gt=0, description="Most keyframes taken from one minute of video (scene changes beyond are dropped).")
+        12.0, gt=0, description="A video's keyframe cap grows by this many per minute of video, above the floor "
+        "(past the cap the strongest scene changes are kept).")
+    jobs_keyframes_floor: int = Field(
+        20, ge=1, description="Every video may have this many keyframes whatever its length, so short clips keep "
+        "every scene change.")
+    jobs_keyframe_min_spacing_s: float = Field(
+        0.5, ge=0, description="Seconds after a keyframe before the next scene change is taken (flashes, strobes).")
     jobs_scene_threshold: float = Field(
         0.3, gt=0, le=1, description="Scene-change score (0..1, a frame's difference from the last keyframe) that makes a keyframe.")
     jobs_audio_chunk_s: float = Field(

@@ -31,9 +31,11 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
@@ -55,6 +57,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READ_THREADS = 8
+MEDIA_THREADS = 2
+"""Videos decoded at once (keyframes, audio tracks): each decode keeps a core busy, so a few only."""
 """Most item files read at once, over every job (what a hung mount can hold at worst)."""
 
 
@@ -86,6 +90,7 @@ class Items:
         self.events = events
         self.request_timeout_s = request_timeout_s
         self.files = Lane("job-files", threads=READ_THREADS, stall_s=STALL_S)
+        self.media = ThreadPoolExecutor(MEDIA_THREADS, thread_name_prefix="job-media")  # off the loop, bounded
 
     async def work(self, run: JobRun, queue: asyncio.Queue[Item]) -> None:
         """One worker: items from ``queue`` until cancelled, or until one finds the job cannot go on."""
@@ -188,7 +193,8 @@ class ItemContext:
         return await self._items.dedup.cached(key, compute, job_id=self._run.id)
 
     async def in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.to_thread(fn, *args)
+        """``fn(*args)`` on the jobs' media executor (a few threads of their own, not the loop's default pool)."""
+        return await asyncio.get_running_loop().run_in_executor(self._items.media, functools.partial(fn, *args))
 
     def scratch(self) -> Path:
         return Path(tempfile.mkdtemp(dir=self._items.scratch_dir))

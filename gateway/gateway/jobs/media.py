@@ -1,19 +1,28 @@
 """Videos for jobs: keyframes at scene changes, and the audio track as 16 kHz mono WAV pieces.
-PyAV (FFmpeg's libraries, shipped in its wheel) decodes; these functions block and run in a thread.
+PyAV (FFmpeg's libraries, shipped in its wheel) decodes; these functions block, and the jobs run them on a
+bounded executor of their own (``jobs.items``), never on the event loop.
 
-Keyframes, the algorithm: the video is sampled up to ``samples_per_s`` (30) times a second; each sample is
-reduced to a 48x27 colour thumbnail, and its score is the mean absolute difference from the last scene
-start's thumbnail over all pixels and channels (0 = identical, 1 = black against white; colour, not grey,
-so a cut between two colours of the same brightness still counts). The first frame is always a keyframe; a sample whose
-score reaches ``threshold`` is the first frame of a new scene and becomes one. Within each minute of video
-at most ``per_minute`` keyframes are kept: the first frame, then the highest scores. So a cut is found
-within one sample interval, a slow pan becomes a keyframe once it has drifted far enough, and a strobe
-cannot flood a job with thousands of frames.
+Keyframes, the rule: the video is sampled up to ``samples_per_s`` (30) times a second; each sample is
+reduced to a 48x27 colour thumbnail, and its score is the mean absolute difference from the last keyframe's
+thumbnail over all pixels and channels (0 = identical, 1 = black against white; colour, not grey, so a cut
+between two colours of the same brightness still counts).
+
+- The first frame is always a keyframe.
+- **Every scene change above the threshold gets a keyframe**: a sample whose score reaches ``threshold`` starts
+  a new scene. A slow pan becomes a keyframe once it has drifted that far.
+- **Minimum spacing** ``min_spacing_s`` (0.5 s) after the last keyframe: a change sooner than that (a flash,
+  a strobe) is not taken then; if the new picture stays, its first sample past the spacing is. So every scene
+  that lasts longer than the spacing is seen, and a strobe gives at most one keyframe per spacing.
+- **A cap per video with a floor**: at most ``max(floor, per_minute x minutes)`` keyframes (the video's
+  duration, or the time decoded so far when the container does not say). Short clips never reach the floor
+  (20): a 10 s clip with four hard cuts gets 5 keyframes. Past the cap the strongest changes are kept, and
+  the first frame.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,53 +74,70 @@ def scene_score(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean() / 255.0)
 
 
-class KeyframePicker:
-    """The selection rule on its own (pure, fed thumbnails in time order; see the module's docstring)."""
+DEFAULT_MIN_SPACING_S = 0.5
+DEFAULT_FLOOR = 20
 
-    def __init__(self, *, threshold: float, per_minute: float) -> None:
+
+class KeyframePicker:
+    """The selection rule on its own (pure, fed thumbnails in time order; see the module's docstring).
+    Per sample: ``candidate`` (a scene change, spaced?), then ``wants`` (within the cap?) before the caller
+    makes the JPEG, then ``keep``. Memory holds at most the cap's keyframes."""
+
+    def __init__(self, *, threshold: float, per_minute: float, floor: int = DEFAULT_FLOOR,
+                 min_spacing_s: float = DEFAULT_MIN_SPACING_S, duration_s: float | None = None) -> None:
         self.threshold = threshold
-        self.cap = max(1, int(per_minute))
-        self.last: np.ndarray | None = None
-        self.kept: dict[int, list[tuple[float, float, bool, object]]] = {}  # minute -> (t, score, first, payload)
+        self.per_minute = per_minute
+        self.floor = max(1, int(floor))
+        self.min_spacing_s = min_spacing_s
+        self.duration_s = duration_s or 0.0
+        self.last: np.ndarray | None = None  # the last keyframe's thumbnail: what a scene change is measured from
+        self.last_t: float | None = None
+        self.kept: list[tuple[float, float, bool, object]] = []  # (t, score, first, payload)
+
+    def cap(self, t_s: float) -> int:
+        """The most keyframes the video may have, known at ``t_s``."""
+        return max(self.floor, math.ceil(self.per_minute * max(t_s, self.duration_s) / 60.0))
 
     def candidate(self, t_s: float, thumb: np.ndarray) -> float | None:
-        """The sample's score if it starts a scene (the first sample always does), else None."""
+        """The sample's score if it starts a scene that may be kept now (the first sample always does), else
+        None. A change inside the spacing is left for a later sample, measured from the same keyframe."""
         if self.last is None:
-            self.last = thumb
             return 1.0
         score = scene_score(thumb, self.last)
-        if score < self.threshold:
+        if score < self.threshold or (self.last_t is not None and t_s - self.last_t < self.min_spacing_s):
             return None
-        self.last = thumb
         return score
 
     def wants(self, t_s: float, score: float) -> bool:
-        """Whether a candidate would be kept under the per-minute cap (ask before making its JPEG)."""
-        bucket = self.kept.get(int(t_s // 60), [])
-        if len(bucket) < self.cap:
+        """Whether a candidate would be kept under the cap (ask before making its JPEG)."""
+        if len(self.kept) < self.cap(t_s):
             return True
-        return any(not first and s < score for _, s, first, _ in bucket)
+        return any(not first and s < score for _, s, first, _ in self.kept)
 
-    def keep(self, t_s: float, score: float, payload: object) -> None:
-        first = not self.kept_any()  # the video's first frame: never displaced by the cap
-        bucket = self.kept.setdefault(int(t_s // 60), [])
-        if len(bucket) >= self.cap:
-            worst = min((k for k in bucket if not k[2]), key=lambda k: k[1])
-            bucket.remove(worst)
-        bucket.append((t_s, score, first, payload))
+    def keep(self, t_s: float, score: float, payload: object, thumb: np.ndarray) -> None:
+        """Keep the sample (its ``thumb`` becomes what the next change is measured from); past the cap, the
+        weakest change kept so far (never the first frame) makes room."""
+        self.kept.append((t_s, score, not self.kept, payload))
+        self.last = thumb
+        self.last_t = t_s
+        while len(self.kept) > self.cap(t_s):
+            self.kept.remove(min((k for k in self.kept if not k[2]), key=lambda k: k[1]))
 
-    def kept_any(self) -> bool:
-        return any(self.kept.values())
+    def skip(self, thumb: np.ndarray) -> None:
+        """A scene change the cap refused: later changes are measured from it, as if it had been kept."""
+        self.last = thumb
 
     def keyframes(self) -> list[tuple[float, float, object]]:
-        return sorted((t, s, p) for b in self.kept.values() for t, s, _, p in b)
+        return sorted((t, s, p) for t, s, _, p in self.kept)
 
 
-def extract_keyframes(path: str, *, threshold: float, per_minute: float, samples_per_s: float = 30.0,
+def extract_keyframes(path: str, *, threshold: float, per_minute: float, floor: int = DEFAULT_FLOOR,
+                      min_spacing_s: float = DEFAULT_MIN_SPACING_S, samples_per_s: float = 30.0,
                       max_side: int = 1280) -> tuple[VideoInfo, list[Keyframe]]:
     """The video's keyframes as JPEGs with their timestamps (see the module's docstring)."""
     info = probe(path)
-    picker = KeyframePicker(threshold=threshold, per_minute=per_minute)
+    picker = KeyframePicker(threshold=threshold, per_minute=per_minute, floor=floor, min_spacing_s=min_spacing_s,
+                            duration_s=info.duration_s)
     next_t = 0.0
     step = 1.0 / samples_per_s
     try:
@@ -125,9 +151,14 @@ def extract_keyframes(path: str, *, threshold: float, per_minute: float, samples
                 if t + 1e-6 < next_t:
                     continue
                 next_t = t + step
-                score = picker.candidate(t, frame.to_ndarray(format="rgb24", width=THUMB_W, height=THUMB_H))
-                if score is not None and picker.wants(t, score):
-                    picker.keep(t, score, _jpeg(frame, max_side))
+                thumb = frame.to_ndarray(format="rgb24", width=THUMB_W, height=THUMB_H)
+                score = picker.candidate(t, thumb)
+                if score is None:
+                    continue
+                if picker.wants(t, score):
+                    picker.keep(t, score, _jpeg(frame, max_side), thumb)
+                else:
+                    picker.skip(thumb)
     except av.FFmpegError as e:
         raise MediaError("unreadable_video", f"the video could not be decoded: {e}") from e
     frames = [Keyframe(round(t, 3), round(s, 4), p) for t, s, p in picker.keyframes()]  # type: ignore[arg-type]

@@ -107,7 +107,8 @@ class ImageTask(Task):
     async def video(self, ctx: Context, path: str) -> dict[str, Any]:
         s = ctx.settings
         info, frames = await ctx.in_thread(
-            lambda: extract_keyframes(path, threshold=s.jobs_scene_threshold, per_minute=s.jobs_keyframes_per_minute))
+            lambda: extract_keyframes(path, threshold=s.jobs_scene_threshold, per_minute=s.jobs_keyframes_per_minute,
+                                      floor=s.jobs_keyframes_floor, min_spacing_s=s.jobs_keyframe_min_spacing_s))
         prefix = self.key_prefix()
 
         async def one(jpeg: bytes) -> dict[str, Any]:
