@@ -9,6 +9,7 @@ CAP_PY := $(VENVS)/caption-svc/bin/python
 FACE_PY := $(VENVS)/face-svc/bin/python
 TTS_PY := $(VENVS)/tts-svc/bin/python
 ASR_PY := $(VENVS)/asr-svc/bin/python
+EMBED_PY := $(VENVS)/embed-svc/bin/python
 # The caption environment's torch. Locally any CUDA 12/13 build runs on CPU too; the Dockerfile pins its own.
 CAPTION_TORCH ?= torch==2.14.1 torchvision==0.29.1
 # The tts environment's torch: coqui-tts 0.28 needs torchaudio, and torch 2.9.1 + torchaudio 2.9.1 +
@@ -21,7 +22,7 @@ PIP     := -m pip install --quiet --disable-pip-version-check
 .PHONY: help venvs tiny-models dev test bench clean
 
 help:
-	@echo "make dev          start the gateway (127.0.0.1:8080) and the caption, face, tts and asr services on CPU"
+	@echo "make dev          start the gateway (127.0.0.1:8080) and the caption, face, tts, asr and embed services on CPU"
 	@echo "                  with the tiny models, send sample requests through it, run until Ctrl-C"
 	@echo "make test         install every environment, run all test tiers (unit, app, proc, model) and"
 	@echo "                  schemathesis against the running dev stack (scripts/schemathesis.sh)"
@@ -93,8 +94,18 @@ $(VENVS)/face-svc/.installed: modelhost/pyproject.toml face-svc/pyproject.toml f
 	$(FACE_PY) -c "from face_svc.backends.yunet_sface import check_package; check_package()"
 	touch $@
 
+# About 1.5 min and 1.3 GB: torch 2.13.0 (the CPU build, as for asr-svc), then the service with transformers,
+# sentencepiece and its test tools. The stamp is written only after the stack imports.
+$(VENVS)/embed-svc/.installed: modelhost/pyproject.toml embed-svc/pyproject.toml
+	rm -f $@
+	test -x $(EMBED_PY) || $(PYTHON) -m venv $(VENVS)/embed-svc
+	$(EMBED_PY) $(PIP) torch==2.13.0
+	$(EMBED_PY) $(PIP) torch==2.13.0 -e modelhost -e 'embed-svc[test]'
+	$(EMBED_PY) -c "import torch, transformers, safetensors, sentencepiece, embed_svc.main, embed_svc.backends.clip, embed_svc.backends.siglip, embed_svc.backends.sentence_text"
+	touch $@
+
 venvs: $(VENVS)/gateway/.installed $(VENVS)/caption-svc/.installed $(VENVS)/tts-svc/.installed \
-       $(VENVS)/asr-svc/.installed $(VENVS)/face-svc/.installed
+       $(VENVS)/asr-svc/.installed $(VENVS)/face-svc/.installed $(VENVS)/embed-svc/.installed
 
 $(TINY)/catalog.yaml: tools/make_tiny_models.py $(VENVS)/caption-svc/.installed
 	$(CAP_PY) tools/make_tiny_models.py $(TINY)
@@ -115,15 +126,20 @@ $(TINY)/asr/.built: tools/make_tiny_asr_models.py $(VENVS)/asr-svc/.installed $(
 	$(ASR_PY) tools/make_tiny_asr_models.py $(TINY)
 	touch $@
 
-tiny-models: $(TINY)/catalog.yaml $(TINY)/tts/.built $(TINY)/asr/.built $(TINY)/face/.built
+# Tiny CLIP, SigLIP and a multilingual text tower, and the embed entries merged into the catalog.
+$(TINY)/embed/.built: tools/make_tiny_embed_models.py $(VENVS)/embed-svc/.installed $(TINY)/catalog.yaml
+	$(EMBED_PY) tools/make_tiny_embed_models.py $(TINY)
+	touch $@
+
+tiny-models: $(TINY)/catalog.yaml $(TINY)/tts/.built $(TINY)/asr/.built $(TINY)/face/.built $(TINY)/embed/.built
 	@# Readable by anyone: the images run as a non-root user and mount this folder read-only.
 	@chmod -R a+rX $(TINY)
 
 dev: venvs tiny-models
-	CATALOG=$(CATALOG) FORCE_DEVICE=$(FORCE_DEVICE) GW_PY=$(GW_PY) CAP_PY=$(CAP_PY) FACE_PY=$(FACE_PY) TTS_PY=$(TTS_PY) ASR_PY=$(ASR_PY) scripts/dev.sh
+	CATALOG=$(CATALOG) FORCE_DEVICE=$(FORCE_DEVICE) GW_PY=$(GW_PY) CAP_PY=$(CAP_PY) FACE_PY=$(FACE_PY) TTS_PY=$(TTS_PY) ASR_PY=$(ASR_PY) EMBED_PY=$(EMBED_PY) scripts/dev.sh
 
 test: venvs tiny-models
-	GW_PY=$(GW_PY) CAP_PY=$(CAP_PY) FACE_PY=$(FACE_PY) TTS_PY=$(TTS_PY) ASR_PY=$(ASR_PY) scripts/run_tests.sh
+	GW_PY=$(GW_PY) CAP_PY=$(CAP_PY) FACE_PY=$(FACE_PY) TTS_PY=$(TTS_PY) ASR_PY=$(ASR_PY) EMBED_PY=$(EMBED_PY) scripts/run_tests.sh
 
 bench: venvs tiny-models
 	$(GW_PY) bench/gateway_overhead.py
@@ -145,7 +161,7 @@ COMPOSE := docker compose $(COMPOSE_FILES)
 BASE_IMAGE ?= python:3.11-slim-bookworm
 PIP_NO_INDEX ?=
 LOCAL_BASE := roundhouse/python-base:bookworm-3.11
-IMAGES := gateway caption-svc face-svc asr-svc tts-svc
+IMAGES := gateway caption-svc face-svc asr-svc tts-svc embed-svc
 
 .PHONY: up down logs ps build base-image wheelhouse compose-test lint env-example
 
