@@ -116,13 +116,14 @@ def image_result(v: np.ndarray) -> dict[str, Any]:
 
 
 async def ended_job(store: AsyncStore, job_id: str, task: str, model: str, results: list[dict[str, Any]],
-                    state: str = COMPLETED) -> None:
+                    state: str = COMPLETED, shas: list[str] | None = None, people: list[tuple[int, str, int]] = ()) -> None:
     items = [NewItem(f"lib/{job_id}-{i}.jpg", f"/x/{i}", False, "video" if "keyframes" in r else "image")
              for i, r in enumerate(results)]
     await store.create_job(job_id, task, model, {}, items, open_=False)
     for i, r in enumerate(results):
-        await store.finish_item(job_id, i, sha256=f"sha-{job_id}-{i}", result_key=f"{task}:{job_id}:{i}", body=r)
-    await store.finish_job(job_id, state)
+        sha = shas[i] if shas else f"sha-{job_id}-{i}"
+        await store.finish_item(job_id, i, sha256=sha, result_key=f"{task}:{job_id}:{i}", body=r)
+    await store.finish_job(job_id, state, people=people)
 
 
 @pytest.fixture
@@ -149,6 +150,31 @@ async def test_an_ended_embed_job_is_indexed_once_with_its_keyframes_and_a_delet
     await search.jobs_store.delete_job("job_e")  # behind the index's back (a crash before forget)
     await search.sync()
     assert len(await search.matrix("clip")) == 0 and search.vectors.count() == 0
+
+
+async def test_a_hit_carries_the_caption_and_people_other_jobs_found_in_the_same_file(search: Search) -> None:
+    v = unit_vectors(3)
+    video = {"keyframes": [{"t_s": 0.0, **image_result(v[1])}, {"t_s": 4.5, **image_result(v[2])}]}
+    store = search.jobs_store
+    await ended_job(store, "job_e", "embed", "clip", [image_result(v[0]), video], shas=["A", "V"])
+    await ended_job(store, "job_c", "caption", "blip", [
+        {"caption": "a dog"}, {"keyframes": [{"t_s": 0.0, "caption": "red"}, {"t_s": 4.5, "caption": "blue"}]}],
+        shas=["A", "V"])
+    face = {"box": [0, 0, 1, 1], "score": 0.9}
+    await ended_job(store, "job_f", "faces", "arc", [
+        {"faces": [face, face]}, {"keyframes": [{"t_s": 0.0, "faces": []}, {"t_s": 4.5, "faces": [face]}]}],
+        shas=["A", "V"], people=[(0, "0", 3), (0, "1", 5), (1, "1.0", 7)])
+    await ended_job(store, "job_o", "caption", "blip", [{"caption": "another file"}], shas=["B"])
+    await search.sync()
+    m = await search.matrix("clip")
+    hits = await search._described(m, m.rank(v[0], 3))
+    by_time = {h.t_s: h for h in hits}
+    image, first, second = by_time[None], by_time[0.0], by_time[4.5]
+    assert image.caption.text == "a dog" and image.caption.job == "job_c" and image.kind == "image"
+    assert [(p.job, p.person, p.faces) for p in image.people] == [("job_f", 3, ["0"]), ("job_f", 5, ["1"])]
+    assert first.caption.text == "red" and first.people == [] and first.kind == "video" and first.seq == 1
+    assert second.caption.text == "blue" and [(p.person, p.faces) for p in second.people] == [(7, ["1.0"])]
+    assert image.rank == 1 and abs(image.score - 1) < 1e-3
 
 
 async def test_forget_drops_a_job_at_once(search: Search) -> None:
