@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make dev: the gateway and the four family services as local processes, each in its own environment,
+# make dev: the gateway and the five family services as local processes, each in its own environment,
 # on CPU. Waits until every one is healthy (no fixed sleeps), sends sample requests through the
 # gateway to show the stack works (a caption, speech, its transcript, a face detection and a
 # verification), then runs until Ctrl-C or SIGTERM, which stops them all. A component that exits is
@@ -22,11 +22,13 @@ CAP_PY=${CAP_PY:-.venvs/caption-svc/bin/python}
 FACE_PY=${FACE_PY:-.venvs/face-svc/bin/python}
 TTS_PY=${TTS_PY:-.venvs/tts-svc/bin/python}
 ASR_PY=${ASR_PY:-.venvs/asr-svc/bin/python}
+EMBED_PY=${EMBED_PY:-.venvs/embed-svc/bin/python}
 GATEWAY_PORT=${GATEWAY_PORT:-8080}
 CAPTION_PORT=${CAPTION_PORT:-8101}
 FACE_PORT=${FACE_PORT:-8102}
 TTS_PORT=${TTS_PORT:-8104}
 ASR_PORT=${ASR_PORT:-8103}
+EMBED_PORT=${EMBED_PORT:-8105}
 DEV_SAMPLES=${DEV_SAMPLES:-1}
 DEV_READY_FILE=${DEV_READY_FILE:-}
 
@@ -70,7 +72,7 @@ mkdir -p "$LOG_DIR"
 # Each component by name: how it starts, its pid, how often it was restarted, when it may start again.
 # A component that exits is started again (after 1 s, 2 s, ... up to 10 s) at most DEV_RESTARTS times;
 # the others keep running meanwhile. Its output goes to the terminal and to $LOG_DIR/<name>.log.
-NAMES=(caption-svc face-svc tts-svc asr-svc gateway)
+NAMES=(caption-svc face-svc tts-svc asr-svc embed-svc gateway)
 declare -A PID=() RESTARTS=() AGAIN_AT=()
 launch() {  # name
   local log="$LOG_DIR/$1.log"
@@ -79,8 +81,9 @@ launch() {  # name
     face-svc) FACE_SVC_CATALOG=$CATALOG FACE_SVC_PORT=$FACE_PORT "$FACE_PY" -m face_svc > >(tee -a "$log") 2>&1 & ;;
     tts-svc) TTS_SVC_CATALOG=$CATALOG TTS_SVC_PORT=$TTS_PORT "$TTS_PY" -m tts_svc > >(tee -a "$log") 2>&1 & ;;
     asr-svc) ASR_SVC_CATALOG=$CATALOG ASR_SVC_PORT=$ASR_PORT "$ASR_PY" -m asr_svc > >(tee -a "$log") 2>&1 & ;;
+    embed-svc) EMBED_SVC_CATALOG=$CATALOG EMBED_SVC_PORT=$EMBED_PORT "$EMBED_PY" -m embed_svc > >(tee -a "$log") 2>&1 & ;;
     gateway) GATEWAY_CATALOG=$CATALOG GATEWAY_PORT=$GATEWAY_PORT \
-      GATEWAY_SERVICES="{\"caption\": \"http://127.0.0.1:$CAPTION_PORT\", \"face\": \"http://127.0.0.1:$FACE_PORT\", \"tts\": \"http://127.0.0.1:$TTS_PORT\", \"asr\": \"http://127.0.0.1:$ASR_PORT\"}" \
+      GATEWAY_SERVICES="{\"caption\": \"http://127.0.0.1:$CAPTION_PORT\", \"face\": \"http://127.0.0.1:$FACE_PORT\", \"tts\": \"http://127.0.0.1:$TTS_PORT\", \"asr\": \"http://127.0.0.1:$ASR_PORT\", \"embed\": \"http://127.0.0.1:$EMBED_PORT\"}" \
       "$GW_PY" -m gateway > >(tee -a "$log") 2>&1 & ;;
   esac
   PID[$1]=$!
@@ -137,6 +140,7 @@ wait_ready "http://127.0.0.1:$CAPTION_PORT/health/ready" 60
 wait_ready "http://127.0.0.1:$FACE_PORT/health/ready" 60
 wait_ready "http://127.0.0.1:$TTS_PORT/health/ready" 60
 wait_ready "http://127.0.0.1:$ASR_PORT/health/ready" 60
+wait_ready "http://127.0.0.1:$EMBED_PORT/health/ready" 60
 
 echo
 echo "== Roundhouse is up: gateway http://127.0.0.1:$GATEWAY_PORT (docs at /docs), catalog $CATALOG"
