@@ -9,6 +9,7 @@ CAP_PY=${CAP_PY:-.venvs/caption-svc/bin/python}
 FACE_PY=${FACE_PY:-.venvs/face-svc/bin/python}
 TTS_PY=${TTS_PY:-.venvs/tts-svc/bin/python}
 ASR_PY=${ASR_PY:-.venvs/asr-svc/bin/python}
+EMBED_PY=${EMBED_PY:-.venvs/embed-svc/bin/python}
 MARKERS=${MARKERS:-"not compose and not gpu"}
 out=build/test-results
 rm -rf "$out" && mkdir -p "$out"
@@ -25,11 +26,12 @@ run caption-svc "$CAP_PY" caption-svc/tests
 run face-svc "$FACE_PY" face-svc/tests
 run tts-svc "$TTS_PY" tts-svc/tests
 run asr-svc "$ASR_PY" asr-svc/tests
+run embed-svc "$EMBED_PY" embed-svc/tests
 
 # schemathesis: every operation of the gateway's /openapi.json, every check, against the stack that
 # scripts/dev.sh starts; about 2.5 min (a 120 s budget, plus the stack's start and stop).
 if [ "${SCHEMATHESIS:-1}" != 0 ]; then
-  GW_PY=$GW_PY CAP_PY=$CAP_PY FACE_PY=$FACE_PY TTS_PY=$TTS_PY ASR_PY=$ASR_PY scripts/schemathesis.sh "$out" || status=1
+  GW_PY=$GW_PY CAP_PY=$CAP_PY FACE_PY=$FACE_PY TTS_PY=$TTS_PY ASR_PY=$ASR_PY EMBED_PY=$EMBED_PY scripts/schemathesis.sh "$out" || status=1
 fi
 
 # promtool: the Prometheus config, rules and rule unit tests (monitoring/); one junit file beside the others.
