@@ -15,7 +15,9 @@ class GatewaySettings(BaseSettings):
     port: int = Field(8080, description="Port the gateway listens on.")
     catalog: Path = Field(Path("models.yaml"), description="Path of the model catalog (models.yaml).")
     services: dict[str, str] = Field(
-        default_factory=lambda: {"caption": "http://127.0.0.1:8101", "face": "http://127.0.0.1:8102", "asr": "http://127.0.0.1:8103", "tts": "http://127.0.0.1:8104"},
+        default_factory=lambda: {"caption": "http://127.0.0.1:8101", "face": "http://127.0.0.1:8102",
+                                 "asr": "http://127.0.0.1:8103", "tts": "http://127.0.0.1:8104",
+                                 "embed": "http://127.0.0.1:8105"},
         description='Family service base URLs, as JSON: {"caption": "http://caption-svc:8101", ...}.',
     )
     api_keys: list[SecretStr] = Field(
