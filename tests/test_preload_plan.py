@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from gateway.coordinator.effects import Loaded, Released
 from gateway.coordinator.footprints import FootprintStore
 from gateway.coordinator.loop import Coordinator

@@ -93,11 +93,11 @@ class Pulls:
         return spec, client
 
     async def start(self, model_id: str, request_id: str | None = None) -> PullStatus:
-        spec, client = self._target(model_id)
+        _, client = self._target(model_id)
         return await client.pull(model_id, request_id=request_id)
 
     async def status(self, model_id: str) -> PullStatus:
-        spec, client = self._target(model_id)
+        _, client = self._target(model_id)
         s = await client.pull_status(model_id)
         if s.cached:
             self._cached.add(model_id)
@@ -132,7 +132,7 @@ class Pulls:
 
     async def delete(self, model_id: str, request_id: str | None = None) -> CacheDeleted:
         """The model's downloaded weights removed; 409 ``model_loaded`` while the coordinator holds it."""
-        spec, client = self._target(model_id)
+        _, client = self._target(model_id)
         ledger = self.coordinator.model_state(model_id).ledger_state
         if ledger in RESIDENT_LEDGER_STATES:
             raise ModelLoaded(f"model {model_id} is {ledger}; unload it (POST /admin/models/{model_id}/unload) before "

@@ -15,7 +15,6 @@ from typing import AsyncIterator
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-
 from gateway.access import ModelAccess
 from gateway.coordinator.effects import Loaded, Released
 from gateway.coordinator.footprints import FootprintStore

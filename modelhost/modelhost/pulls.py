@@ -185,7 +185,7 @@ def fetch_hub(w: Weights, cache_dir: Path, endpoint: str, offline: bool, on_tota
         import huggingface_hub as hub
     except ImportError:
         raise PullError("huggingface_hub is not installed in this service") from None
-    kwargs = dict(cache_dir=str(cache_dir), endpoint=endpoint, allow_patterns=w.allow_patterns, etag_timeout=10)
+    kwargs = {"cache_dir": str(cache_dir), "endpoint": endpoint, "allow_patterns": w.allow_patterns, "etag_timeout": 10}
     try:
         plan = hub.snapshot_download(w.repo_id, dry_run=True, **kwargs)
         on_total(sum(f.file_size or 0 for f in plan if f.will_download))

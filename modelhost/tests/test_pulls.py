@@ -13,7 +13,6 @@ from typing import Any, AsyncIterator
 import httpx
 import pytest
 from fastapi import FastAPI
-
 from modelhost.app import Family, create_host_app
 from modelhost.catalog import Catalog, ModelSpec
 from modelhost.meter import HostMeter

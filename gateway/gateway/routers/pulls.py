@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
-
 from modelhost.contract import CacheDeleted, PullStatus
 from modelhost.errors import error_responses, request_id_of
 
