@@ -24,6 +24,7 @@ COMPONENTS = [  # (package dir, config module)
     ("face-svc", "face_svc.config"),
     ("asr-svc", "asr_svc.config"),
     ("tts-svc", "tts_svc.config"),
+    ("embed-svc", "embed_svc.config"),
 ]
 
 COMPOSE_VARS = """\
