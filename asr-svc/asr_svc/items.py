@@ -37,6 +37,12 @@ class TranscribeItem:
     when a window fails its quality checks (OpenAI's meaning of 0)."""
     word_timestamps: bool = False
     """Whether the result needs ``words``; costs extra time on the Whisper backends."""
+    condition_on_previous_text: bool | None = None
+    """Whisper backends: feed each window the text of the one before; ``None``: the model's default (off)."""
+    vad_filter: bool | None = None
+    """faster-whisper: skip what Silero VAD hears as silence; ``None``: the model's default (on past 30 s)."""
+    drop_repeats: bool | None = None
+    """Whisper backends: drop a segment that repeats the ones before it; ``None``: the model's default (on)."""
 
     @property
     def duration_s(self) -> float:

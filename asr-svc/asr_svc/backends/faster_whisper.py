@@ -15,9 +15,19 @@ filter (``vad_filter``: ``auto`` (default) = on for audio longer than ``vad_min_
 which skips silence instead of decoding it and stops Whisper inventing text there. ``batch_size`` > 1
 decodes the VAD segments of one audio in batches (faster-whisper's BatchedInferencePipeline).
 
+Against Whisper's failure modes (hallucinated and repeated text; measured in bench/asr_real.py):
+
+- ``condition_on_previous_text`` (default **false**): a window is not fed the text of the one before, so one
+  wrong window cannot drag the next ones into a loop. A request may turn it back on.
+- ``vad_filter`` (above; a request may set it true or false).
+- ``compression_ratio_threshold`` (2.4), ``log_prob_threshold`` (-1.0), ``no_speech_threshold`` (0.6):
+  a window whose text compresses too well (a loop) or is too unlikely is decoded again at a higher temperature
+  (``temperature_fallback``); one the model thinks is not speech, and unlikely, is left out.
+- ``drop_repeats`` (default true; ``repeat_window`` 3 segments, ``repeat_min_words`` 3): a segment whose words
+  repeat what the segments before it just said is dropped (``asr_svc.repeats``). A request may turn it off.
+
 Other options: ``max_new_tokens``, ``beam_size`` (default 5), ``cpu_threads`` (0 = CTranslate2's choice),
-``condition_on_previous_text`` (default true), ``temperature_fallback`` (default true), ``without_timestamps``
-(default false).
+``temperature_fallback`` (default true), ``without_timestamps`` (default false).
 """
 
 from __future__ import annotations
@@ -31,12 +41,17 @@ from modelhost.catalog import ModelSpec
 
 from ..chunks import chunk_bounds, to_float32
 from ..items import SAMPLE_RATE, TranscribeItem, join_text, ms
+from ..repeats import DEFAULT_MIN_WORDS, DEFAULT_WINDOW, drop_repeats
 
 log = logging.getLogger(__name__)
 
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 DEFAULT_CHUNK_S = 600.0
 DEFAULT_VAD_MIN_S = 30.0
+# faster-whisper's (and openai-whisper's) own values, stated here so the catalog can change them.
+DEFAULT_COMPRESSION_RATIO_THRESHOLD = 2.4
+DEFAULT_LOG_PROB_THRESHOLD = -1.0
+DEFAULT_NO_SPEECH_THRESHOLD = 0.6
 DTYPE_COMPUTE = {"float16": "float16", "bfloat16": "bfloat16", "float32": "float32", "int8": "int8"}
 
 
@@ -75,7 +90,14 @@ class FasterWhisperTranscriber(Backend):
         self.vad_filter = o.get("vad_filter", "auto")
         self.vad_min_s = float(o.get("vad_min_s", DEFAULT_VAD_MIN_S))
         self.batch_size = int(o.get("batch_size", 1))
-        self.condition_on_previous_text = bool(o.get("condition_on_previous_text", True))
+        self.condition_on_previous_text = bool(o.get("condition_on_previous_text", False))
+        self.compression_ratio_threshold = _optional_float(o, "compression_ratio_threshold",
+                                                          DEFAULT_COMPRESSION_RATIO_THRESHOLD)
+        self.log_prob_threshold = _optional_float(o, "log_prob_threshold", DEFAULT_LOG_PROB_THRESHOLD)
+        self.no_speech_threshold = _optional_float(o, "no_speech_threshold", DEFAULT_NO_SPEECH_THRESHOLD)
+        self.drop_repeats = bool(o.get("drop_repeats", True))
+        self.repeat_window = int(o.get("repeat_window", DEFAULT_WINDOW))
+        self.repeat_min_words = int(o.get("repeat_min_words", DEFAULT_MIN_WORDS))
         self.temperature_fallback = bool(o.get("temperature_fallback", True))
         self.without_timestamps = bool(o.get("without_timestamps", False))
         if self.vad_filter not in ("auto", True, False):
@@ -120,7 +142,7 @@ class FasterWhisperTranscriber(Backend):
     def _transcribe(self, item: TranscribeItem) -> dict[str, Any]:
         language = item.language
         segments: list[dict[str, Any]] = []
-        words: list[dict[str, Any]] = []
+        words: list[list[dict[str, Any]]] = []  # per segment
         for index, (start, end) in enumerate(chunk_bounds(item.audio, max_chunk_s=self.chunk_s)):
             audio = to_float32(item.audio[start:end])
             options = self._options(item, language, first=index == 0, duration_s=(end - start) / SAMPLE_RATE)
@@ -133,16 +155,22 @@ class FasterWhisperTranscriber(Backend):
                 if not s.text.strip():
                     continue  # a window decoded to nothing but timestamps
                 segments.append(_segment(len(segments), s, offset, length))
-                for w in s.words or ():
-                    words.append({"word": w.word, "start": _at(w.start, offset, length), "end": _at(w.end, offset, length),
-                                  "probability": round(float(w.probability), 4)})
+                words.append([{"word": w.word, "start": _at(w.start, offset, length), "end": _at(w.end, offset, length),
+                               "probability": round(float(w.probability), 4)} for w in s.words or ()])
             language = language or info.language
+        if self.drop_repeats if item.drop_repeats is None else item.drop_repeats:
+            for segment, found_words in zip(segments, words):
+                segment["words"] = found_words  # ride along, so a dropped segment takes its words with it
+            segments, dropped = drop_repeats(segments, window=self.repeat_window, min_words=self.repeat_min_words)
+            if dropped:
+                log.info("model %s: dropped %d repeated segment(s)", self.spec.id, dropped)
+            words = [segment.pop("words") for segment in segments]
         return {
             "text": join_text([s["text"] for s in segments]),
             "language": language,
             "duration": ms(item.duration_s),
             "segments": segments,
-            "words": words if item.word_timestamps else None,
+            "words": [w for found_words in words for w in found_words] if item.word_timestamps else None,
         }
 
     def _options(self, item: TranscribeItem, language: str | None, *, first: bool, duration_s: float) -> dict[str, Any]:
@@ -150,14 +178,22 @@ class FasterWhisperTranscriber(Backend):
             temperature: float | tuple[float, ...] = item.temperature
         else:
             temperature = FALLBACK_TEMPERATURES if self.temperature_fallback else 0.0
-        vad = duration_s > self.vad_min_s if self.vad_filter == "auto" else bool(self.vad_filter)
+        if item.vad_filter is not None:
+            vad = item.vad_filter
+        else:
+            vad = duration_s > self.vad_min_s if self.vad_filter == "auto" else bool(self.vad_filter)
+        condition = self.condition_on_previous_text if item.condition_on_previous_text is None \
+            else item.condition_on_previous_text
         options: dict[str, Any] = {
             "task": item.task,
             "language": language,
             "temperature": list(temperature) if isinstance(temperature, tuple) else temperature,
             "initial_prompt": item.prompt if first else None,
             "word_timestamps": item.word_timestamps,
-            "condition_on_previous_text": self.condition_on_previous_text,
+            "condition_on_previous_text": condition,
+            "compression_ratio_threshold": self.compression_ratio_threshold,
+            "log_prob_threshold": self.log_prob_threshold,
+            "no_speech_threshold": self.no_speech_threshold,
             "beam_size": self.beam_size,
             "vad_filter": vad,
             "without_timestamps": self.without_timestamps,
@@ -171,6 +207,13 @@ class FasterWhisperTranscriber(Backend):
         # after close(), and ends (taking the CUDA context with it) when this was its last model.
         self.batched = None
         self.model = None
+
+
+def _optional_float(options: dict[str, Any], key: str, default: float) -> float | None:
+    """A threshold from the catalog's options: its value, ``default`` when not set, ``None`` (the check off)
+    when set to null."""
+    value = options.get(key, default)
+    return None if value is None else float(value)
 
 
 def _at(t: float, offset: float, length: float) -> float:

@@ -7,7 +7,8 @@ with the chunk, not the file. The language found in the first chunk is kept for 
 
 dtype: ``float16`` runs the model in half precision on a GPU (whisper casts per layer); CPU always runs
 float32. Options: ``max_new_tokens`` (tokens per 30 s window), ``beam_size``, ``best_of``, ``chunk_s``,
-``condition_on_previous_text`` (default true), ``temperature_fallback`` (default true: temperature 0 retries
+``condition_on_previous_text`` (default false, as in the faster-whisper backend: one wrong window does not
+drag the next ones into a loop; a request may turn it on), ``temperature_fallback`` (default true: temperature 0 retries
 a window at 0.2 … 1.0 when it fails whisper's compression or log-probability checks), ``without_timestamps``
 (default false: one segment per 30 s window instead of Whisper's timestamped phrases).
 """
@@ -73,7 +74,7 @@ class WhisperTranscriber(Backend):
         self.beam_size: int | None = o.get("beam_size")
         self.best_of: int | None = o.get("best_of")
         self.chunk_s = float(o.get("chunk_s", DEFAULT_CHUNK_S))
-        self.condition_on_previous_text = bool(o.get("condition_on_previous_text", True))
+        self.condition_on_previous_text = bool(o.get("condition_on_previous_text", False))
         self.temperature_fallback = bool(o.get("temperature_fallback", True))
         self.without_timestamps = bool(o.get("without_timestamps", False))
 
@@ -142,7 +143,8 @@ class WhisperTranscriber(Backend):
             "temperature": temperature,
             "initial_prompt": item.prompt if first else None,
             "word_timestamps": item.word_timestamps,
-            "condition_on_previous_text": self.condition_on_previous_text,
+            "condition_on_previous_text": self.condition_on_previous_text if item.condition_on_previous_text is None
+            else item.condition_on_previous_text,
             "fp16": self.fp16,
             "verbose": None,  # no printing, no progress bar
             "without_timestamps": self.without_timestamps,

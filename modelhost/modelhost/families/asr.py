@@ -61,7 +61,19 @@ class TranscriptionOptions(BaseModel):
     prompt: Annotated[Prompt | None, BeforeValidator(_blank_is_none)] = Field(
         None, description="Text that conditions the transcript (spellings, style).")
     temperature: Annotated[Temperature | None, BeforeValidator(_blank_is_none), BeforeValidator(not_a_bool)] = None
+    condition_on_previous_text: Annotated[bool | None, BeforeValidator(_blank_is_none)] = Field(
+        None, description="Whisper: feed each 30 s window the text of the one before (better continuity, and the "
+        "cause of Whisper's repetition loops); default: the model's (off).")
+    vad_filter: Annotated[bool | None, BeforeValidator(_blank_is_none)] = Field(
+        None, description="faster-whisper: skip what the Silero VAD hears as silence; default: the model's "
+        "(on for audio longer than 30 s).")
+    drop_repeats: Annotated[bool | None, BeforeValidator(_blank_is_none)] = Field(
+        None, description="Whisper: drop a segment that repeats what the segments before it said; default: the "
+        "model's (on).")
 
+
+GUARD_OPTIONS = ("condition_on_previous_text", "vad_filter", "drop_repeats")
+"""The options against Whisper's failure modes; ``None`` leaves each to the model's catalog entry."""
 
 _CODES = {"language": "unsupported_language", "temperature": "temperature_out_of_range"}
 
@@ -83,6 +95,9 @@ class TranscriptionForm(BaseModel):
     prompt: str | None = Field(None, description="Text that conditions the transcript (spellings, style).")
     temperature: Temperature | None = None
     word_timestamps: bool = Field(False, description="Return word-level timestamps.")
+    condition_on_previous_text: bool | None = Field(None, description="See ``TranscriptionOptions``.")
+    vad_filter: bool | None = Field(None, description="See ``TranscriptionOptions``.")
+    drop_repeats: bool | None = Field(None, description="See ``TranscriptionOptions``.")
 
 
 class Segment(BaseModel):
