@@ -42,6 +42,11 @@ def test_modalities_default_to_both_and_a_text_tower_refuses_images() -> None:
     assert code_of(lambda: embed.check_modality("m", {"modalities": ["text"]}, "image")) == ("unsupported_input", "model")
 
 
+def test_a_models_space_is_its_own_id_unless_the_catalog_names_one() -> None:
+    assert embed.space("clip-vit-b32", {}) == "clip-vit-b32"
+    assert embed.space("clip-multilingual", {"modalities": ["text"], "space": "clip-vit-b32"}) == "clip-vit-b32"
+
+
 def test_dimensions_cut_only_a_matryoshka_model() -> None:
     assert embed.dimensions("m", {}, 512, None) == 512
     assert embed.dimensions("m", {}, 512, 512) == 512

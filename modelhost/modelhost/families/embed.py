@@ -9,6 +9,9 @@ embed-svc (``POST /v1/embed/text``, ``POST /v1/embed/images``).
   one space per model (a text and an image of one model compare by their dot product).
 - ``modalities()`` and ``check_modality()``: which inputs a catalog model takes (option ``modalities``;
   a text-only tower answers 400 ``unsupported_input`` to images).
+- ``space()``: which vectors compare: the catalog option ``space``, default the model's own id. A text-only
+  tower trained into a CLIP's space (the multilingual one) names that CLIP's id, so its text queries search
+  that CLIP's image vectors.
 - ``dimensions()`` and ``truncated()``: OpenAI's ``dimensions``. A model whose catalog entry says
   ``matryoshka: true`` may be cut to a shorter prefix (re-normalised); any other answers 400 unless the
   asked size is its own.
@@ -94,6 +97,12 @@ def check_modality(model: str, options: Mapping[str, Any], modality: Modality) -
     if modality not in modalities(options):
         taken = " and ".join(sorted(modalities(options)))
         raise BadRequest(f"model {model} embeds {taken} only, not {modality}s", param="model", code="unsupported_input")
+
+
+def space(model: str, options: Mapping[str, Any]) -> str:
+    """The space ``model``'s vectors live in: its catalog option ``space``, else its own id. Two models' vectors
+    compare (dot product, search) only when their spaces are equal."""
+    return str(options.get("space") or model)
 
 
 def dimensions(model: str, options: Mapping[str, Any], dim: int, requested: int | None) -> int:
