@@ -32,20 +32,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("yunet-sface", "dlib-resnet", "tiny-insightface")
 
 
-def real_photos():  # noqa: ANN201 - the module
+def real_photos():
     spec = importlib.util.spec_from_file_location("real_photos", ROOT / "face-svc" / "tests" / "real_photos.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def bench_model(spec, photos: dict, photo_set, repeat: int) -> dict:  # noqa: ANN001
+def bench_model(spec, photos: dict, photo_set, repeat: int) -> dict:
     from face_svc.backends import BACKENDS
     from face_svc.items import DetectItem
     from modelhost.backend import import_backend

@@ -66,7 +66,7 @@ def package_file(package: str, *parts: str) -> Path:
     """A file inside an installed package, found without importing it."""
     spec = importlib.util.find_spec(package)
     assert spec is not None and spec.submodule_search_locations, f"{package} is a test dependency"
-    return Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+    return Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
 
 
 def path_of(name: str) -> Path:

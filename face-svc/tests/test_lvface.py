@@ -15,8 +15,8 @@ from __future__ import annotations
 import base64
 import io
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest

@@ -17,8 +17,8 @@ from __future__ import annotations
 import importlib.util
 import io
 import itertools
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest

@@ -6,8 +6,8 @@ per batch, given boxes, and the checks that refuse weights nobody pinned. Qualit
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest

