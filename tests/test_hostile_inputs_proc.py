@@ -43,6 +43,7 @@ DOWN_MODELS = """\
   - {id: asr-down, family: asr, backend: whisper, source: ./nowhere, memory_estimate_mb: 64}
   - {id: tts-down, family: tts, backend: piper, source: ./nowhere, memory_estimate_mb: 64}
 """
+BODY_TIMEOUT_S = 2.0
 NOT_BAD_INPUT = {("get", "/health/ready")}
 """Operations whose 503 is the truth about a service that is down here, whatever the input."""
 
@@ -97,7 +98,8 @@ def hostile_gateway(tiny_catalog: Path, caption_svc: procs.Proc, library: Path, 
     nowhere = f"http://127.0.0.1:{procs.free_port()}"
     p = start_jobs_gateway(catalog, {"caption": caption_svc.url, "face": nowhere, "asr": nowhere, "tts": nowhere},
                            logdir, roots=[library], data_dir=tmp_path_factory.mktemp("hostile-data"),
-                           name="gateway-hostile", ready_path="/health/live", max_image_pixels=str(50_000_000))
+                           name="gateway-hostile", ready_path="/health/live", max_image_pixels=str(50_000_000),
+                           body_read_timeout_s=str(BODY_TIMEOUT_S))
     yield p
     p.stop()
 
@@ -155,7 +157,10 @@ def sweep(client: httpx.Client) -> int:
                 url = url.replace("{" + name + "}", value or "")
             if method in ("post", "put", "patch"):
                 for what, kwargs in HOSTILE_BODIES:
-                    assert_envelope(client.request(method.upper(), url, **kwargs), f"{method} {url} {what}")
+                    r = client.request(method.upper(), url, **kwargs)
+                    assert_envelope(r, f"{method} {url} {what}")
+                    if what == "text/plain JSON" and "application/json" in op.get("requestBody", {}).get("content", {}):
+                        assert r.status_code in (415, 422), f"{method} {url}: a text/plain body parsed as JSON: {r.status_code}"
                     sent += 1
             for name in in_query:
                 for bad in HOSTILE_QUERY:
@@ -167,20 +172,47 @@ def sweep(client: httpx.Client) -> int:
     return sent
 
 
+def assert_options_allow_the_documents_methods(client: httpx.Client) -> int:
+    """OPTIONS on every path of the document: 405 in the envelope, its Allow naming every method the path has
+    (Starlette named only the first route's)."""
+    doc = client.get("/openapi.json").json()
+    for path, item in doc["paths"].items():
+        url = "/".join("x" if part.startswith("{") else part for part in path.split("/"))
+        r = client.options(url)
+        assert_envelope(r, f"OPTIONS {url}")
+        assert r.status_code == 405, f"OPTIONS {url}: {r.status_code}"
+        documented = {m.upper() for m in item if m in ("get", "post", "put", "patch", "delete")}
+        assert set(r.headers["allow"].split(", ")) == documented, f"OPTIONS {url}: {r.headers['allow']} vs {documented}"
+    return len(doc["paths"])
+
+
 def test_every_gateway_operation_answers_hostile_input_with_a_4xx_envelope(gw: httpx.Client) -> None:
     ops = {(m, p) for m, p, _ in operations(gw.get("/openapi.json").json())}
     assert {("post", "/v1/images/captions"), ("post", "/v1/faces/detect"), ("post", "/v1/audio/speech"),
             ("post", "/v1/audio/transcriptions"), ("post", "/v1/jobs"), ("get", "/v1/jobs/{job_id}/results")} <= ops
     assert sweep(gw) > 200
+    assert assert_options_allow_the_documents_methods(gw) > 10
 
 
 @pytest.mark.parametrize("service", ["caption_svc", "face_svc", "asr_svc", "tts_svc"])
 def test_every_family_service_operation_answers_hostile_input_with_a_4xx_envelope(
         service: str, request: pytest.FixtureRequest) -> None:
-    """The services answer whoever reaches them (compose's network, a port left open): the same corpus."""
+    """The same corpus, as the gateway (with the internal credential) would send it; without the credential
+    every operation but health and metrics is 401 in the envelope, before any of it is read."""
     svc: procs.Proc = request.getfixturevalue(service)
     with httpx.Client(base_url=svc.url, timeout=60, headers=procs.INTERNAL_HEADERS) as c:
         assert sweep(c) > 50
+        assert assert_options_allow_the_documents_methods(c) > 5
+        doc = c.get("/openapi.json").json()
+    with httpx.Client(base_url=svc.url, timeout=60) as anyone:
+        for method, path, _ in operations(doc):
+            url = "/".join("x" if part.startswith("{") else part for part in path.split("/"))
+            r = anyone.request(method.upper(), url, **jsonb(b'{"model": "x"}'))
+            if path in ("/health/live", "/metrics"):
+                assert r.status_code == 200, f"{method} {url}: {r.status_code}"
+                continue
+            assert_envelope(r, f"{method} {url} without the credential")
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_internal_token", f"{method} {url}"
 
 
 def multipart(fields: dict[str, str], files: dict[str, bytes]) -> dict[str, Any]:
@@ -335,3 +367,94 @@ def test_a_lone_surrogate_in_speech_input_is_spoken_through_to_the_end(tts_svc: 
             assert r.headers["x-sentences"] == "3"
             sizes.append(len(r.content))
     assert min(sizes) > 0.9 * max(sizes), sizes
+
+
+# the wire: what uvicorn parses before any route -------------------------------------------------------
+
+def raw_exchange(port: int, data: bytes, *, wait_s: float = 10) -> tuple[int, dict[str, bytes], bytes, float]:
+    """Send ``data`` on a fresh connection and read until the server closes it or ``wait_s`` pass: the status,
+    the headers (lower-case names, raw values), the body and how long the answer took."""
+    import socket
+
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while b"\r\n\r\n" not in out or len(out.split(b"\r\n\r\n", 1)[1]) < int(
+                    dict(_headers(out)).get(b"content-length", b"-1")):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+        except TimeoutError:
+            pass
+    took = time.monotonic() - t0
+    assert out, f"no answer within {wait_s} s to {data[:80]!r}"
+    head, _, body = out.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), dict(_headers(out)), body, took
+
+
+def _headers(raw: bytes) -> list[tuple[bytes, bytes]]:
+    head = raw.partition(b"\r\n\r\n")[0]
+    return [(k.strip().lower(), v.strip()) for k, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:])]
+
+
+@pytest.fixture(scope="module")
+def quick_svc(tiny_catalog: Path, logdir: Path) -> Iterator[procs.Proc]:
+    """A caption service whose body read timeout is short enough to wait for."""
+    p = procs.start_caption_svc(tiny_catalog, logdir, spare_worker="false", body_read_timeout_s=str(BODY_TIMEOUT_S))
+    yield p
+    p.stop()
+
+
+@pytest.mark.parametrize("target", ["hostile_gateway", "quick_svc"])
+def test_the_wire_answers_bad_http_a_stalled_body_and_odd_request_ids_in_the_envelope(
+        target: str, request: pytest.FixtureRequest) -> None:
+    p: procs.Proc = request.getfixturevalue(target)
+    src = "gateway" if target == "hostile_gateway" else "caption-svc"
+    auth = b"" if src == "gateway" else f"Authorization: Bearer {procs.INTERNAL_TOKEN}\r\n".encode()
+
+    def envelope_of(status: int, headers: dict[str, bytes], body: bytes, what: str) -> dict:
+        assert headers.get(b"content-type") == b"application/json", f"{what}: {headers} {body[:200]!r}"
+        doc = json.loads(body)
+        assert set(doc) == {"src", "request_id", "error"} and doc["src"] == src, f"{what}: {doc}"
+        assert headers[b"x-request-id"].decode() == doc["request_id"], what
+        return doc
+
+    # Requests HTTP cannot parse: uvicorn answers them itself (plain text before), now in the envelope.
+    for what, data in [
+        ("a header without a colon", b"GET /health/live HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"),
+        ("a broken request line", b"GARBAGE\r\n\r\n"),
+        ("a control byte in a header", b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n"),
+        ("bad chunked framing", b"POST /v1/models/x/load HTTP/1.1\r\nHost: x\r\n" + auth +
+         b"Transfer-Encoding: chunked\r\n\r\nZZ\r\nabc\r\n0\r\n\r\n"),
+    ]:
+        status, headers, body, _ = raw_exchange(p.port, data)
+        assert status == 400, f"{what}: {status} {body[:200]!r}"
+        assert envelope_of(status, headers, body, what)["error"]["code"] == "bad_http_request", what
+        assert headers.get(b"connection") == b"close", what
+
+    # A body shorter than its Content-Length: 408 once BODY_TIMEOUT_S pass without a byte, not a wait for good.
+    path, ctype, part = (b"/v1/jobs", b"application/json", b'{"a": ') if src == "gateway" else \
+        (b"/v1/captions", b"multipart/form-data; boundary=xx", b'--xx\r\nContent-Disposition: form-data; name="file"')
+    status, headers, body, took = raw_exchange(p.port, b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n" + auth +
+                                               b"Content-Type: " + ctype + b"\r\nContent-Length: 1000\r\n\r\n" + part,
+                                               wait_s=BODY_TIMEOUT_S + 20)
+    assert status == 408, f"short body: {status} {body[:200]!r}"
+    assert envelope_of(status, headers, body, "short body")["error"]["code"] == "body_timeout"
+    assert BODY_TIMEOUT_S - 0.5 <= took < BODY_TIMEOUT_S + 10, took
+
+    # Request ids: printable ASCII is echoed as sent; anything else (UTF-8 bytes, which a header carries as
+    # Latin-1 and an echo turned to mojibake) is replaced by one of ours, never echoed mangled.
+    for sent, echoed_as_sent in [("abc-123_DEF.4", True), ("café-☃", False), ("x" * 129, False), ("a\tb", False)]:
+        data = b"GET /nope HTTP/1.1\r\nHost: x\r\n" + auth + b"X-Request-ID: " + sent.encode() + b"\r\n\r\n"
+        status, headers, body, _ = raw_exchange(p.port, data)
+        assert status == 404, f"{sent!r}: {status}"
+        rid = envelope_of(status, headers, body, f"request id {sent!r}")["request_id"]
+        if echoed_as_sent:
+            assert rid == sent
+        else:
+            assert rid != sent and rid.isascii() and rid.isalnum(), rid
+    with httpx.Client(base_url=p.url, timeout=10) as c:
+        assert c.get("/health/live").status_code == 200  # and the server lives on

@@ -29,6 +29,8 @@ class GatewaySettings(BaseSettings):
         "same secret as their <PREFIX>_INTERNAL_TOKEN. Compose sets both from ROUNDHOUSE_INTERNAL_TOKEN; make dev "
         "generates one per run. None: the services are called without one (they must then be open).")
     max_upload_bytes: int = Field(25 * 1024 * 1024, gt=0, description="Largest accepted upload (413 above).")
+    body_read_timeout_s: float = Field(
+        30.0, gt=0, description="Longest wait for the next byte of a request body that is still due (fewer bytes than its Content-Length, a chunked body that does not end): past it, 408 body_timeout and the connection is closed. A bound on each wait, not on the whole upload.")
     max_image_pixels: int = Field(50_000_000, gt=0, description="Largest image in pixels (413 above: decompression bombs).")
     default_caption_model: str | None = Field(None, description="Caption model used when a request names none; default: the catalog's first.")
     tts_max_input_chars: int = Field(4096, gt=0, description="Longest text for /v1/audio/speech in characters (413 above), as OpenAI's.")

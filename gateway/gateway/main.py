@@ -9,7 +9,6 @@ import logging
 import time
 from typing import AsyncIterator
 
-import uvicorn
 from fastapi import FastAPI
 
 from modelhost.catalog import load_catalog
@@ -17,6 +16,7 @@ from modelhost.client import ModelHostClient, new_session
 from modelhost.errors import install_error_handlers
 from modelhost.logs import setup_logging
 from modelhost.meter import MemoryMeter
+from modelhost.wire import BodyTimeoutMiddleware, serve
 
 from .access import ModelAccess
 from .auth import ApiKeyMiddleware
@@ -145,6 +145,7 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
     app.include_router(events_router.router)
     ui_router.install(app)  # /ui: the web console; / redirects there
     # Outermost last: ObserveMiddleware sees every answer, the 401s included.
+    app.add_middleware(BodyTimeoutMiddleware, idle_s=settings.body_read_timeout_s, src="gateway")
     app.add_middleware(ApiKeyMiddleware, keys=[k.get_secret_value() for k in settings.api_keys])
     app.add_middleware(ObserveMiddleware, metrics=metrics)
     return app
@@ -164,8 +165,7 @@ def main() -> None:
     # collection scans only what requests made (it took 70-140 ms under load, the event loop stopped).
     gc.collect()
     gc.freeze()
-    uvicorn.run(app, host=settings.host, port=settings.port,
-                log_level=settings.log_level.lower(), access_log=False)
+    serve(app, src="gateway", host=settings.host, port=settings.port, log_level=settings.log_level)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from modelhost.errors import REQUEST_ID_HEADER, new_request_id
+from modelhost.errors import REQUEST_ID_HEADER, clean_request_id, new_request_id
 
 from .metrics import GatewayMetrics
 
@@ -23,7 +23,7 @@ class ObserveMiddleware:
         rid = None
         for name, value in scope["headers"]:
             if name == _RID:
-                rid = value.decode("latin-1")[:128]
+                rid = clean_request_id(value.decode("latin-1"))  # not echoable as sent (non-ASCII...): ours
                 break
         rid = rid or new_request_id()
         scope.setdefault("state", {})["request_id"] = rid

@@ -39,6 +39,8 @@ from .pulls import Pulls
 from .runtime import ModelRuntime
 from .settings import HostSettings
 from .states import ModelState, ModelUnavailable
+from .wire import BodyTimeoutMiddleware
+from .wire import serve as serve_wire
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +139,7 @@ def create_host_app(
     app = FastAPI(title=family.service, version=family.version, lifespan=lifespan)
     install_error_handlers(app, family.service)
     app.add_middleware(_RequestIdMiddleware)
+    app.add_middleware(BodyTimeoutMiddleware, idle_s=settings.body_read_timeout_s, src=family.service)
     token = settings.internal_token.get_secret_value() if settings.internal_token else None
     app.add_middleware(InternalTokenMiddleware, token=token, src=family.service)  # outermost: before any work
 
@@ -218,10 +221,8 @@ class _RequestIdMiddleware(BaseHTTPMiddleware):
 
 def serve(family: Family, settings: HostSettings, app: FastAPI) -> None:
     """A family service's process entry point: logging, one line saying where, then uvicorn."""
-    import uvicorn
-
     from .logs import setup_logging
 
     setup_logging(settings.log_level)
     log.info("%s on %s:%d, catalog %s", family.service, settings.host, settings.port, settings.catalog)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), access_log=False)
+    serve_wire(app, src=family.service, host=settings.host, port=settings.port, log_level=settings.log_level)

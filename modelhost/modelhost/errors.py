@@ -226,10 +226,19 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+def clean_request_id(value: str | None) -> str | None:
+    """A caller's request id if it can be echoed as sent: 1 to 128 printable ASCII characters. Anything else
+    (bytes past ASCII, which a header carries as Latin-1 and a UTF-8 echo would turn to mojibake; controls;
+    a novel's worth) is None, and the request gets an id of ours."""
+    if value and len(value) <= 128 and value.isascii() and value.isprintable() and not value.isspace():
+        return value.strip()
+    return None
+
+
 def request_id_of(request: Request) -> str:
     rid = getattr(request.state, "request_id", None)
     if rid is None:
-        rid = request.headers.get(REQUEST_ID_HEADER) or new_request_id()
+        rid = clean_request_id(request.headers.get(REQUEST_ID_HEADER)) or new_request_id()
         request.state.request_id = rid
     return rid
 

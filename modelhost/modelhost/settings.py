@@ -19,6 +19,8 @@ class HostSettings(BaseSettings):
     gpu_index: int | None = Field(
         None, description="GPU the worker measures with NVML; None = detect from the catalog's devices (cuda:N).")
     max_upload_bytes: int = Field(25 * 1024 * 1024, gt=0, description="Largest accepted upload.")
+    body_read_timeout_s: float = Field(
+        30.0, gt=0, description="Longest wait for the next byte of a request body that is still due (fewer bytes than its Content-Length, a chunked body that does not end): past it, 408 body_timeout and the connection is closed. A bound on each wait, not on the whole upload.")
     max_queue: int = Field(256, ge=1, description="Items that may wait for one model before 429.")
     worker_start_timeout_s: float = Field(60.0, gt=0, description="Longest wait for the worker process to start.")
     load_timeout_s: float = Field(1800.0, gt=0, description="Longest load (includes a first download).")
