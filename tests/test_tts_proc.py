@@ -197,7 +197,7 @@ def test_openai_client_raises_its_own_error_classes(client: openai.OpenAI) -> No
         client.audio.speech.create(model="flite", voice="slt", input="")
     assert e.value.status_code == 400
     with pytest.raises(openai.NotFoundError):
-        client.audio.speech.create(model="flite", voice="alloy", input="Hello.")
+        client.audio.speech.create(model="flite", voice="nobody", input="Hello.")
     with pytest.raises(openai.NotFoundError):
         client.audio.speech.create(model="tts-1", voice="slt", input="Hello.")
     with pytest.raises(openai.BadRequestError):
