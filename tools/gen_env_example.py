@@ -43,6 +43,7 @@ COMPOSE_VARS = """\
 # GRAFANA_PUBLISH=127.0.0.1:3000           # host address:port of Grafana
 # GRAFANA_ADMIN_PASSWORD=roundhouse
 # PROMETHEUS_RETENTION=15d
+# ROUNDHOUSE_INTERNAL_TOKEN=               # required: the services answer only callers with it (make up writes one)
 """
 
 
