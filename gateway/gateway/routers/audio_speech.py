@@ -8,7 +8,10 @@ with the client's ``extra_body``).
 Every input is checked before any audio is made, by the tts family's contract (``modelhost.families.tts``):
 the body (415 unless application/json), ``input`` (400 empty, 413 over ``GATEWAY_TTS_MAX_INPUT_CHARS``),
 ``response_format`` (400), ``speed`` (400 outside 0.25 to 4.0), then the model (404) and the voice (404; the
-voices come from the service, which reads them without loading the model).
+voices come from the service, which reads them without loading the model). OpenAI's voice names (``alloy``,
+``ash``, ...) are aliases the service lists with the voices (``tts.voice_aliases``), resolved here by the same
+``ModelVoices.voice()``; a model that lists no voices because something it needs is missing (flite's binary)
+is 503 ``model_unavailable`` with the reason, and one on a GPU this machine lacks too (the coordinator's).
 
 Streaming: the service synthesises sentence by sentence and streams each sentence's audio as it is made;
 this route relays the bytes as they arrive. The model is held for the whole stream, not only until the
