@@ -20,12 +20,12 @@ from tests import procs
 pytestmark = pytest.mark.proc
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ("caption_svc", "face_svc", "tts_svc", "asr_svc", "gateway")
+MODULES = ("caption_svc", "face_svc", "tts_svc", "asr_svc", "embed_svc", "gateway")
 STUB = """#!/usr/bin/env bash
 # The stand-in of a component's python: dev.sh runs "<python> -m <module>"; this serves the module's port.
 case $2 in
   caption_svc) port=$CAPTION_SVC_PORT ;; face_svc) port=$FACE_SVC_PORT ;; tts_svc) port=$TTS_SVC_PORT ;;
-  asr_svc) port=$ASR_SVC_PORT ;; gateway) port=$GATEWAY_PORT ;;
+  asr_svc) port=$ASR_SVC_PORT ;; embed_svc) port=$EMBED_SVC_PORT ;; gateway) port=$GATEWAY_PORT ;;
 esac
 echo $$ > "$STUB_DIR/$2.pid"
 exec "$REAL_PY" -u "$STUB_DIR/server.py" "$2" "$port"
@@ -54,10 +54,10 @@ class Dev:
         self.out = tmp / "dev.out"
         env = {**os.environ, "STUB_DIR": str(tmp), "REAL_PY": sys.executable, "CATALOG": str(tmp / "catalog.yaml"),
                "DEV_SAMPLES": "0", "DEV_READY_FILE": str(tmp / "ready"), "DEV_LOG_DIR": str(tmp / "logs"),
-               "DEV_RESTARTS": "2", **{k: str(stub) for k in ("GW_PY", "CAP_PY", "FACE_PY", "TTS_PY", "ASR_PY")},
+               "DEV_RESTARTS": "2", **{k: str(stub) for k in ("GW_PY", "CAP_PY", "FACE_PY", "TTS_PY", "ASR_PY", "EMBED_PY")},
                "GATEWAY_PORT": str(self.ports["gateway"]), "CAPTION_PORT": str(self.ports["caption_svc"]),
                "FACE_PORT": str(self.ports["face_svc"]), "TTS_PORT": str(self.ports["tts_svc"]),
-               "ASR_PORT": str(self.ports["asr_svc"])}
+               "ASR_PORT": str(self.ports["asr_svc"]), "EMBED_PORT": str(self.ports["embed_svc"])}
         self.proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "dev.sh")], env=env, cwd=ROOT,
                                      stdout=open(self.out, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
 
