@@ -105,6 +105,7 @@ def test_pull_streams_progress_until_done_and_the_weights_caption(world: dict[st
     assert end["cached"] is True and end["size_on_disk_bytes"] == total
     during = [s for k, s in events if k == "progress" and s["state"] == "pulling"]
     assert len(during) >= 2, f"{len(during)} progress event(s) in {elapsed:.1f} s"
+    print(f"\npull of {total} bytes at {RATE} B/s a file: {elapsed:.2f} s, {len(during)} progress events")
     done = [s["bytes_done"] for s in during]
     assert done == sorted(done) and 0 < max(done) <= total
     assert any(s["rate_bytes_per_s"] for s in during) and any(s["eta_s"] is not None for s in during)
@@ -199,3 +200,4 @@ def test_an_unreachable_hub_fails_within_seconds_and_a_load_says_why(world: dict
     assert r.status_code == 502 and r.json()["error"]["code"] == "pull_failed", r.text
     assert "refused the connection" in r.json()["error"]["message"]
     assert elapsed < 10, f"took {elapsed:.1f} s"
+    print(f"\nunreachable hub: the request failed in {elapsed:.2f} s")
