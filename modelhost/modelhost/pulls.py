@@ -9,8 +9,8 @@ Where a model's weights come from is its catalog ``source``, read per backend (`
 
 * a path that exists: ``local``. A pull verifies the files in place (each one opened) and reports their size;
   nothing is copied, and the cache route never deletes a user's files.
-* a Hugging Face repo of a backend that loads through the hub (caption's blip, blip2 and qwen_vl with
-  ``from_pretrained(cache_dir=...)``; asr's faster_whisper with ``download_root``, its short names being
+* a Hugging Face repo of a backend that loads through the hub (caption's blip, blip2 and qwen_vl, and embed's
+  clip and siglip, with ``from_pretrained(cache_dir=...)``; asr's faster_whisper with ``download_root``, its short names being
   Systran's repos): ``hub``, fetched with ``huggingface_hub.snapshot_download`` into the service's
   ``cache_dir``, the directory the backends hand the hub, so the load finds what the pull fetched.
 * weights that ship in a package or with the system (pocketsphinx, dlib, flite, espeak): ``bundled``.
@@ -46,7 +46,7 @@ from .errors import Conflict, ModelNotFound
 
 log = logging.getLogger(__name__)
 
-HUB_BACKENDS = {"blip", "blip2", "qwen_vl", "faster_whisper"}
+HUB_BACKENDS = {"blip", "blip2", "qwen_vl", "faster_whisper", "clip", "siglip"}
 BUNDLED_BACKENDS = {"pocketsphinx", "dlib", "flite", "espeak"}
 # faster_whisper fetches these files of its repo, and names some repos by a short name (faster_whisper.utils).
 FASTER_WHISPER_FILES = ["config.json", "preprocessor_config.json", "model.bin", "tokenizer.json", "vocabulary.*"]
