@@ -73,6 +73,7 @@ class Budget:
         self.timeout_s = timeout_s
         self.until = time.monotonic() + timeout_s
         self.tick = tick
+        self.links_skipped: set[str] = set()  # symlinked folders a walk or a ** passed over (the job's answer says so)
 
     def spend(self) -> None:
         self.left -= 1
@@ -135,6 +136,8 @@ def walk(folder: str, budget: Budget) -> list[str]:
                 stack.append(entry.path)
             elif not _is_dir(entry):
                 out.append(entry.path)
+            else:
+                budget.links_skipped.add(entry.path)
     return sorted(out)
 
 
@@ -172,7 +175,13 @@ def glob(pattern: str, budget: Budget) -> list[str]:
                 found.update(walk(folder, budget))
                 continue
             stack.append((folder, i + 1))  # ** as no folder at all
-            stack += [(e.path, i) for e in _entries(folder, budget) if not _hidden(e.name) and _is_real_dir(e)]
+            for e in _entries(folder, budget):
+                if _hidden(e.name):
+                    continue
+                if _is_real_dir(e):
+                    stack.append((e.path, i))
+                elif _is_dir(e):
+                    budget.links_skipped.add(e.path)
         elif not any(c in part for c in GLOB_CHARS):
             path = os.path.join(folder, part)
             if last and os.path.lexists(path) and not os.path.isdir(path):

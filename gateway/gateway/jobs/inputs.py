@@ -53,13 +53,14 @@ class Library:
         return real
 
     def expand(self, specs: list[str], kinds: frozenset[str], *, max_items: int,
-               tick: Callable[[], None] = lambda: None) -> list[tuple[str, str, str]]:
+               tick: Callable[[], None] = lambda: None, links_skipped: set[str] | None = None) -> list[tuple[str, str, str]]:
         """(source, real path, kind) for every file the paths, folders and globs name, in a stable order.
         A relative path is taken inside the first root. Blocking, bounded (``files.Budget``: 413
         ``too_many_entries``, 400 ``listing_timeout``); run it on a ``files.Lane`` (``tick`` is its watch).
         Files named one by one are taken whatever their kind (the job records an error for a kind its task
         cannot read); folders and globs contribute only files of ``kinds``. A FIFO, socket or device is
-        taken like a file: reading it fails that item alone (``not_a_regular_file``)."""
+        taken like a file: reading it fails that item alone (``not_a_regular_file``). The symlinked folders that
+        folders and ``**`` passed over, not entered, are added to ``links_skipped``."""
         if not self.roots:
             raise Forbidden("this gateway has no library roots (GATEWAY_LIBRARY_ROOTS); upload the files instead",
                             param="paths", code="no_library_roots")
@@ -97,6 +98,8 @@ class Library:
                 add(path, real)
             else:
                 raise BadRequest(f"{spec} does not exist", param="paths", code="path_not_found")
+        if links_skipped is not None:
+            links_skipped.update(budget.links_skipped)
         return out
 
     def open_checked(self, path: str) -> BinaryIO:

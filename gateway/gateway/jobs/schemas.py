@@ -224,6 +224,10 @@ class Job(BaseModel):
     yielding: bool | None = Field(None, description="Stepping aside for interactive requests on its device.")
     error: ErrorInfo | None = Field(None, description="Why the job failed.")
     summary: dict[str, Any] | None = Field(None, description="What the task adds at the end (a faces job's people).")
+    links_skipped: int | None = Field(
+        None, description="In the answer to the request that listed the paths, when some were: how many symlinked "
+        "folders its folders and ** globs passed over instead of entering (a link can lead anywhere, or in a loop). "
+        "To take a linked folder's files, name it, or a glob through it, in paths.")
 
 
 class JobList(BaseModel):

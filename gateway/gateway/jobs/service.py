@@ -95,12 +95,13 @@ class Jobs:
         self.access.client(spec)  # 503 when its service is not configured
         return cls, model, cls.parse_params(options, spec)
 
-    async def resolve_paths(self, cls: type[Task], paths: list[str], already: int = 0) -> list[NewItem]:
+    async def resolve_paths(self, cls: type[Task], paths: list[str], already: int = 0,
+                            links_skipped: set[str] | None = None) -> list[NewItem]:
         """The items ``paths`` name, listed off the event loop; 4xx when the listing is too big, too slow or
         stuck (a hung mount: 400 ``listing_timeout``; 429 while every listing thread is stuck on one)."""
         try:
             found = await self.listing.run(self.library.expand, paths, cls.kinds,
-                                           max_items=self.settings.jobs_max_items - already)
+                                           max_items=self.settings.jobs_max_items - already, links_skipped=links_skipped)
         except LaneFull as e:
             raise Overloaded(f"the library is not answering: {e}", param="paths", code="library_busy",
                              retry_after_s=LISTING_STALL_S) from None
@@ -129,8 +130,9 @@ class Jobs:
         """A new job from a validated request: its status (the job is stored before this returns)."""
         cls, model, params = self.prepare(req.task, req.model, req.options.given() if req.options else {})
         paths = req.path_list()
-        items = await self.resolve_paths(cls, paths) if paths else []
-        return await self.create(cls, model, params, items, uploads, open_=req.open)
+        skipped: set[str] = set()
+        items = await self.resolve_paths(cls, paths, links_skipped=skipped) if paths else []
+        return _noting(await self.create(cls, model, params, items, uploads, open_=req.open), skipped)
 
     async def create(self, cls: type[Task], model: str, params: dict[str, Any], paths: list[NewItem],
                      uploads: list[Upload], *, open_: bool) -> dict[str, Any]:
@@ -153,7 +155,8 @@ class Jobs:
                            code="job_closed")
         cls = self.task_class(job["task"])
         paths = req.path_list()
-        items = await self.resolve_paths(cls, paths, job["n_total"]) if paths else []
+        skipped: set[str] = set()
+        items = await self.resolve_paths(cls, paths, job["n_total"], links_skipped=skipped) if paths else []
         if job["n_total"] + len(items) + len(uploads) > self.settings.jobs_max_items:
             raise PayloadTooLarge(f"a job holds at most {self.settings.jobs_max_items} items", code="too_many_items")
         with self.runner.receiving_uploads():
@@ -163,7 +166,7 @@ class Jobs:
                 raise Conflict(f"job {job_id} takes no more inputs", code="job_closed")
         self.runner.wake(job_id)
         self.runner.kick()
-        return await self.status(job_id)
+        return _noting(await self.status(job_id), skipped)
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel an active job: its status, cancelled, with its results so far. Cancelling a cancelled job
@@ -266,3 +269,8 @@ class Jobs:
     def change_event(self, job_id: str) -> asyncio.Event:
         """Set at the job's next change: take it before reading the job, then wait on it."""
         return self.runner.events.change_event(job_id)
+
+
+def _noting(status: dict[str, Any], links_skipped: set[str]) -> dict[str, Any]:
+    """The answer to the request that listed ``paths``, saying how many symlinked folders it passed over."""
+    return {**status, "links_skipped": len(links_skipped)} if links_skipped else status
