@@ -10,9 +10,9 @@ Where a model's weights come from is its catalog ``source``, read per backend (`
 * a path that exists: ``local``. A pull verifies the files in place (each one opened) and reports their size;
   nothing is copied, and the cache route never deletes a user's files.
 * a Hugging Face repo of a backend that loads through the hub (caption's blip, blip2 and qwen_vl, and embed's
-  clip and siglip, with ``from_pretrained(cache_dir=...)``; asr's faster_whisper with ``download_root``, its short names being
-  Systran's repos): ``hub``, fetched with ``huggingface_hub.snapshot_download`` into the service's
-  ``cache_dir``, the directory the backends hand the hub, so the load finds what the pull fetched.
+  clip and siglip, with ``from_pretrained(cache_dir=...)``; asr's faster_whisper with ``download_root``, its
+  short names being Systran's repos): ``hub``, fetched with ``huggingface_hub.snapshot_download`` into the
+  service's ``cache_dir``, the directory the backends hand the hub, so the load finds what the pull fetched.
 * weights that ship in a package or with the system (pocketsphinx, dlib, flite, espeak): ``bundled``.
 * anything else fetches its own weights on its first load (insightface packs, openai-whisper names, Piper
   voices, Coqui models): ``on_load``; a pull of one is 409 ``pull_unsupported``.
