@@ -6,7 +6,8 @@ dimensions (CLIP ViT-B/32's size), k = 20, against the target: at most 50 ms at 
 
 The vectors go through float16, as the index stores them, and are ranked as float32, as the index holds
 them in memory. Also measured, at 100,000: the same product over the float16 matrix itself (why memory
-holds float32), the search restricted to half the jobs (a mask), and loading the vectors from the SQLite
+holds float32), the product on all of BLAS's threads (why search takes one), the search restricted to half
+the jobs (a mask), and loading the vectors from the SQLite
 index. Prints a line per size (p50, p95, memory), then where an ANN index should take over: the size at
 which p50 would pass the target, scaled linearly from the largest size measured within it.
 
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
 
@@ -51,12 +53,12 @@ def vectors(n: int, seed: int = 0, chunk: int = 65536) -> np.ndarray:
     return out
 
 
-def matrix(m: np.ndarray) -> ModelMatrix:
+def matrix(m: np.ndarray, blas: ThreadpoolController | None = None) -> ModelMatrix:
     n = len(m)
     job = (np.arange(n) * JOBS // n).astype(np.int32)
     rows = ModelVectors([f"job_{j}" for j in range(JOBS)], job, np.arange(n), np.full(n, -1, np.int32),
                         np.full(n, np.nan), [""] * n, ["image"] * n, [None] * n, m)
-    return ModelMatrix(rows)
+    return ModelMatrix(rows, blas=blas)
 
 
 def timed(fn, repeat: int) -> list[float]:
@@ -101,7 +103,8 @@ def main() -> int:
 def measure(n: int, queries: np.ndarray, repeat: int) -> float:
     """Rank ``repeat`` queries over ``n`` vectors; print the figures; the p50 in ms."""
     t0 = time.perf_counter()
-    mx = matrix(vectors(n))
+    blas = ThreadpoolController()
+    mx = matrix(vectors(n), blas)
     built_s = time.perf_counter() - t0
     every = {f"job_{j}" for j in range(JOBS)}
     count = iter(range(10**9))
@@ -112,6 +115,10 @@ def measure(n: int, queries: np.ndarray, repeat: int) -> float:
     if n == TARGET_AT:
         half = {f"job_{j}" for j in range(JOBS // 2)}
         masked = timed(lambda: mx.rank(queries[0], K, jobs=half), 5)
+        many = matrix(mx.matrix)  # BLAS's own threads, as numpy leaves them
+        threads = timed(lambda: many.rank(queries[1], K, jobs=every), repeat)
+        print(f"    on BLAS's {blas.info()[0]['num_threads'] if blas.info() else '?'} threads instead of one: "
+              f"p50 {statistics.median(threads):.1f} (why search takes one)")
         print(f"    half the jobs (a mask): p50 {statistics.median(masked):.1f}")
         as_f16, q16 = mx.matrix.astype(F16), queries[0].astype(F16)
         f16 = timed(lambda: as_f16 @ q16, 3)

@@ -6,6 +6,12 @@ on this machine against 20 ms for one float32 matrix-vector product (measured wh
 bench prints the figures again). So the conversion is paid once, when a model's vectors are loaded (off
 the event loop), at twice the memory: 200 MB per 100,000 vectors of 512 dimensions.
 
+The product runs on one BLAS thread (``blas``: threadpoolctl's limit, 10 µs to take): it reads the whole
+matrix once, so it is bound by memory bandwidth, which one core nearly fills, and OpenBLAS's threads
+waiting on each other on a busy machine made it 2-3x slower (46 ms against 120 ms at 100,000 with the load
+average at 8 on 2 cores; bench/search.py measures both). The gateway's event loop and the family services
+share those cores.
+
 Every vector is L2-normalised at the source, and the query too (``rank`` normalises it again), so the
 inner product is the cosine similarity. Top k by ``argpartition`` then a sort of those k: O(n + k log k).
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from .store import ModelVectors
 
@@ -28,8 +35,10 @@ class Hit:
 class ModelMatrix:
     """One model's vectors, ranked by cosine similarity to a query (pure: no I/O, no locks)."""
 
-    def __init__(self, rows: ModelVectors) -> None:
+    def __init__(self, rows: ModelVectors, *, blas: ThreadpoolController | None = None) -> None:
+        """``blas``: take the product on one BLAS thread through this controller (None: as many as BLAS uses)."""
         self.rows = rows
+        self.blas = blas
         self.matrix = np.ascontiguousarray(rows.vectors, dtype=np.float32)
         rows.vectors = rows.vectors[:0]  # the float16 copy is not needed any more
         self.job_ids = {job: i for i, job in enumerate(rows.jobs)}
@@ -52,7 +61,7 @@ class ModelMatrix:
         norm = float(np.linalg.norm(q))
         if norm > 0:
             q = q / norm
-        scores = self.matrix @ q
+        scores = self._product(q)
         candidates: np.ndarray | None = None
         if jobs is not None:
             wanted = [self.job_ids[j] for j in jobs if j in self.job_ids]
@@ -64,6 +73,12 @@ class ModelMatrix:
         if candidates is None:
             return _top(scores, np.arange(len(scores)), k)
         return _top(scores[candidates], candidates, k)
+
+    def _product(self, q: np.ndarray) -> np.ndarray:
+        if self.blas is None:
+            return self.matrix @ q
+        with self.blas.limit(limits=1, user_api="blas"):
+            return self.matrix @ q
 
 
 def _top(scores: np.ndarray, rows: np.ndarray, k: int) -> list[Hit]:

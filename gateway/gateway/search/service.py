@@ -31,6 +31,7 @@ from modelhost.catalog import Catalog
 from modelhost.errors import BadRequest, Conflict, NotFound
 from modelhost.families import default_model, embed
 from prometheus_client import CollectorRegistry, Histogram
+from threadpoolctl import ThreadpoolController
 
 from ..access import ModelAccess
 from ..bodies import decode_base64_field
@@ -66,6 +67,7 @@ class Search:
         self._lock = asyncio.Lock()
         self._indexed: dict[str, str] = {}  # job id -> model, as the index holds them
         self._matrices: dict[str, ModelMatrix] = {}
+        self._blas = ThreadpoolController()  # the ranking's one BLAS thread (matrix.py says why)
         self.seconds = Histogram(
             "roundhouse_gateway_search_seconds", "POST /v1/search: embedding the query, and ranking the vectors.",
             ["phase"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
@@ -126,7 +128,7 @@ class Search:
         async with self._lock:
             m = self._matrices.get(model)
             if m is None:
-                m = self._matrices[model] = await self._in_index(lambda: ModelMatrix(self.vectors.load_model(model)))
+                m = self._matrices[model] = await self._in_index(lambda: ModelMatrix(self.vectors.load_model(model), blas=self._blas))
             return m
 
     # searching -----------------------------------------------------------------------------------
