@@ -90,6 +90,16 @@ async def test_bad_input_is_the_services_4xx_envelope_and_it_stays_up(client: Mo
     assert len((await embed.embed_texts(client, "tiny-clip", ["still here"], timeout_s=30)).embeddings) == 1
 
 
+def test_every_operation_answers_hostile_input_with_a_4xx_envelope(embed_svc: procs.Proc) -> None:  # noqa: F811
+    """The corpus tests/test_hostile_inputs_proc.py sends every family service, sent to embed-svc."""
+    from tests.test_hostile_inputs_proc import assert_options_allow_the_documents_methods, sweep
+
+    with httpx.Client(base_url=embed_svc.url, timeout=60, headers=procs.INTERNAL_HEADERS) as c:
+        assert sweep(c) > 50
+        assert assert_options_allow_the_documents_methods(c) > 5
+    assert embed_svc.proc.poll() is None
+
+
 def test_the_service_needs_the_internal_credential(embed_svc: procs.Proc) -> None:  # noqa: F811
     r = httpx.post(embed_svc.url + embed.TEXT_PATH, json={"model": "tiny-clip", "texts": ["a"]}, timeout=30)
     assert r.status_code == 401 and r.json()["src"] == "embed-svc"
