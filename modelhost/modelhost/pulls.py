@@ -270,6 +270,9 @@ class Pulls:
     async def _run_hub(self, w: Weights, p: _Pull) -> None:
         assert w.path is not None
         s = p.status
+        if self.offline and (await asyncio.to_thread(on_disk, w))[0]:
+            s.bytes_done = s.bytes_total = 0  # offline, and nothing to fetch: what is cached is what loads
+            return
         before = await asyncio.to_thread(_blob_bytes, w.path)
 
         def on_total(total: int) -> None:  # from the download thread: a plain assignment

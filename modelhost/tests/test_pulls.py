@@ -86,6 +86,17 @@ async def _pause() -> None:
     await asyncio.sleep(0.02)
 
 
+def complete_download(folder: Path) -> Path:
+    """A complete download of 5000 bytes in the hub's layout, as a pull or a first load leaves it."""
+    (folder / "blobs").mkdir(parents=True)
+    (folder / "blobs" / "abc").write_bytes(b"w" * 5000)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("c0ffee")
+    (folder / "snapshots" / "c0ffee").mkdir(parents=True)
+    (folder / "snapshots" / "c0ffee" / "model.bin").symlink_to(folder / "blobs" / "abc")
+    return folder
+
+
 def rows(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {m["id"]: m for m in body["data"]}
 
@@ -125,6 +136,13 @@ async def test_offline_hub_pull_fails_at_once(tmp_path: Path, weights: Path, mon
             assert time.monotonic() - t0 < 2.0
     assert s["state"] == "failed" and "HF_HUB_OFFLINE" in s["error"]
 
+    # Offline with the weights cached: nothing to fetch, the pull is done.
+    complete_download(tmp_path / "cache" / "models--org--tiny-model")
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://x", timeout=5) as c:
+            s = await pulled(c, "hubby")
+    assert s["state"] == "done" and s["cached"] is True and s["bytes_total"] == 0
+
 
 async def test_models_list_cached_and_size_on_disk(client: httpx.AsyncClient) -> None:
     r = await client.get("/v1/models")
@@ -145,14 +163,7 @@ async def test_pull_of_a_self_fetching_backend_is_409(client: httpx.AsyncClient)
 
 async def test_delete_cache_removes_the_repo_folder_and_refuses_while_loaded(client: httpx.AsyncClient, app: FastAPI,
                                                                             tmp_path: Path) -> None:
-    # A complete download in the hub's layout, as a pull or a first load leaves it.
-    folder = tmp_path / "cache" / "models--org--tiny-model"
-    (folder / "blobs").mkdir(parents=True)
-    (folder / "blobs" / "abc").write_bytes(b"w" * 5000)
-    (folder / "refs").mkdir()
-    (folder / "refs" / "main").write_text("c0ffee")
-    (folder / "snapshots" / "c0ffee").mkdir(parents=True)
-    (folder / "snapshots" / "c0ffee" / "model.bin").symlink_to(folder / "blobs" / "abc")
+    folder = complete_download(tmp_path / "cache" / "models--org--tiny-model")
     m = rows((await client.get("/v1/models")).json())
     assert m["hubby"]["cached"] is True and m["hubby"]["size_on_disk_bytes"] == 5000
 
