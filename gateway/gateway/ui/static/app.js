@@ -20,14 +20,15 @@ async function refreshAll() {
     renderJobs().catch(report("jobs"))]);
 }
 
-/** Models and devices read again soon after a burst of events (one read per burst). */
-function refreshSoon() {
+/** Models and devices read again soon after a burst of events (one read per burst; a job's progress,
+ * which moves the in-flight and queue columns, at most every 2 s). */
+function refreshSoon(delayMs = 300) {
   if (pending) return;
   pending = setTimeout(() => {
     pending = null;
     renderModels().catch(report("models"));
     renderDevices().catch(report("devices"));
-  }, 300);
+  }, delayMs);
 }
 
 function onEvent(type, data) {
@@ -39,6 +40,7 @@ function onEvent(type, data) {
     refreshSoon();
   } else if (type === "job") {
     jobEvent(data);
+    refreshSoon(2000);
   }
 }
 

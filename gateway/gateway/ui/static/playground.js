@@ -30,10 +30,10 @@ function droppable(input) {
   });
 }
 
-async function post(path, body, out) {
+async function post(path, body, out, headers = {}) {
   out.textContent = "working…";
   out.classList.remove("error");
-  const res = await api(path, { method: "POST", body });
+  const res = await api(path, { method: "POST", body, headers });
   if (!res.ok) {
     out.textContent = await errorText(res);
     out.classList.add("error");
@@ -155,7 +155,7 @@ function speak() {
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const body = JSON.stringify({ model: form.elements.model.value, input: form.elements.input.value, response_format: "wav" });
-    const res = await post("/v1/audio/speech", body, out);
+    const res = await post("/v1/audio/speech", body, out, { "Content-Type": "application/json" });
     if (!res) return;
     const blob = await res.blob();
     audio.src = URL.createObjectURL(blob);
