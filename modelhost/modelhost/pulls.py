@@ -154,7 +154,7 @@ def probe(endpoint: str) -> str | None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
-        return f"cannot resolve {host} ({e.strerror}): this machine looks offline"
+        return f"cannot resolve {host} ({e.strerror}): this machine is offline, or the name is wrong"
     try:
         with socket.create_connection(infos[0][4][:2], timeout=PROBE_TIMEOUT_S):
             return None

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from modelhost.app import Family, create_host_app
 from modelhost.catalog import Catalog, ModelSpec
 from modelhost.meter import HostMeter
-from modelhost.pulls import weights_of
+from modelhost.pulls import probe, weights_of
 from modelhost.settings import HostSettings
 
 pytestmark = pytest.mark.app
@@ -204,3 +204,11 @@ def test_faster_whisper_short_names_are_systran_repos(tmp_path: Path) -> None:
     w = weights_of(spec, tmp_path)
     assert w.kind == "hub" and w.repo_id == "Systran/faster-whisper-small" and "model.bin" in w.allow_patterns
     assert w.path == tmp_path / "models--Systran--faster-whisper-small"
+
+
+def test_probe_names_why_an_endpoint_cannot_be_reached() -> None:
+    t0 = time.monotonic()
+    assert "cannot resolve roundhouse-no-such-host.invalid" in probe("http://roundhouse-no-such-host.invalid")
+    port = closed_port()
+    assert probe(f"http://127.0.0.1:{port}") == f"127.0.0.1:{port} refused the connection"
+    assert time.monotonic() - t0 < 10.0
