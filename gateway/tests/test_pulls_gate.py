@@ -169,3 +169,19 @@ async def test_a_request_that_outlasts_the_download_is_503_with_its_progress(wor
     assert e.value.retry_after_s == 30.0 and effects.loads == []
     svc.finished.set()  # the pull went on without the request; the next one loads
     assert await use(access, "cap-a") == "cap-a"
+
+
+async def test_a_tenant_model_is_not_pulled_here_and_an_unknown_one_is_404(world) -> None:  # noqa: ANN001
+    from modelhost.errors import ModelNotFound
+
+    from gateway.pulls import PullUnsupported
+
+    catalog = Catalog(models=[ModelSpec(id="llama", family="llm", backend="ollama", source="llama3.1:8b",
+                                        options={"url": "http://127.0.0.1:11434"})])
+    pulls = Pulls(catalog, {}, world[1])
+    with pytest.raises(PullUnsupported) as e:
+        await pulls.start("llama")
+    assert e.value.status == 409 and "ollama pull llama3.1:8b" in e.value.message
+    with pytest.raises(ModelNotFound):
+        await pulls.status("nope")
+    await pulls.ensure_cached(catalog.models[0], 1.0)  # the gate lets a tenant's model through at once
