@@ -160,22 +160,17 @@ class VectorStore:
     def load_model(self, model: str) -> ModelVectors:
         """Every vector of ``model`` (rows of another dimension than the first are skipped: a catalog id
         reused for a model of another size; its jobs should be embedded again)."""
-        jobs: dict[str, int] = {}
-        job, seq, frame, t_s, source, kind, sha, blobs = [], [], [], [], [], [], [], []
-        dim = None
-        for r in self.db.execute("SELECT job_id, item_seq, frame, source, kind, sha256, t_s, dim, vector FROM vectors "
-                                 "WHERE model = ? ORDER BY job_id, item_seq, frame", (model,)):
-            dim = r[7] if dim is None else dim
-            if r[7] != dim:
-                continue
-            job.append(jobs.setdefault(r[0], len(jobs)))
-            seq.append(r[1])
-            frame.append(r[2])
-            source.append(r[3])
-            kind.append(r[4])
-            sha.append(r[5])
-            t_s.append(np.nan if r[6] is None else r[6])
-            blobs.append(r[8])
-        vectors = np.frombuffer(b"".join(blobs), dtype=F16).reshape(len(blobs), dim or 0)
-        return ModelVectors(list(jobs), np.asarray(job, np.int32), np.asarray(seq, np.int64), np.asarray(frame, np.int32),
-                            np.asarray(t_s, np.float64), source, kind, sha, vectors)
+        rows = self.db.execute("SELECT job_id, item_seq, frame, source, kind, sha256, t_s, dim, vector FROM vectors "
+                               "WHERE model = ? ORDER BY job_id, item_seq, frame", (model,)).fetchall()
+        if not rows:
+            return ModelVectors([], *(np.zeros(0, t) for t in (np.int32, np.int64, np.int32, np.float64)), [], [], [],
+                                np.zeros((0, 0), F16))
+        dim = rows[0][7]
+        if any(r[7] != dim for r in rows):
+            rows = [r for r in rows if r[7] == dim]
+        job_id, seq, frame, source, kind, sha, t_s, _, blobs = zip(*rows)  # columns, transposed in C
+        jobs, job = np.unique(np.asarray(job_id), return_inverse=True)
+        vectors = np.frombuffer(b"".join(blobs), dtype=F16).reshape(len(blobs), dim)
+        return ModelVectors([str(j) for j in jobs], job.astype(np.int32), np.asarray(seq, np.int64),
+                            np.asarray(frame, np.int32), np.asarray([np.nan if t is None else t for t in t_s], np.float64),
+                            list(source), list(kind), list(sha), vectors)
