@@ -92,6 +92,8 @@ async def pull(client: Client, model: str, bar: PullBar) -> dict[str, Any]:
     while status is None or status.get("state") not in ("done", "failed"):  # the stream dropped: poll
         await asyncio.sleep(1.0)
         status = await client.call("GET", f"/admin/models/{model}/pull")
+        if status.get("state") == "idle":
+            raise ApiError(f"the service no longer knows the pull of {model} (did it restart?); pull again")
         bar.show(status)
     bar.show(status, force=True)
     bar.done()

@@ -124,11 +124,16 @@ class Pulls:
         if first.finished:
             yield _event("end", first)
             return
+        last = first
         try:
             async for s in self.follow(model_id):
+                last = s
                 yield _event("end" if s.finished else "progress", s)
         except RoundhouseError as e:  # the service went away mid-pull: say so in the stream, then close it
-            yield f"event: error\ndata: {json.dumps({'code': e.code, 'message': e.message})}\n\n".encode()
+            yield _error(e.code, e.message)
+            return
+        if not last.finished:  # the service no longer knows the pull (it restarted)
+            yield _error("pull_lost", f"the service no longer knows the pull of {model_id} (did it restart?); pull again")
 
     async def delete(self, model_id: str, request_id: str | None = None) -> CacheDeleted:
         """The model's downloaded weights removed; 409 ``model_loaded`` while the coordinator holds it."""
@@ -195,3 +200,7 @@ class Pulls:
 
 def _event(kind: str, s: PullStatus) -> bytes:
     return f"event: {kind}\ndata: {s.model_dump_json()}\n\n".encode()
+
+
+def _error(code: str, message: str) -> bytes:
+    return f"event: error\ndata: {json.dumps({'code': code, 'message': message})}\n\n".encode()

@@ -185,3 +185,18 @@ async def test_a_tenant_model_is_not_pulled_here_and_an_unknown_one_is_404(world
     with pytest.raises(ModelNotFound):
         await pulls.status("nope")
     await pulls.ensure_cached(catalog.models[0], 1.0)  # the gate lets a tenant's model through at once
+
+
+async def test_the_event_stream_ends_with_end_or_says_the_pull_was_lost(world) -> None:  # noqa: ANN001
+    access, _, _, svc = world
+    first = await access.pulls.start("cap-a")
+    assert first.state == "pulling"
+    svc.finished.set()
+    events = [chunk.decode() async for chunk in access.pulls.events("cap-a", first)]
+    assert events[0].startswith("event: progress\n") and events[-1].startswith("event: end\n")
+    assert '"state":"done"' in events[-1]
+
+    svc.finished.clear()
+    svc.pulls_started = 0  # the service restarted: it answers idle for a pull it no longer knows
+    events = [chunk.decode() async for chunk in access.pulls.events("cap-a", first)]
+    assert events[-1].startswith("event: error\n") and "pull_lost" in events[-1]
