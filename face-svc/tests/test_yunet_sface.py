@@ -93,6 +93,15 @@ def test_one_recognition_pass_embeds_every_face_of_the_batch(yunet, astronaut, g
     assert len(batched[2]["embeddings"]) == 2
 
 
+def test_images_a_few_pixels_across_have_no_face(yunet) -> None:
+    # Unpadded, YuNet answered black or grey inputs 32 px or less on a side with a face (x -2e12, score 1.0)
+    # in about one call in five for some sizes.
+    sizes = [(1, 1), (1, 500), (1, 3000), (2, 1024), (3, 7), (16, 700), (20, 700), (500, 1), (31, 31), (32, 32)]
+    for _ in range(5):
+        results = yunet.infer([DetectItem(image=np.zeros((h, w, 3), np.uint8), max_faces=5, embed=True) for h, w in sizes])
+        assert [r["found"] for r in results] == [0] * len(sizes)
+
+
 def test_max_faces_keeps_the_largest_and_counts_them_all(yunet, group_photo) -> None:
     [result] = yunet.infer([DetectItem(image=group_photo, max_faces=2)])
     assert result["found"] == 6 and len(result["faces"]) == 2

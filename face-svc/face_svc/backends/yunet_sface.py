@@ -61,6 +61,7 @@ PINNED = {
 CROP_SIZE = 112
 BOX_MARGIN = 0.5
 TOP_K = 5000
+MIN_SIDE = 64
 
 
 def models_dir(source: str) -> Path:
@@ -216,11 +217,21 @@ class YuNetSFaceAnalyzer(Backend):
         scale = min(1.0, self.det_max_side / max(h, w))
         small = cv2.resize(bgr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) \
             if scale < 1.0 else bgr
+        sh, sw = small.shape[:2]
+        if sh < MIN_SIDE or sw < MIN_SIDE:
+            # YuNet (OpenCV 4.14) now and then answers garbage (a box at x -2e12, score 1.0) for an input 32 px
+            # or less on a side: such an input is padded, black, to 64.
+            small = cv2.copyMakeBorder(small, 0, max(0, MIN_SIDE - sh), 0, max(0, MIN_SIDE - sw), cv2.BORDER_CONSTANT)
         self.detector.setInputSize((small.shape[1], small.shape[0]))
         _, rows = self.detector.detect(small)
         if rows is None:
             return []
         rows = rows.astype(np.float32)
+        # And a guard against any other garbage: a face has finite numbers, a size, and its centre in the
+        # (unpadded) image.
+        rows = rows[np.isfinite(rows).all(axis=1)]
+        cx, cy = rows[:, 0] + rows[:, 2] / 2, rows[:, 1] + rows[:, 3] / 2
+        rows = rows[(rows[:, 2] > 0) & (rows[:, 3] > 0) & (cx >= 0) & (cx <= sw) & (cy >= 0) & (cy <= sh)]
         rows[:, :14] /= scale
         return list(rows)
 
