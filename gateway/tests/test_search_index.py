@@ -99,6 +99,20 @@ def test_ranking_keeps_to_the_named_jobs_and_the_minimum_score(tmp_path: Path) -
         m.rank(np.ones(DIM + 1), 5)
 
 
+def test_the_same_file_in_two_jobs_is_one_result(tmp_path: Path) -> None:
+    store = VectorStore(tmp_path / "v.sqlite3")
+    vectors = unit_vectors(30)
+    store.add_job("job_a", "clip", "completed", rows(vectors), dim=DIM)
+    store.add_job("job_b", "clip", "completed", rows(vectors[:20]), dim=DIM)  # the same files (same sha256) again
+    m = ModelMatrix(store.load_model("clip"))
+    hits = m.rank(vectors[3], 25)
+    assert len(hits) == 25 and len({m.rows.sha256[h.row] for h in hits}) == 25
+    assert all(m.rows.job[h.row] == 0 for h in hits)  # the first job's rows
+    assert [h.row for h in hits] == [i for i, _ in brute_force(vectors, vectors[3], 25)]
+    assert len(m.rank(vectors[3], 1000)) == 30
+    assert [h.row for h in m.rank(vectors[3], 5, jobs={"job_b"})] == [30 + i for i, _ in brute_force(vectors[:20], vectors[3], 5)]
+
+
 # the index beside a real jobs database ----------------------------------------------------------
 
 CATALOG = Catalog(models=[ModelSpec(id="clip", family="embed", backend="clip", source="x"),

@@ -42,6 +42,9 @@ class ModelMatrix:
         self.matrix = np.ascontiguousarray(rows.vectors, dtype=np.float32)
         rows.vectors = rows.vectors[:0]  # the float16 copy is not needed any more
         self.job_ids = {job: i for i, job in enumerate(rows.jobs)}
+        # One number per content: a file's image, or one of its keyframes (a file without a hash is its own).
+        keys = [f"{sha}:{frame}" if sha else f"row:{i}" for i, (sha, frame) in enumerate(zip(rows.sha256, rows.frame.tolist()))]
+        self.content = np.unique(np.asarray(keys), return_inverse=True)[1] if keys else np.zeros(0, np.int64)
 
     def __len__(self) -> int:
         return len(self.matrix)
@@ -52,7 +55,8 @@ class ModelMatrix:
 
     def rank(self, query: np.ndarray, k: int, *, jobs: set[str] | None = None, min_score: float | None = None) -> list[Hit]:
         """The ``k`` rows most similar to ``query``, best first; only rows of ``jobs`` when given, only scores
-        of at least ``min_score`` when given. Ties are broken by row order (stable)."""
+        of at least ``min_score`` when given. One row per content: the same file in several jobs (the same
+        vector) is one result, its first job's. Ties are broken by row order (stable)."""
         if not len(self.matrix):
             return []
         q = np.asarray(query, dtype=np.float32).reshape(-1)
@@ -71,8 +75,8 @@ class ModelMatrix:
             above = np.flatnonzero(scores >= min_score)
             candidates = above if candidates is None else np.intersect1d(candidates, above, assume_unique=True)
         if candidates is None:
-            return _top(scores, np.arange(len(scores)), k)
-        return _top(scores[candidates], candidates, k)
+            return _top(scores, np.arange(len(scores)), k, self.content)
+        return _top(scores[candidates], candidates, k, self.content)
 
     def _product(self, q: np.ndarray) -> np.ndarray:
         if self.blas is None:
@@ -81,12 +85,25 @@ class ModelMatrix:
             return self.matrix @ q
 
 
-def _top(scores: np.ndarray, rows: np.ndarray, k: int) -> list[Hit]:
-    if not len(scores):
-        return []
-    if k < len(scores):
-        part = np.argpartition(-scores, k - 1)[:k]
-    else:
-        part = np.arange(len(scores))
-    order = part[np.lexsort((rows[part], -scores[part]))]
-    return [Hit(int(rows[i]), float(scores[i])) for i in order]
+def _top(scores: np.ndarray, rows: np.ndarray, k: int, content: np.ndarray) -> list[Hit]:
+    """The best ``k`` of distinct content: a partial sort of the best ``want`` rows, ``want`` grown (x4) only
+    while duplicates leave fewer than ``k``."""
+    want = k
+    while True:
+        m = min(want, len(scores))
+        if m == 0:
+            return []
+        part = np.argpartition(-scores, m - 1)[:m] if m < len(scores) else np.arange(len(scores))
+        order = part[np.lexsort((rows[part], -scores[part]))]
+        hits: list[Hit] = []
+        seen: set[int] = set()
+        for i in order:
+            c = int(content[rows[i]])
+            if c not in seen:
+                seen.add(c)
+                hits.append(Hit(int(rows[i]), float(scores[i])))
+                if len(hits) == k:
+                    return hits
+        if m == len(scores):
+            return hits
+        want *= 4
