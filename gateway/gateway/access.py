@@ -145,8 +145,9 @@ class ModelAccess:
         t0 = time.perf_counter()
         outcome = "error"
         try:
-            if self.pulls is not None:
+            if self.pulls is not None:  # a download, if any, comes out of the request's time
                 await self.pulls.ensure_cached(spec, upstream.timeout_s)
+                upstream.timeout_s = max(1.0, upstream.timeout_s - (time.perf_counter() - t0))
             await upstream.acquire()
             yield upstream
             outcome = "ok"
