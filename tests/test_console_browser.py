@@ -23,6 +23,7 @@ from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests import procs
+from tests.face_fixtures import face_photos  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.proc
 
@@ -33,13 +34,40 @@ KEY = "console-test-key"
 ROOT_ARGS = ["--no-sandbox"] if os.geteuid() == 0 else []
 
 
+# Beside the tiny caption models: a real face model and a real voice that ship in their environments' packages.
+EXTRA_MODELS = [
+    {"id": "dlib-resnet", "family": "face", "backend": "dlib", "source": "face_recognition_models", "device": "cpu",
+     "memory_estimate_mb": 400, "max_batch": 8, "max_wait_ms": 5,
+     "options": {"detector": "hog", "upsample": 1, "det_thresh": 0.3, "verify_threshold": 0.92}},
+    {"id": "flite", "family": "tts", "backend": "flite", "source": "flite", "device": "cpu", "memory_estimate_mb": 16,
+     "max_batch": 1, "max_wait_ms": 0},
+]
+
+
 @pytest.fixture(scope="module")
-def stack(tiny_catalog: Path, logdir: Path) -> Iterator[tuple[procs.Proc, procs.Proc]]:
-    cap = procs.start_caption_svc(tiny_catalog, logdir)
-    gw = procs.start_gateway(tiny_catalog, {"caption": cap.url}, logdir, name="console-gateway")
-    yield gw, cap
-    gw.stop()
-    cap.stop()
+def console_catalog(tiny_catalog: Path) -> Path:
+    doc = yaml.safe_load(tiny_catalog.read_text())
+    doc["models"] += EXTRA_MODELS
+    path = tiny_catalog.parent / "console-catalog.yaml"  # beside the tiny models: their sources are relative
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def stack(console_catalog: Path, logdir: Path) -> Iterator[tuple[procs.Proc, procs.Proc]]:
+    started: list[procs.Proc] = []
+    try:
+        cap = procs.start_caption_svc(console_catalog, logdir)
+        started.append(cap)
+        started.append(procs.start_face_svc(console_catalog, logdir))
+        started.append(procs.start_tts_svc(console_catalog, logdir, spare_worker="false"))
+        services = {"caption": cap.url, "face": started[1].url, "tts": started[2].url}
+        gw = procs.start_gateway(console_catalog, services, logdir, name="console-gateway")
+        started.append(gw)
+        yield gw, cap
+    finally:
+        for p in reversed(started):
+            p.stop()
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +76,8 @@ def gateway(stack: tuple[procs.Proc, procs.Proc]) -> procs.Proc:
 
 
 @pytest.fixture(scope="module")
-def catalog_ids(tiny_catalog: Path) -> list[str]:
-    return [m["id"] for m in yaml.safe_load(tiny_catalog.read_text())["models"]]
+def catalog_ids(console_catalog: Path) -> list[str]:
+    return [m["id"] for m in yaml.safe_load(console_catalog.read_text())["models"]]
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +165,41 @@ def test_a_caption_from_the_playground_appears(console: Console, tmp_path: Path)
     assert console.errors == []
 
 
+def test_faces_are_boxed_on_the_photo(console: Console, face_photos: Path) -> None:  # noqa: F811 - the fixture
+    page = console.page
+    page.select_option("#faces-model", "dlib-resnet")
+    page.set_input_files("#faces-file", str(face_photos / "astronaut.jpg"))
+    with page.expect_response("**/v1/faces/detect", timeout=120_000) as answer:
+        page.get_by_role("button", name="Detect", exact=True).click()
+    body = answer.value.json()
+    assert len(body["faces"]) == 1, body
+    expect(page.locator("#faces-out")).to_have_text("1 face(s)")
+    # The box is drawn where the API put it: the middle of its left edge is the stroke's colour.
+    x1, y1, x2, y2 = body["faces"][0]["box"]
+    pixel = page.evaluate("""([bx, by, w, h]) => {
+        const c = document.getElementById('faces-canvas');
+        const x = Math.round(bx * c.width / w), y = Math.round(by * c.height / h);
+        return Array.from(c.getContext('2d').getImageData(x, y, 1, 1).data);
+    }""", [x1, (y1 + y2) / 2, body["width"], body["height"]])
+    assert pixel[:3] == [255, 191, 71], pixel
+    console.shot("console-faces")
+    assert console.errors == []
+
+
+def test_typed_text_comes_back_as_speech_to_play(console: Console) -> None:
+    page = console.page
+    page.select_option("#tts-model", "flite")
+    page.get_by_role("textbox", name="Text").fill("The roundhouse turns.")
+    page.get_by_role("button", name="Speak", exact=True).click()
+    expect(page.locator("#tts-out")).to_contain_text("KiB of audio", timeout=120_000)
+    duration = page.evaluate("""() => new Promise((ok) => {
+        const a = document.getElementById('tts-audio');
+        if (a.readyState >= 1) ok(a.duration); else a.addEventListener('loadedmetadata', () => ok(a.duration));
+    })""")
+    assert 0.5 < duration < 10, duration
+    assert console.errors == []
+
+
 def test_a_jobs_progress_moves_live(console: Console, tmp_path: Path) -> None:
     page = console.page
     files = []
@@ -219,9 +282,9 @@ def test_dump_dom_prints_the_model_ids_and_states(gateway: procs.Proc, catalog_i
 
 
 def test_with_api_keys_the_page_asks_for_one_and_then_shows_the_models(
-        browser: Browser, stack: tuple[procs.Proc, procs.Proc], tiny_catalog: Path, logdir: Path,
+        browser: Browser, stack: tuple[procs.Proc, procs.Proc], console_catalog: Path, logdir: Path,
         catalog_ids: list[str]) -> None:
-    gw = procs.start_gateway(tiny_catalog, {"caption": stack[1].url}, logdir, name="console-gateway-keys",
+    gw = procs.start_gateway(console_catalog, {"caption": stack[1].url}, logdir, name="console-gateway-keys",
                              api_keys=json.dumps([KEY]))
     try:
         assert httpx.get(gw.url + "/admin/models", timeout=30).status_code == 401
