@@ -191,6 +191,33 @@ async def test_a_hit_carries_the_caption_and_people_other_jobs_found_in_the_same
     assert image.rank == 1 and abs(image.score - 1) < 1e-3
 
 
+async def test_jobs_indexed_or_removed_after_the_load_change_the_matrix_as_a_reload_would(search: Search) -> None:
+    store = search.jobs_store
+    v = unit_vectors(9)
+    video = {"keyframes": [{"t_s": 0.0, **image_result(v[3])}, {"t_s": 2.0, **image_result(v[4])}]}
+    assert len(await search.matrix("clip")) == 0  # loaded empty: the first job is spliced into nothing
+    await ended_job(store, "job_b", "embed", "clip", [image_result(v[0]), image_result(v[1])], shas=["A", "B"])
+    await search.sync()
+    first = await search.matrix("clip")
+    await ended_job(store, "job_a", "embed", "clip", [image_result(v[2]), video], shas=["C", "V"])  # before job_b
+    await ended_job(store, "job_c", "embed", "clip", [image_result(v[0]), image_result(v[5])], shas=["A", "D"])
+    await search.sync()
+    grown = await search.matrix("clip")
+    fresh = ModelMatrix(search.vectors.load_model("clip"))
+    for m in (grown, fresh):
+        assert m.rows.jobs == ["job_a", "job_b", "job_c"] and len(m) == 7
+    assert grown is not first and np.array_equal(grown.matrix, fresh.matrix)
+    for field in ("job", "seq", "frame", "source", "kind", "sha256"):
+        assert list(getattr(grown.rows, field)) == list(getattr(fresh.rows, field)), field
+    assert np.array_equal(grown.rows.t_s, fresh.rows.t_s, equal_nan=True) and np.array_equal(grown.content, fresh.content)
+    assert [(h.row, h.score) for h in grown.rank(v[0], 7)] == [(h.row, h.score) for h in fresh.rank(v[0], 7)]
+    await search.forget("job_b")
+    cut = await search.matrix("clip")
+    fresh = ModelMatrix(search.vectors.load_model("clip"))
+    assert cut.rows.jobs == fresh.rows.jobs == ["job_a", "job_c"] and np.array_equal(cut.matrix, fresh.matrix)
+    assert list(cut.rows.job) == list(fresh.rows.job) and cut.rows.sha256 == fresh.rows.sha256
+
+
 async def test_forget_drops_a_job_at_once(search: Search) -> None:
     await ended_job(search.jobs_store, "job_e", "embed", "clip", [image_result(unit_vectors(1)[0])])
     await search.sync()

@@ -78,6 +78,42 @@ class ModelMatrix:
             return _top(scores, np.arange(len(scores)), k, self.content)
         return _top(scores[candidates], candidates, k, self.content)
 
+    def with_job(self, new: ModelVectors) -> "ModelMatrix":
+        """A new matrix: these rows and one more job's (``new``), placed in job order as a reload would place
+        them (which job's row stands for a file held twice does not depend on how the matrix was built)."""
+        if not len(new.vectors):
+            return self
+        if not len(self.matrix):
+            return ModelMatrix(new, blas=self.blas)
+        if new.dim != self.dim:
+            raise ValueError(f"job {new.jobs[0]} has {new.dim} dimensions; the index has {self.dim}")
+        r, (job_id,) = self.rows, new.jobs
+        at = sum(j < job_id for j in r.jobs)  # the new job's index; rows are in job order
+        cut = int(np.searchsorted(r.job, at))
+        job = np.concatenate([r.job[:cut], np.full(len(new.job), at, np.int32), r.job[cut:] + 1])
+
+        def spliced(a, b):  # noqa: ANN001, ANN202 - arrays or lists alike
+            return np.concatenate([a[:cut], b, a[cut:]]) if isinstance(a, np.ndarray) else a[:cut] + b + a[cut:]
+
+        vectors = np.concatenate([self.matrix[:cut], np.asarray(new.vectors, np.float32), self.matrix[cut:]])
+        rows = ModelVectors(r.jobs[:at] + [job_id] + r.jobs[at:], job, spliced(r.seq, new.seq), spliced(r.frame, new.frame),
+                            spliced(r.t_s, new.t_s), spliced(r.source, new.source), spliced(r.kind, new.kind),
+                            spliced(r.sha256, new.sha256), vectors)
+        return ModelMatrix(rows, blas=self.blas)
+
+    def without_job(self, job_id: str) -> "ModelMatrix":
+        """A new matrix without the rows of ``job_id`` (this one when it has none)."""
+        at = self.job_ids.get(job_id)
+        if at is None:
+            return self
+        r = self.rows
+        keep = r.job != at
+        kept = np.flatnonzero(keep).tolist()
+        rows = ModelVectors(r.jobs[:at] + r.jobs[at + 1:], (r.job[keep] - (r.job[keep] > at)).astype(np.int32),
+                            r.seq[keep], r.frame[keep], r.t_s[keep], [r.source[i] for i in kept],
+                            [r.kind[i] for i in kept], [r.sha256[i] for i in kept], self.matrix[keep])
+        return ModelMatrix(rows, blas=self.blas)
+
     def _product(self, q: np.ndarray) -> np.ndarray:
         if self.blas is None:
             return self.matrix @ q

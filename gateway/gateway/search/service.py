@@ -8,8 +8,9 @@ Keeping the index in step with the jobs (``sync``, at start and before each sear
   results never change) is indexed once, from its stored results; a job the jobs database no longer has
   (deleted, even while this gateway was down) is dropped. A deletion also calls ``forget`` at once
   (``Jobs.on_deleted``), so its items leave search before ``DELETE /v1/jobs/{id}`` answers.
-- each model's vectors are loaded into memory (``ModelMatrix``) on first use, on the index's thread, and
-  dropped whenever one of its jobs is indexed or removed, to be loaded again at the next search.
+- each model's vectors are loaded into memory (``ModelMatrix``) on first use, on the index's thread; a job
+  indexed or removed afterwards is spliced in or cut out of it (a new matrix, in a thread: a copy of the
+  float32 rows, not a reload from SQLite with its float16 conversion, 4.5 s per 100,000 vectors here).
 
 What it costs per search when nothing changed: one small query on the jobs table, no lock held while
 the query is embedded or the vectors ranked (a ranking holds its ``ModelMatrix``, which never changes).
@@ -18,6 +19,7 @@ the query is embedded or the vectors ranked (a ranking holds its ``ModelMatrix``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -49,7 +51,7 @@ from .schemas import (
     SearchResponse,
     SearchTimings,
 )
-from .store import VectorStore
+from .store import ModelVectors, VectorStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -107,7 +109,14 @@ class Search:
                 n = await self._in_index(functools.partial(self.vectors.add_job, job_id, model, ended[job_id]["state"],
                                                            rows, dim=dim))
                 self._indexed[job_id] = model
-                self._matrices.pop(model, None)
+                loaded = self._matrices.pop(model, None)
+                if loaded is not None and rows:  # add the job's rows to the matrix in memory (no reload)
+                    new = ModelVectors.of([(job_id, r.item_seq, r.frame, r.source, r.kind, r.sha256, r.t_s, dim, r.vector)
+                                           for r in rows])
+                    with contextlib.suppress(ValueError):  # another dimension: the next search reloads
+                        self._matrices[model] = await asyncio.to_thread(loaded.with_job, new)
+                elif loaded is not None:
+                    self._matrices[model] = loaded
                 log.info("search: job %s indexed (%d vectors of %s)", job_id, n, model)
         return ended
 
@@ -120,7 +129,9 @@ class Search:
         model = await self._in_index(self.vectors.remove_job, job_id)
         self._indexed.pop(job_id, None)
         if model is not None:
-            self._matrices.pop(model, None)
+            loaded = self._matrices.pop(model, None)
+            if loaded is not None:
+                self._matrices[model] = await asyncio.to_thread(loaded.without_job, job_id)
             log.info("search: job %s removed from the index", job_id)
 
     async def matrix(self, model: str) -> ModelMatrix:

@@ -86,7 +86,7 @@ class VectorRow:
 class ModelVectors:
     """Every indexed vector of one model, as ``matrix`` ranks them (row i of each array is one vector)."""
 
-    jobs: list[str]          # the job ids; ``job`` holds indexes into this list
+    jobs: list[str]          # the job ids, sorted; ``job`` holds indexes into this list (rows are in job order)
     job: np.ndarray          # int32
     seq: np.ndarray          # int64
     frame: np.ndarray        # int32
@@ -99,6 +99,23 @@ class ModelVectors:
     @property
     def dim(self) -> int | None:
         return int(self.vectors.shape[1]) if len(self.vectors) else None
+
+    @classmethod
+    def of(cls, rows: list[tuple]) -> "ModelVectors":
+        """From rows (job_id, item_seq, frame, source, kind, sha256, t_s, dim, vector) sorted by job, item and
+        frame; rows of another dimension than the first are left out."""
+        if not rows:
+            return cls([], *(np.zeros(0, t) for t in (np.int32, np.int64, np.int32, np.float64)), [], [], [],
+                       np.zeros((0, 0), F16))
+        dim = rows[0][7]
+        if any(r[7] != dim for r in rows):
+            rows = [r for r in rows if r[7] == dim]
+        job_id, seq, frame, source, kind, sha, t_s, _, blobs = zip(*rows)  # columns, transposed in C
+        jobs, job = np.unique(np.asarray(job_id), return_inverse=True)
+        vectors = np.frombuffer(b"".join(blobs), dtype=F16).reshape(len(blobs), dim)
+        return cls([str(j) for j in jobs], job.astype(np.int32), np.asarray(seq, np.int64), np.asarray(frame, np.int32),
+                   np.asarray([np.nan if t is None else t for t in t_s], np.float64), list(source), list(kind), list(sha),
+                   vectors)
 
 
 class VectorStore:
@@ -162,15 +179,4 @@ class VectorStore:
         reused for a model of another size; its jobs should be embedded again)."""
         rows = self.db.execute("SELECT job_id, item_seq, frame, source, kind, sha256, t_s, dim, vector FROM vectors "
                                "WHERE model = ? ORDER BY job_id, item_seq, frame", (model,)).fetchall()
-        if not rows:
-            return ModelVectors([], *(np.zeros(0, t) for t in (np.int32, np.int64, np.int32, np.float64)), [], [], [],
-                                np.zeros((0, 0), F16))
-        dim = rows[0][7]
-        if any(r[7] != dim for r in rows):
-            rows = [r for r in rows if r[7] == dim]
-        job_id, seq, frame, source, kind, sha, t_s, _, blobs = zip(*rows)  # columns, transposed in C
-        jobs, job = np.unique(np.asarray(job_id), return_inverse=True)
-        vectors = np.frombuffer(b"".join(blobs), dtype=F16).reshape(len(blobs), dim)
-        return ModelVectors([str(j) for j in jobs], job.astype(np.int32), np.asarray(seq, np.int64),
-                            np.asarray(frame, np.int32), np.asarray([np.nan if t is None else t for t in t_s], np.float64),
-                            list(source), list(kind), list(sha), vectors)
+        return ModelVectors.of(rows)
