@@ -19,7 +19,7 @@ from tests.embed_fixtures import embed_catalog, embed_svc, photo  # noqa: F401 -
 
 pytestmark = pytest.mark.proc
 
-MODELS = ["tiny-clip", "tiny-siglip", "tiny-clip-multilingual"]
+MODELS = ["tiny-clip", "tiny-siglip", "tiny-siglip2", "tiny-clip-multilingual"]
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def unit(v: list[float]) -> bool:
 
 
 async def test_texts_and_images_come_back_as_unit_vectors_of_one_space(client: ModelHostClient) -> None:
-    for model in ("tiny-clip", "tiny-siglip"):
+    for model in ("tiny-clip", "tiny-siglip", "tiny-siglip2"):
         t = await embed.embed_texts(client, model, ["a photo of a cat", "ein Hund am Strand"], timeout_s=60,
                                     request_id="embed-proc-1")
         i = await embed.embed_images(client, model, [photo(1), photo(2, "JPEG"), photo(3, "WEBP")], timeout_s=60)

@@ -8,6 +8,8 @@ Writes into OUT_DIR/embed/:
   space) with a ``CLIPProcessor``: a byte-level BPE ``CLIPTokenizer`` built in code from a few words;
 - ``tiny-siglip/``: a ``SiglipModel`` with a ``SiglipProcessor`` whose tokenizer is a ``GemmaTokenizer`` built in
   code, the way the fixed-resolution SigLIP 2 checkpoints (google/siglip2-base-patch16-224) are laid out;
+- ``tiny-siglip2/``: a ``Siglip2Model`` (NaFlex: each image cut into at most 16 patches of 8 pixels at its own
+  aspect ratio) with a ``Siglip2Processor``, the layout of google/siglip2-base-patch16-naflex;
 - ``tiny-clip-multilingual/``: a sentence-transformers text tower (``modules.json``: a DistilBERT, mean pooling,
   a 32 → 16 dense layer without bias), the layout of sentence-transformers/clip-ViT-B-32-multilingual-v1, into
   tiny-clip's 16 dimensions (its ``space``);
@@ -49,6 +51,8 @@ ENTRIES: list[dict[str, Any]] = [
     {"id": "tiny-clip", "family": FAMILY, "backend": "clip", "source": "./embed/tiny-clip", "device": "cpu",
      "dtype": "float32", "memory_estimate_mb": 64, "max_batch": 8, "max_wait_ms": 2},
     {"id": "tiny-siglip", "family": FAMILY, "backend": "siglip", "source": "./embed/tiny-siglip", "device": "cpu",
+     "dtype": "float32", "memory_estimate_mb": 64, "max_batch": 8, "max_wait_ms": 2, "options": {"lowercase": True}},
+    {"id": "tiny-siglip2", "family": FAMILY, "backend": "siglip", "source": "./embed/tiny-siglip2", "device": "cpu",
      "dtype": "float32", "memory_estimate_mb": 64, "max_batch": 8, "max_wait_ms": 2, "options": {"lowercase": True}},
     {"id": "tiny-clip-multilingual", "family": FAMILY, "backend": "sentence_transformer",
      "source": "./embed/tiny-clip-multilingual", "device": "cpu", "dtype": "float32", "memory_estimate_mb": 64,
@@ -111,9 +115,23 @@ def build_clip(out: Path) -> None:
 
 def build_siglip(out: Path) -> None:
     import torch
-    from transformers import GemmaTokenizer, SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
 
     torch.manual_seed(1)
+    tokenizer = _gemma_tokenizer()
+    config = SiglipConfig(
+        text_config=_siglip_text_config(tokenizer),
+        vision_config=dict(hidden_size=DIM, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8))
+    SiglipModel(config).eval().save_pretrained(out)
+    image_processor = SiglipImageProcessor(size={"height": 32, "width": 32})
+    SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+
+
+def _gemma_tokenizer() -> Any:
+    """A Gemma tokenizer (SigLIP 2's) of the byte symbols and a few words, built in code."""
+    from transformers import GemmaTokenizer
+
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
     alphabet = list(_bytes_to_unicode().values())
     vocab = {t: i for i, t in enumerate(dict.fromkeys([*specials, "▁", *alphabet, *("▁" + w for w in WORDS)]))}
@@ -122,16 +140,29 @@ def build_siglip(out: Path) -> None:
         for i in range(2, len(word) + 1):
             vocab.setdefault(word[:i], len(vocab))
             merges.append((word[: i - 1], word[i - 1]))
-    tokenizer = GemmaTokenizer(vocab=vocab, merges=list(dict.fromkeys(merges)), model_max_length=16)
-    image_processor = SiglipImageProcessor(size={"height": 32, "width": 32})
-    config = SiglipConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=DIM, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=16, pad_token_id=vocab["<pad>"],
-                         eos_token_id=vocab["<eos>"], bos_token_id=vocab["<bos>"], projection_size=DIM),
+    return GemmaTokenizer(vocab=vocab, merges=list(dict.fromkeys(merges)), model_max_length=16)
+
+
+def _siglip_text_config(tokenizer: Any) -> dict[str, Any]:
+    return dict(vocab_size=len(tokenizer), hidden_size=DIM, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=16, pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, projection_size=DIM)
+
+
+def build_siglip2(out: Path) -> None:
+    import torch
+    from transformers import Siglip2Config, Siglip2Model, Siglip2Processor
+    from transformers.models.siglip2 import Siglip2ImageProcessorPil
+
+    torch.manual_seed(3)
+    tokenizer = _gemma_tokenizer()
+    config = Siglip2Config(
+        text_config=_siglip_text_config(tokenizer),
         vision_config=dict(hidden_size=DIM, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8))
-    SiglipModel(config).eval().save_pretrained(out)
-    SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+                           patch_size=8, num_patches=16))
+    Siglip2Model(config).eval().save_pretrained(out)
+    image_processor = Siglip2ImageProcessorPil(patch_size=8, max_num_patches=16)
+    Siglip2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
 
 
 def build_multilingual(out: Path) -> None:
@@ -166,7 +197,8 @@ def build_multilingual(out: Path) -> None:
         {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]))
 
 
-MODELS = {"tiny-clip": build_clip, "tiny-siglip": build_siglip, "tiny-clip-multilingual": build_multilingual}
+MODELS = {"tiny-clip": build_clip, "tiny-siglip": build_siglip, "tiny-siglip2": build_siglip2,
+          "tiny-clip-multilingual": build_multilingual}
 
 
 def merge_catalog(catalog: Path, entries: list[dict[str, Any]]) -> bool:

@@ -23,7 +23,7 @@ from modelhost.families.embed import IMAGE_PATH, MAX_ITEMS, MAX_TEXT_CHARS, TEXT
 
 pytestmark = pytest.mark.app
 
-MODELS = ["tiny-clip", "tiny-siglip", "tiny-clip-multilingual"]
+MODELS = ["tiny-clip", "tiny-siglip", "tiny-siglip2", "tiny-clip-multilingual"]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_texts_answer_unit_vectors_in_input_order(client: TestClient, model: str
     assert body.tokens > 0 and body.timings.decode_ms == 0 and body.timings.inference_ms > 0
 
 
-@pytest.mark.parametrize("model", ["tiny-clip", "tiny-siglip"])
+@pytest.mark.parametrize("model", ["tiny-clip", "tiny-siglip", "tiny-siglip2"])
 def test_images_answer_unit_vectors_in_the_texts_space(client: TestClient, model: str) -> None:
     r = images(client, model, [png(1), png(2)])
     assert r.status_code == 200, r.text

@@ -21,7 +21,7 @@ from modelhost.catalog import load_catalog
 
 pytestmark = pytest.mark.model
 
-TWO_TOWERS = ["tiny-clip", "tiny-siglip"]
+TWO_TOWERS = ["tiny-clip", "tiny-siglip", "tiny-siglip2"]
 DIM = 16  # the tiny models' space (tools/make_tiny_embed_models.py)
 
 
@@ -97,12 +97,29 @@ def test_a_long_text_is_cut_to_the_models_context(loaded) -> None:
     assert 0 < short.tokens < context and long_.tokens == context
 
 
-def test_siglip_lowercases_texts_when_the_catalog_says_so(tiny_models: Path) -> None:
-    backend = _backend(tiny_models, "tiny-siglip")
+@pytest.mark.parametrize("model", ["tiny-siglip", "tiny-siglip2"])
+def test_siglip_lowercases_texts_when_the_catalog_says_so(tiny_models: Path, model: str) -> None:
+    backend = _backend(tiny_models, model)
     backend.load()
     try:
         lower, upper = backend.infer([TextItem(text="a photo of a cat"), TextItem(text="A PHOTO OF A CAT")])
         np.testing.assert_allclose(lower.vector, upper.vector, atol=1e-6)
+    finally:
+        backend.close()
+
+
+def test_siglip2_naflex_embeds_each_image_at_its_own_aspect_ratio(tiny_models: Path) -> None:
+    """NaFlex patches an image at its own shape (up to 16 patches here), so a wide and a tall picture of one
+    gradient are different inputs, and each gets the vector it gets alone."""
+    backend = _backend(tiny_models, "tiny-siglip2")
+    backend.load()
+    try:
+        assert type(backend.model).__name__ == "Siglip2Model"
+        gradient = Image.linear_gradient("L").convert("RGB")
+        wide, tall = backend.infer([ImageItem(image=gradient.resize((96, 24))), ImageItem(image=gradient.resize((24, 96)))])
+        assert float(wide.vector @ tall.vector) < 0.9999
+        [alone] = backend.infer([ImageItem(image=gradient.resize((24, 96)))])
+        np.testing.assert_allclose(alone.vector, tall.vector, atol=1e-5)
     finally:
         backend.close()
 

@@ -25,6 +25,7 @@ from modelhost.catalog import ModelSpec
 from ._tower import TRANSFORMERS_PRELOAD, TowerEmbedder, normalised, torch_dtype
 
 ST = "sentence_transformers.models."
+IGNORED = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "tf_model*", "flax_model*", "*.msgpack", "rust_model*", "*.ot"]
 ACTIVATIONS = ("torch.nn.modules.linear.Identity", "torch.nn.modules.activation.Tanh")
 
 
@@ -79,7 +80,8 @@ class SentenceTextEmbedder(TowerEmbedder):
             return Path(self.spec.source)
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(self.spec.source, cache_dir=self.cache_dir))
+        # The repository's other exports (ONNX, OpenVINO, TensorFlow, Flax: several times the weights) stay behind.
+        return Path(snapshot_download(self.spec.source, cache_dir=self.cache_dir, ignore_patterns=IGNORED))
 
     def embed_texts(self, texts: list[str]) -> tuple[list[np.ndarray], list[int]]:
         import torch
