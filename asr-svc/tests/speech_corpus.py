@@ -46,7 +46,7 @@ def _references(path: Path) -> dict[str, str]:
 
 
 def clips() -> list[Clip]:
-    """The five LibriVox sentences (one reader), then the five card clips (another speaker): 33.4 s."""
+    """The five LibriVox sentences (one reader), then the five card clips (another speaker): 34.4 s."""
     books = [Clip(n, DATA / f"{n}.wav", r) for n, r in _references(DATA / "librivox.transcription").items()]
     cards = [Clip(f"cards-{n}", DATA / "cards" / f"{n}.wav", r)
              for n, r in _references(DATA / "cards" / "cards.transcription").items()]
@@ -54,7 +54,7 @@ def clips() -> list[Clip]:
 
 
 def conversation() -> tuple[np.ndarray, str]:
-    """All the clips, one after another with ``GAP_S`` of silence between: about 38 s of two people taking
+    """All the clips, one after another with ``GAP_S`` of silence between: about 39 s of two people taking
     turns, and its reference text."""
     gap = np.zeros(int(GAP_S * SAMPLE_RATE), np.int16)
     parts = []

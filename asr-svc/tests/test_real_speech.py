@@ -63,7 +63,7 @@ def test_whisper_tiny_en_transcribes_real_read_speech_with_wer_at_most_0_10(tiny
     assert errors / words_total <= 0.10, "\n".join(report)
 
 
-def test_whisper_tiny_en_on_a_38_s_conversation_repeats_nothing(tiny_en: Backend) -> None:
+def test_whisper_tiny_en_on_a_39_s_conversation_repeats_nothing(tiny_en: Backend) -> None:
     audio, reference = conversation()
     [result] = tiny_en.infer([TranscribeItem(audio=audio, language="en")])
     texts = [words(s["text"]) for s in result["segments"]]
@@ -72,7 +72,7 @@ def test_whisper_tiny_en_on_a_38_s_conversation_repeats_nothing(tiny_en: Backend
     assert result["segments"][-1]["end"] <= len(audio) / 16000
 
 
-def test_whisper_base_on_a_38_s_conversation_stays_within_wer_0_10(tiny_catalog: Catalog) -> None:
+def test_whisper_base_on_a_39_s_conversation_stays_within_wer_0_10(tiny_catalog: Catalog) -> None:
     backend = _loaded(tiny_catalog, "whisper-base")
     try:
         audio, reference = conversation()
