@@ -21,7 +21,8 @@ from tts_svc.main import create_app
 
 pytestmark = pytest.mark.app
 
-MODELS = {"tiny-piper": "tiny", "tiny-vits": "tiny", "flite": "slt", "espeak-ng": "en-us"}
+# piper-joe: the real voice the tts builder lays out first (tools/make_tiny_tts_models.py)
+MODELS = {"piper-joe": "joe", "tiny-piper": "tiny", "tiny-vits": "tiny", "flite": "slt", "espeak-ng": "en-us"}
 MAX_INPUT_CHARS = 500
 LONGEST = ("Short sentence number one. " * 20)[:MAX_INPUT_CHARS]  # exactly at the limit
 CONTENT_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac", "flac": "audio/flac",
