@@ -58,8 +58,8 @@ async def embed_images(
     check_images(len(file))
     t0 = time.perf_counter()
     decodes: DecodeSlots = request.app.state.decodes
-    items = []
-    for i, upload in enumerate(file):
+
+    async def decoded(i: int, upload: UploadFile) -> ImageItem:
         async with decodes.turn():  # the decode memory bound: read and decode in a turn
             data = await upload.read(settings.max_upload_bytes + 1)
             image = await run_in_threadpool(decode_image, data, max_bytes=settings.max_upload_bytes,
@@ -67,7 +67,14 @@ async def embed_images(
                                             max_decode_bytes=settings.max_decode_bytes,
                                             param="file" if len(file) == 1 else f"file.{i}")
             del data
-        items.append(ImageItem(image=image))
+        return ImageItem(image=image)
+
+    # As many at once as the service decodes at once: more would only wait for a turn (and past the
+    # waiting room a request's own images would be 429).
+    items: list[ImageItem] = []
+    for start in range(0, len(file), decodes.running):
+        items += _first_failure(await asyncio.gather(
+            *(decoded(i, f) for i, f in enumerate(file[start:start + decodes.running], start)), return_exceptions=True))
     t1 = time.perf_counter()
     results = await _infer(request, form.model, items)
     t2 = time.perf_counter()
@@ -77,11 +84,15 @@ async def embed_images(
 async def _infer(request: Request, model: str, items: list[Any]) -> list[Embedded]:
     """Every item through the model's batcher under one lease; the first failure is the request's."""
     async with host(request).runtime.lease(model) as lease:
-        results = await asyncio.gather(*(lease.infer(item) for item in items), return_exceptions=True)
+        return _first_failure(await asyncio.gather(*(lease.infer(item) for item in items), return_exceptions=True))
+
+
+def _first_failure(results: list[Any]) -> list[Any]:
+    """``results`` of a ``gather(..., return_exceptions=True)``, or the first failure in input order raised."""
     for r in results:
         if isinstance(r, BaseException):
             raise r
-    return results  # type: ignore[return-value]
+    return results
 
 
 def _answer(model: str, modality: Modality, results: list[Embedded], decode_ms: float, inference_ms: float) -> Response:
