@@ -16,7 +16,9 @@ from one that is busy: a load or an inference runs on a model's thread (and most
 the heartbeat thread keeps its pace whatever the models do, while a stopped process sends nothing.
 ``WorkerProcess.silent_s`` is the time since the child was last heard from; the service's readiness
 turns 503 past ``worker_silent_s`` (``modelhost.workers``). Nothing is sent to the child to ask, so a
-check can never block on a child that does not read, and costs the event loop one subtraction.
+check can never block on a child that does not read, and costs the event loop one subtraction. The one
+busy worker it would take for hung is one whose backend holds the GIL in a single call for longer than
+``worker_silent_s`` (10 s); torch, ONNX Runtime and CTranslate2 release it in their kernels.
 
 This module holds what both sides share (the errors, ``ItemOutcome``) and the parent's side,
 ``WorkerProcess``; the child's side (a thread per model, the out-of-memory batch split) is in
