@@ -9,7 +9,7 @@
 # when set, is written once the stack is ready, so a caller can wait for it and then test the stack.
 # DEV_LOG_DIR (build/logs) holds each component's log; DEV_RESTARTS (5) bounds its restarts.
 #
-# System packages: curl (this script) and flite (the flite voices, and the speech the demo transcribes) are
+# System packages: curl (this script) and flite (the flite voices) are
 # installed with apt-get when this runs as root, as .ci/run does; otherwise they are named and the stack
 # starts without them (DEV_SYSTEM_PACKAGES=0 skips the step). FORCE_DEVICE=cpu runs every catalog model on
 # the CPU (each component's *_FORCE_DEVICE, as compose.cpu.yml sets them): the default catalog on a box
@@ -46,7 +46,7 @@ system_packages() {
     echo "!! not installed: ${need[*]}; as root: apt-get install ${need[*]} (Debian/Ubuntu)" >&2
   fi
   if ! command -v curl >/dev/null 2>&1; then echo "!! make dev needs curl" >&2; exit 1; fi
-  echo "== going on without flite: its model is listed unavailable (GET /admin/models), and the demo speaks with espeak-ng" >&2
+  echo "== going on without flite: its model is listed unavailable (GET /admin/models)" >&2
 }
 if [ "${DEV_SYSTEM_PACKAGES:-1}" != 0 ]; then system_packages; fi
 if [ -n "${FORCE_DEVICE:-}" ]; then
@@ -171,21 +171,19 @@ demo_step() {  # title expected-content-type output-file curl-arguments...
 }
 
 samples() {
-  local gw="127.0.0.1:$GATEWAY_PORT" speaker=flite
+  local gw="127.0.0.1:$GATEWAY_PORT"
   mkdir -p build/demo
   "$CAP_PY" -c "from PIL import Image; Image.radial_gradient('L').resize((320, 240)).convert('RGB').save('build/sample.jpg')" || return 1
   demo_step "curl -F file=@build/sample.jpg $gw/v1/images/captions" application/json build/demo/caption.json \
     -F file=@build/sample.jpg "$gw/v1/images/captions" || return 1
-  if ! command -v flite >/dev/null 2>&1; then
-    speaker=espeak-ng
-    echo "== flite is not installed (apt-get install flite): the demo speaks with espeak-ng, whose voices ship in its wheel"
-  fi
-  local body="{\"model\": \"$speaker\", \"voice\": \"alloy\", \"input\": \"Hello there.\", \"response_format\": \"wav\"}"
+  # No model named: each family's first catalog model, in the tiny catalog the real Piper voice (en_US-joe-medium)
+  # and the real Whisper tiny.en, both from PyPI wheels (README: Offline models: measured quality).
+  local body='{"voice": "alloy", "input": "Hello there.", "response_format": "wav"}'
   demo_step "curl $gw/v1/audio/speech -H 'content-type: application/json' -d '$body' -o build/hello.wav" audio/wav build/hello.wav \
     "$gw/v1/audio/speech" -H 'content-type: application/json' -d "$body" || return 1
-  demo_step "curl -F file=@build/hello.wav -F model=pocketsphinx-en-us -F response_format=text $gw/v1/audio/transcriptions" \
+  demo_step "curl -F file=@build/hello.wav -F response_format=text $gw/v1/audio/transcriptions" \
     text/plain build/demo/transcript.txt \
-    -F file=@build/hello.wav -F model=pocketsphinx-en-us -F response_format=text "$gw/v1/audio/transcriptions" || return 1
+    -F file=@build/hello.wav -F response_format=text "$gw/v1/audio/transcriptions" || return 1
   # A real photo that ships in scikit-image, and a mirrored, cropped copy: dlib's real models find her face
   # and say the two are the same person.
   "$FACE_PY" -c "from PIL import Image; from skimage import data; a = Image.fromarray(data.astronaut()); a.save('build/astronaut.jpg', quality=95); a.transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((32, 40, 452, 400)).save('build/astronaut-flipped.jpg', quality=90)" || return 1
