@@ -5,6 +5,7 @@ embed-svc and the service stays up; an unloaded family holds no worker."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import AsyncIterator
 
@@ -110,7 +111,7 @@ async def test_unloading_every_model_ends_the_worker(client: ModelHostClient, em
     assert replies[-1].worker_stopped
     reply = await client.models()
     assert all(m.state == "unloaded" for m in reply.data) and reply.worker_pid is None
-    metrics = httpx.get(embed_svc.url + "/metrics", timeout=10).text
+    metrics = (await asyncio.to_thread(httpx.get, embed_svc.url + "/metrics", timeout=10)).text
     assert 'roundhouse_model_state{family="embed",model="tiny-clip",state="unloaded"} 1.0' in metrics
     with pytest.raises(UpstreamEnvelope) as e:
         await embed.embed_texts(client, "tiny-clip", ["a"], timeout_s=30)

@@ -218,7 +218,10 @@ def merge_catalog(catalog: Path, entries: list[dict[str, Any]]) -> bool:
         after = text.partition("\nmodels:")[2]
         m = re.search(r"^( *)- ", after, flags=re.M)
         merged = text + _block(entries, m.group(1) if m else "  ")
-    models = lambda t: list((yaml.safe_load(t) or {}).get("models") or []) if t.strip() else []  # noqa: E731
+
+    def models(text: str) -> list[dict[str, Any]]:
+        return list((yaml.safe_load(text) or {}).get("models") or []) if text.strip() else []
+
     others = [m for m in models(before) if m.get("family") != FAMILY]
     if [m for m in models(merged) if m.get("family") != FAMILY] != others or \
             [m for m in models(merged) if m.get("family") == FAMILY] != entries:

@@ -53,7 +53,7 @@ def test_dimensions_cut_only_a_matryoshka_model() -> None:
     assert embed.dimensions("m", {"matryoshka": True}, 768, 256) == 256
     for options, asked in (({}, 256), ({"matryoshka": True}, 1024), ({"matryoshka": True}, 0),
                            ({"matryoshka": True}, True)):
-        assert code_of(lambda: embed.dimensions("m", options, 768, asked)) == ("unsupported_dimensions", "dimensions")
+        assert code_of(lambda options=options, asked=asked: embed.dimensions("m", options, 768, asked)) == ("unsupported_dimensions", "dimensions")
     [v] = embed.truncated([[0.6, 0.0, 0.8]], 2)
     assert v == [1.0, 0.0]
     [w] = embed.truncated([[0.5, 0.5, 0.5, 0.5]], 3)
