@@ -145,6 +145,15 @@ def test_an_embed_job_makes_photos_and_keyframes_searchable_by_text_and_image_un
     assert hits[0]["source"] == str(library / "trip" / "img0002.jpg") and hits[0]["score"] > 0.999
     assert_brute_force(hits, table, embedded(gw, {"image": b64}), 3)
 
+    # The same folder again: nothing embedded twice, and each file is still one result.
+    again = wait_job(gw.url, post(gw, "/v1/jobs", {"task": "embed", "model": MODEL, "paths": ["trip"]}).json()["id"])
+    assert again["state"] == "completed" and again["counts"]["deduplicated"] == 6, again
+    both = post(gw, "/v1/search", {"query": "a red photo", "k": 1000}).json()
+    assert both["jobs"] == sorted([job["id"], again["id"]]) and both["searched"] == 2 * len(table)
+    assert [(h["score"], h["t_s"]) for h in both["data"]] == [(h["score"], h["t_s"]) for h in every]
+    assert httpx.delete(f"{gw.url}/v1/jobs/{again['id']}", timeout=60).status_code == 204
+    assert post(gw, "/v1/search", {"query": "a red photo", "k": 1000}).json()["data"] == every
+
     # Deleted: gone from search at once.
     assert httpx.delete(f"{gw.url}/v1/jobs/{job['id']}", timeout=60).status_code == 204
     gone = post(gw, "/v1/search", {"query": "a red photo", "model": MODEL})
