@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -333,3 +334,19 @@ def test_the_cli_watch_prints_model_changes_from_the_same_stream(gateway: procs.
     finally:
         watcher.terminate()
         watcher.wait(10)
+
+
+def test_the_gateway_stops_promptly_with_an_events_stream_open(stack: tuple[procs.Proc, procs.Proc],
+                                                               console_catalog: Path, logdir: Path) -> None:
+    # A stream never ends by itself: uvicorn's graceful shutdown waited for it for ever (SIGTERM did nothing).
+    gw = procs.start_gateway(console_catalog, {"caption": stack[1].url}, logdir, name="console-gateway-stop")
+    try:
+        with httpx.stream("GET", gw.url + "/admin/events", timeout=30) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            assert next(r.iter_lines()) == "retry: 2000"
+            t0 = time.monotonic()
+            gw.proc.terminate()
+            gw.proc.wait(20)
+            assert time.monotonic() - t0 < 10
+    finally:
+        gw.stop()

@@ -44,10 +44,14 @@ def envelope_protocol(src: str) -> type[HttpToolsProtocol]:
     return EnvelopeHttpProtocol
 
 
-def serve(app, *, src: str, host: str, port: int, log_level: str) -> None:  # noqa: ANN001 - ASGI app
+def serve(app, *, src: str, host: str, port: int, log_level: str,  # noqa: ANN001 - ASGI app
+          graceful_s: float | None = None) -> None:
+    """``graceful_s``: on SIGTERM, how long requests in flight may go on before they are cancelled (None: until
+    they end, which an open server-sent events stream never does)."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False, http=envelope_protocol(src))
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False, http=envelope_protocol(src),
+                timeout_graceful_shutdown=graceful_s)
 
 
 def _expects_body(scope: dict) -> bool:
