@@ -43,6 +43,7 @@ class CoordinatorObserver:
         self.unload_started: dict[str, tuple[float, str]] = {}  # model -> (when, reason)
         self.last_release: dict[str, EvictedModel] = {}  # model -> its last eviction, with its release time
         self.swaps: dict[str, _Swap] = {}  # device -> the swap whose load is in flight
+        self.keys: dict[str, tuple] = {}  # device -> what its states were last scanned at
 
     def seeded(self, cores: dict[str, Core]) -> "CoordinatorObserver":
         """Start from the ledgers as they are (after the first reconciliation), so no change is invented."""
@@ -51,6 +52,13 @@ class CoordinatorObserver:
         return self
 
     def __call__(self, device: str, core: Core, actions: list[Action]) -> None:
+        # The hot path is a grant or a release of a resident model (twice per request): nothing that
+        # changes a state. A state changes only with one of these (loading, unloading and residency:
+        # the epoch; draining: a swap planned or an unload pending), so unchanged, nothing is scanned.
+        key = (core.epoch, core.loading, id(core.swap), len(core.unloading), len(core.pending_unloads))
+        if key == self.keys.get(device) and not any(isinstance(a, (Load, Unload)) for a in actions):
+            return
+        self.keys[device] = key
         now = self.clock()
         reasons = {a.model: str(a.reason) for a in actions if isinstance(a, Unload)}
         for model in core.models:

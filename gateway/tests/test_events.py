@@ -165,3 +165,19 @@ def test_the_documented_schema_names_every_event_type() -> None:
     assert types == {"model", "swap", "job", "heartbeat"}
     assert "$defs" not in json.dumps(EVENT_SCHEMA)
     assert sse(model_event()).startswith(b"event: model\n")
+
+
+async def test_an_operator_unload_of_a_busy_model_shows_draining_then_unloading_and_grants_scan_nothing() -> None:
+    hub = EventHub()
+    core = Core("cpu", 5 * GiB, {"A": ModelInfo("A", 1 * GiB), "B": ModelInfo("B", 1 * GiB)})
+    core.arrive(1, "A", 0.0)
+    core.load_done("A", 1.0, ok=True, peak_memory_bytes=GiB)  # A resident, request 1 in flight
+    observe = CoordinatorObserver(hub).seeded({"cpu": core})
+    sub = hub.subscribe()
+    observe("cpu", core, core.arrive(2, "A", 1.5))  # a grant: nothing changes, nothing published
+    assert sub.queue.empty()
+    observe("cpu", core, core.request_unload(7, "A", 2.0, drain=True))
+    observe("cpu", core, core.release("A", 2.5))
+    observe("cpu", core, core.release("A", 3.0))
+    got = [(e.previous, e.state, e.reason) for e in (sub.queue.get_nowait() for _ in range(sub.queue.qsize()))]
+    assert got == [("ready", "draining", None), ("draining", "unloading", "request")]
