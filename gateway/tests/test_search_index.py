@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from gateway.jobs.store import COMPLETED, AsyncStore, NewItem
+from gateway.jobs.tasks import TASKS
 from gateway.search.codec import F16, from_f16_b64, to_f16_b64, to_f16_bytes
 from gateway.search.matrix import ModelMatrix
 from gateway.search.schemas import SearchRequest
@@ -136,7 +137,8 @@ async def ended_job(store: AsyncStore, job_id: str, task: str, model: str, resul
     await store.create_job(job_id, task, model, {}, items, open_=False)
     for i, r in enumerate(results):
         sha = shas[i] if shas else f"sha-{job_id}-{i}"
-        await store.finish_item(job_id, i, sha256=sha, result_key=f"{task}:{job_id}:{i}", body=r)
+        key = f"{TASKS[task](model, {}, None).key_prefix()}:{sha}"  # as the runner keys it (dedup)
+        await store.finish_item(job_id, i, sha256=sha, result_key=key, body=r)
     await store.finish_job(job_id, state, people=people)
 
 
