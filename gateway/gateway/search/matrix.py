@@ -42,6 +42,7 @@ class ModelMatrix:
         self.matrix = np.ascontiguousarray(rows.vectors, dtype=np.float32)
         rows.vectors = rows.vectors[:0]  # the float16 copy is not needed any more
         self.job_ids = {job: i for i, job in enumerate(rows.jobs)}
+        self.per_job = np.bincount(rows.job, minlength=len(rows.jobs)) if len(rows.jobs) else np.zeros(0, np.int64)
         # One number per content: a file's image, or one of its keyframes (a file without a hash is its own).
         keys = [f"{sha}:{frame}" if sha else f"row:{i}" for i, (sha, frame) in enumerate(zip(rows.sha256, rows.frame.tolist()))]
         self.content = np.unique(np.asarray(keys), return_inverse=True)[1] if keys else np.zeros(0, np.int64)
@@ -52,6 +53,10 @@ class ModelMatrix:
     @property
     def dim(self) -> int | None:
         return int(self.matrix.shape[1]) if len(self.matrix) else None
+
+    def count(self, jobs: set[str]) -> int:
+        """The vectors of ``jobs`` (a job without any counts none)."""
+        return int(sum(self.per_job[self.job_ids[j]] for j in jobs if j in self.job_ids))
 
     def rank(self, query: np.ndarray, k: int, *, jobs: set[str] | None = None, min_score: float | None = None) -> list[Hit]:
         """The ``k`` rows most similar to ``query``, best first; only rows of ``jobs`` when given, only scores

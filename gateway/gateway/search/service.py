@@ -187,8 +187,7 @@ class Search:
         matrix = await self.matrix(model)
         modality = "text" if image is None else "image"
         selected = set(jobs)
-        searched = int(np.isin(matrix.rows.job, [matrix.job_ids[j] for j in selected if j in matrix.job_ids]).sum()) \
-            if len(matrix) else 0
+        searched = matrix.count(selected)
         embed_s = rank_s = 0.0
         hits: list = []
         tokens = 0
