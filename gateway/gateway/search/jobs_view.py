@@ -49,6 +49,8 @@ def job_vectors(js: JobStore, job_id: str) -> tuple[list[VectorRow], int | None]
                 continue
             for frame, t_s, vec in _vectors(item["result"]):
                 dim = dim or len(vec) // 2
+                if len(vec) != 2 * dim:  # never expected: one model answers one size; such a row is left out
+                    continue
                 rows.append(VectorRow(item["seq"], frame, item["source"], item["kind"], item["sha256"], t_s, vec))
 
 
