@@ -178,8 +178,8 @@ class Search:
         model = self._model(req, ended)
         spec = self.access.spec(model, embed.FAMILY)  # 404
         image: bytes | None = None
+        embed.check_modality(model, spec.options or {}, "image" if isinstance(req.query, ImageQuery) else "text")  # 400
         if isinstance(req.query, ImageQuery):
-            embed.check_modality(model, spec.options or {}, "image")  # 400 unsupported_input
             image = decode_base64_field(req.query.image, "query.image")
             check_image(image, max_bytes=self.settings.max_upload_bytes, max_pixels=self.settings.max_image_pixels,
                         param="query.image")
