@@ -97,3 +97,18 @@ def test_the_real_piper_voice_is_heard_word_for_word_by_whisper_tiny_en(stack: p
             total += len(words(sentence))
     print(f"{fmt}: {errors} errors in {total} words: {heard}")
     assert errors / total <= 0.10, list(zip(SENTENCES, heard))
+
+
+def test_the_whisper_guards_pass_through_the_gateway_and_a_bad_one_is_400(stack: procs.Proc) -> None:
+    with httpx.Client(base_url=stack.url, timeout=180) as client:
+        speech = client.post("/v1/audio/speech", json={"input": "Hello there.", "voice": "joe", "response_format": "wav"})
+        assert speech.status_code == 200, speech.text
+        files = {"file": ("speech.wav", speech.content)}
+        turned_back = client.post("/v1/audio/transcriptions", files=files, data={
+            "condition_on_previous_text": "true", "vad_filter": "true", "drop_repeats": "false"})
+        assert turned_back.status_code == 200, turned_back.text
+        assert words(turned_back.json()["text"]) == ["hello", "there"]
+        bad = client.post("/v1/audio/transcriptions", files=files, data={"drop_repeats": "maybe"})
+    assert bad.status_code == 400, bad.text
+    body = bad.json()
+    assert body["src"] == "gateway" and (body["error"]["code"], body["error"]["param"]) == ("bad_request", "drop_repeats")

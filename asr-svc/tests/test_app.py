@@ -156,3 +156,13 @@ async def test_a_model_not_loaded_is_503_model_not_ready(client, speech) -> None
     r = await transcribe(client, speech("what time is it"), model="tiny-whisper")
     assert_envelope(r, 503, "model_not_ready")
     assert "retry-after" in r.headers
+
+
+async def test_the_whisper_guards_can_be_turned_back_per_request(client, speech) -> None:
+    for guards in ({"condition_on_previous_text": "true", "vad_filter": "true", "drop_repeats": "false"},
+                   {"condition_on_previous_text": "false", "vad_filter": "false", "drop_repeats": "true"}):
+        r = await transcribe(client, speech("what time is it"), model=FW, language="en", **guards)
+        assert r.status_code == 200, r.text
+        assert r.json()["text"].startswith("hello")  # the tiny model's one word
+    assert_envelope(await transcribe(client, speech("what time is it"), model=FW, drop_repeats="maybe"), 422,
+                    "validation_error")

@@ -55,6 +55,12 @@ class TranscriptionUpload(BaseModel):
         json_schema_extra={"enum": list(LANGUAGES)})
     prompt: Prompt | SkipJsonSchema[None] = Field(None, description="Text that conditions the transcript (spellings, style).")
     temperature: Temperature | SkipJsonSchema[None] = None
+    condition_on_previous_text: bool | SkipJsonSchema[None] = Field(
+        None, description="Whisper: feed each 30 s window the text of the one before; default: the model's (off).")
+    vad_filter: bool | SkipJsonSchema[None] = Field(
+        None, description="faster-whisper: skip what the VAD hears as silence; default: the model's (on past 30 s).")
+    drop_repeats: bool | SkipJsonSchema[None] = Field(
+        None, description="Whisper: drop a segment that repeats the ones before it; default: the model's (on).")
     response_format: ResponseFormat = "json"
     timestamp_granularities: list[Granularity] = Field(
         default_factory=list, alias="timestamp_granularities[]", max_length=len(GRANULARITIES),

@@ -32,6 +32,8 @@ def test_language_is_read_as_whispers_code(values: dict, language: str | None) -
     ({"temperature": "nan"}, "temperature_out_of_range", "temperature"),
     ({"prompt": "x" * (asr.MAX_PROMPT_CHARS + 1)}, "bad_request", "prompt"),
     ({"prompt": ["a list"]}, "bad_request", "prompt"),
+    ({"drop_repeats": "maybe"}, "bad_request", "drop_repeats"),
+    ({"vad_filter": 2}, "bad_request", "vad_filter"),
 ])
 def test_each_bad_option_is_400_with_its_code(values: dict, code: str, param: str) -> None:
     with pytest.raises(BadRequest) as e:
@@ -86,12 +88,14 @@ class ServiceUpstream:
 
 async def test_the_service_form_reads_every_option_transcribe_sends() -> None:
     upstream = ServiceUpstream(_service())
-    options = asr.options({"language": "German", "prompt": 'Names: "Müller", Groß.', "temperature": "0.2"})
+    options = asr.options({"language": "German", "prompt": 'Names: "Müller", Groß.', "temperature": "0.2",
+                           "condition_on_previous_text": "true", "vad_filter": "false", "drop_repeats": ""})
     got = await asr.transcribe(upstream, model="tiny", audio=b"RIFF...", options=options, task="translate",
                                word_timestamps=True, timeout_s=5, request_id="r1")
     assert isinstance(got, asr.TranscriptionResponse) and got.task == "translate" and got.words == []
     assert got.text == repr({"file": "RIFF...", "model": "tiny", "language": "de", "prompt": 'Names: "Müller", Groß.',
-                             "temperature": 0.2, "word_timestamps": True})
+                             "temperature": 0.2, "word_timestamps": True, "condition_on_previous_text": True,
+                             "vad_filter": False, "drop_repeats": None})
     method, path, kwargs = upstream.calls[0]
     assert (method, path, kwargs["timeout_s"], kwargs["request_id"]) == ("POST", "/v1/translations", 5, "r1")
 
@@ -101,7 +105,8 @@ async def test_options_left_out_are_not_sent() -> None:
     got = await asr.transcribe(upstream, model="tiny", audio=b"x", options=asr.TranscriptionOptions(), timeout_s=5)
     assert got.task == "transcribe" and got.words is None
     assert got.text == repr({"file": "x", "model": "tiny", "language": None, "prompt": None, "temperature": None,
-                             "word_timestamps": False})
+                             "word_timestamps": False, "condition_on_previous_text": None, "vad_filter": None,
+                             "drop_repeats": None})
     assert b'name="language"' not in upstream.calls[0][2]["data"]
 
 

@@ -9,8 +9,9 @@ Every field is checked here before any model is loaded or any audio decoded: the
 400 no ``file``, 400 empty file, 413 too large), the model (404), ``response_format`` (400),
 ``timestamp_granularities[]`` (400; like OpenAI's, only with ``verbose_json``), ``stream`` (400: not
 supported), and the options the asr family's contract checks (``modelhost.families.asr``: ``temperature``,
-``language``, ``prompt``). The asr service decodes the audio and answers 415 (not audio), 400 (no samples,
-corrupt) and 413 (too long) itself, with ``src: asr-svc``; what a model can do (pocketsphinx: English only,
+``language``, ``prompt``, and the Whisper guards ``condition_on_previous_text``, ``vad_filter``,
+``drop_repeats``: true/false, left out for the model's default). The asr service decodes the audio and
+answers 415 (not audio), 400 (no samples, corrupt) and 413 (too long) itself, with ``src: asr-svc``; what a model can do (pocketsphinx: English only,
 no translation) it checks too, before running anything.
 
 The service always returns the full transcript (text, language, duration, segments, words when asked);
@@ -34,7 +35,8 @@ from ..transcripts import GRANULARITIES, MAX_FORM_FIELDS, RESPONSE_FORMATS, TEXT
 
 router = APIRouter(tags=["audio"])
 
-_FIELDS = ("model", "language", "prompt", "temperature", "response_format", "stream")
+_OPTIONS = ("language", "prompt", "temperature", *asr.GUARD_OPTIONS)
+_FIELDS = ("model", *_OPTIONS, "response_format", "stream")
 _GRANULARITY_KEYS = ("timestamp_granularities[]", "timestamp_granularities")
 
 
@@ -117,7 +119,7 @@ def _validated(g: Gateway, fields: dict[str, str | None], granularities: list[st
     if granularities and fmt != "verbose_json":
         raise BadRequest("timestamp_granularities[] needs response_format verbose_json",
                          param="timestamp_granularities[]", code="unsupported_timestamp_granularity")
-    options = asr.options({k: fields[k] for k in ("language", "prompt", "temperature")})
+    options = asr.options({k: fields[k] for k in _OPTIONS})
     if (fields["stream"] or "false").lower() not in ("false", "0"):
         raise BadRequest("streaming transcripts are not supported; leave stream out", param="stream",
                          code="streaming_not_supported")
