@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from gateway.jobs.store import COMPLETED, AsyncStore, NewItem
 from gateway.jobs.tasks import TASKS
 from gateway.search.codec import F16, from_f16_b64, to_f16_b64, to_f16_bytes

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from modelhost.families.embed import MAX_TEXT_CHARS
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag
+
+from modelhost.families.embed import MAX_TEXT_CHARS
 
 MAX_K = 1000
 MAX_JOBS = 100

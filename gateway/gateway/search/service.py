@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from prometheus_client import CollectorRegistry, Histogram
+from threadpoolctl import ThreadpoolController
+
 from modelhost.catalog import Catalog
 from modelhost.errors import BadRequest, Conflict, NotFound
 from modelhost.families import default_model, embed
-from prometheus_client import CollectorRegistry, Histogram
-from threadpoolctl import ThreadpoolController
 
 from ..access import ModelAccess
 from ..bodies import decode_base64_field
@@ -41,16 +42,7 @@ from ..images import check_image
 from ..jobs.store import COMPLETED, AsyncStore
 from . import jobs_view
 from .matrix import ModelMatrix
-from .schemas import (
-    CaptionRef,
-    ImageQuery,
-    PersonRef,
-    QueryInfo,
-    SearchHit,
-    SearchRequest,
-    SearchResponse,
-    SearchTimings,
-)
+from .schemas import CaptionRef, ImageQuery, PersonRef, QueryInfo, SearchHit, SearchRequest, SearchResponse, SearchTimings
 from .store import ModelVectors, VectorStore
 
 log = logging.getLogger(__name__)
