@@ -31,9 +31,9 @@ from threadpoolctl import ThreadpoolController
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
 
-from gateway.search.codec import F16
-from gateway.search.matrix import ModelMatrix
-from gateway.search.store import ModelVectors, VectorRow, VectorStore
+from gateway.search.codec import F16  # noqa: E402
+from gateway.search.matrix import ModelMatrix  # noqa: E402
+from gateway.search.store import ModelVectors, VectorRow, VectorStore  # noqa: E402
 
 DIM = 512
 K = 20
