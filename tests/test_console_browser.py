@@ -230,6 +230,31 @@ def test_a_jobs_progress_moves_live(console: Console, tmp_path: Path) -> None:
     assert console.errors == []
 
 
+def test_a_faces_jobs_people_show_with_face_crops(console: Console, face_photos: Path) -> None:  # noqa: F811
+    page = console.page
+    page.select_option("#job-task", "faces")
+    page.set_input_files("#job-files", [str(face_photos / n) for n in ("astronaut.jpg", "astronaut-flipped.jpg")])
+    page.get_by_role("button", name="Start job").click()
+    expect(page.locator("#job-message")).to_contain_text("started: 2 file(s)")
+    job = page.locator("#job-message").inner_text().split()[1]
+    row = page.locator(f'#job-table tr[data-job="{job}"]')
+    expect(row.locator("[data-state]")).to_have_attribute("data-state", "completed", timeout=120_000)
+    row.get_by_role("button", name=f"People of job {job}").click()
+    # The same astronaut, mirrored and cropped: one person with two faces, each cut from the uploaded photo.
+    person = page.locator("#people .person")
+    expect(person).to_have_count(1)
+    crops = person.locator("canvas")
+    expect(crops).to_have_count(2)
+    # Each crop is drawn once its photo is decoded (createImageBitmap): wait until both hold pixels.
+    page.wait_for_function("""() => [...document.querySelectorAll('#people .person canvas')].every(c => {
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        for (let i = 0; i < d.length; i += 4) if (d[i] + d[i + 1] + d[i + 2] > 0) return true;
+        return false;
+    })""", timeout=10_000)
+    console.shot("console-people")
+    assert console.errors == []
+
+
 def test_a_load_and_an_unload_show_in_the_models_view(console: Console, gateway: procs.Proc) -> None:
     page = console.page
     # Another client loads a model: the page shows it from the events stream (its full read is every 10 s).
