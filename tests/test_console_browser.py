@@ -271,6 +271,17 @@ def test_a_load_and_an_unload_show_in_the_models_view(console: Console, gateway:
     assert console.errors == []
 
 
+def test_a_pull_shows_its_outcome(console: Console, gateway: procs.Proc) -> None:
+    page = console.page
+    page.get_by_role("button", name="Pull tiny-blip2").click()
+    # A local source is verified in place (the tiny models are files built by the test); the page shows the
+    # pull's last event, as GET /admin/models/{id}/pull reports it.
+    expect(page.locator("#model-message")).to_contain_text("tiny-blip2 pulled", timeout=60_000)
+    status = httpx.get(gateway.url + "/admin/models/tiny-blip2/pull", timeout=30).json()
+    assert status["state"] == "done" and status["kind"] in page.locator("#model-message").inner_text()
+    assert console.errors == []
+
+
 def test_the_main_controls_are_reached_by_tab_with_a_visible_focus(console: Console, gateway: procs.Proc) -> None:
     page = console.page
     page.locator("body").focus()

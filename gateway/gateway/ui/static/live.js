@@ -14,6 +14,23 @@ function parse(block) {
   return data.length ? { type, data: JSON.parse(data.join("\n")) } : null;
 }
 
+/** Each server-sent event of an answer, as (type, parsed JSON data), until the answer ends. */
+export async function readSse(res, onEvent) {
+  const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += value;
+    let cut;
+    while ((cut = buf.indexOf("\n\n")) >= 0) {
+      const event = parse(buf.slice(0, cut));
+      buf = buf.slice(cut + 2);
+      if (event) onEvent(event.type, event.data);
+    }
+  }
+}
+
 export function connect({ onEvent, onReconnect, onStatus }) {
   let lastSeq = 0;
   async function run() {
@@ -23,23 +40,12 @@ export function connect({ onEvent, onReconnect, onStatus }) {
         const res = await api("/admin/events", { headers: { Accept: "text/event-stream" } });
         if (!res.ok || !res.body) throw new Error(`${res.status}`);
         onStatus(true);
-        const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
-        let buf = "";
-        for (;;) {
-          const { value, done } = await reader.read();
-          if (done) break;
-          buf += value;
-          let cut;
-          while ((cut = buf.indexOf("\n\n")) >= 0) {
-            const event = parse(buf.slice(0, cut));
-            buf = buf.slice(cut + 2);
-            if (!event) continue;
-            const seq = event.data.seq || 0;
-            if (seq && lastSeq && seq !== lastSeq + 1) onReconnect(); // a gap: read the views again
-            if (seq) lastSeq = seq;
-            onEvent(event.type, event.data);
-          }
-        }
+        await readSse(res, (type, data) => {
+          const seq = data.seq || 0;
+          if (seq && lastSeq && seq !== lastSeq + 1) onReconnect(); // a gap: read the views again
+          if (seq) lastSeq = seq;
+          onEvent(type, data);
+        });
       } catch (_) { /* reconnect below */ }
       onStatus(false);
       await new Promise((r) => setTimeout(r, 2000));

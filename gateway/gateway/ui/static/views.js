@@ -3,6 +3,7 @@
 
 import { api, apiJson, errorText } from "./api.js";
 import { ago, badge, bytes, clock, el, replaceRows, seconds } from "./fmt.js";
+import { readSse } from "./live.js";
 
 // devices ------------------------------------------------------------------------------------------
 
@@ -55,7 +56,8 @@ export async function renderModels() {
     el("td", { class: "num" }, m.queue_depth),
     el("td", {},
       el("button", { type: "button", "aria-label": `Load ${m.id}`, onclick: () => act(m.id, "load") }, "Load"),
-      el("button", { type: "button", "aria-label": `Unload ${m.id}`, onclick: () => act(m.id, "unload") }, "Unload"))));
+      el("button", { type: "button", "aria-label": `Unload ${m.id}`, onclick: () => act(m.id, "unload") }, "Unload"),
+      el("button", { type: "button", "aria-label": `Pull ${m.id}`, onclick: () => pull(m.id) }, "Pull"))));
   replaceRows(document.querySelector("#model-table tbody"), rows, "The catalog is empty.", 10);
   return body.data;
 }
@@ -85,6 +87,29 @@ async function act(model, action) {
     ? `${model} is ready on ${body.device} (${bytes(body.peak_memory_bytes)})`
     : `${model} unloaded: ${bytes(body.freed_bytes)} freed in ${seconds(body.seconds)}${body.verified ? ", verified" : ", NOT verified"}`;
   renderModels();
+}
+
+/** Fetch a model's weights into its service's cache, with its progress (the pull's own event stream). */
+async function pull(model) {
+  const msg = document.getElementById("model-message");
+  msg.textContent = `Pulling ${model}…`;
+  const res = await api(`/admin/models/${encodeURIComponent(model)}/pull?stream=true`,
+    { method: "POST", headers: { Accept: "text/event-stream" } });
+  if (!res.ok) {
+    msg.textContent = `${model}: ${await errorText(res)}`;
+    return;
+  }
+  await readSse(res, (_type, s) => { msg.textContent = pullText(s); });
+  renderModels();
+}
+
+function pullText(s) {
+  if (s.state === "failed") return `${s.model}: the pull failed: ${s.error}`;
+  if (s.state === "done") return `${s.model} pulled (${s.kind}): ${bytes(s.size_on_disk_bytes ?? s.bytes_done)} in the cache`;
+  const pct = s.bytes_total ? ` ${Math.floor((100 * s.bytes_done) / s.bytes_total)}% of ${bytes(s.bytes_total)}` : ` ${bytes(s.bytes_done)}`;
+  const rate = s.rate_bytes_per_s ? `, ${bytes(s.rate_bytes_per_s)}/s` : "";
+  const eta = s.eta_s ? `, ETA ${seconds(s.eta_s)}` : "";
+  return `pulling ${s.model}:${pct}${rate}${eta}`;
 }
 
 // swaps --------------------------------------------------------------------------------------------
