@@ -198,6 +198,7 @@ def test_typed_text_comes_back_as_speech_to_play(console: Console) -> None:
         if (a.readyState >= 1) ok(a.duration); else a.addEventListener('loadedmetadata', () => ok(a.duration));
     })""")
     assert 0.5 < duration < 10, duration
+    assert page.locator("#tts-out").get_attribute("data-streamed") == "true"  # MP3 chunks through Media Source Extensions
     assert console.errors == []
 
 

@@ -148,18 +148,52 @@ function transcribe() {
   });
 }
 
+/** The speech as it streams: MP3 chunks appended to a MediaSource, played from the first one. */
+async function streamInto(audio, res, t0) {
+  const source = new MediaSource();
+  audio.src = URL.createObjectURL(source);
+  await new Promise((r) => source.addEventListener("sourceopen", r, { once: true }));
+  const buffer = source.addSourceBuffer("audio/mpeg");
+  const reader = res.body.getReader();
+  let total = 0;
+  let firstMs = null;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer.appendBuffer(value);
+    await new Promise((r) => buffer.addEventListener("updateend", r, { once: true }));
+    if (total === 0) {
+      firstMs = Math.round(performance.now() - t0);
+      audio.play().catch(() => {}); // a page not yet clicked may not play: the controls are there
+    }
+    total += value.byteLength;
+  }
+  source.endOfStream();
+  return { total, firstMs };
+}
+
 function speak() {
   const form = document.getElementById("tts-form");
   const audio = document.getElementById("tts-audio");
   const out = document.getElementById("tts-out");
+  const streaming = Boolean(window.MediaSource && MediaSource.isTypeSupported("audio/mpeg"));
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    const body = JSON.stringify({ model: form.elements.model.value, input: form.elements.input.value, response_format: "wav" });
-    const res = await post("/v1/audio/speech", body, out, { "Content-Type": "application/json" });
+    const request = { model: form.elements.model.value, input: form.elements.input.value };
+    // Streamed MP3 where the browser can play a stream (Media Source Extensions), else the whole WAV.
+    Object.assign(request, streaming ? { response_format: "mp3", stream_format: "audio" } : { response_format: "wav" });
+    const t0 = performance.now();
+    const res = await post("/v1/audio/speech", JSON.stringify(request), out, { "Content-Type": "application/json" });
     if (!res) return;
+    audio.hidden = false;
+    if (streaming) {
+      const { total, firstMs } = await streamInto(audio, res, t0);
+      out.textContent = `${(total / 1024).toFixed(0)} KiB of audio, streamed: playing after ${firstMs} ms`;
+      out.dataset.streamed = "true";
+      return;
+    }
     const blob = await res.blob();
     audio.src = URL.createObjectURL(blob);
-    audio.hidden = false;
     out.textContent = `${(blob.size / 1024).toFixed(0)} KiB of audio`;
     audio.play().catch(() => { out.textContent += " (press play)"; });
   });
