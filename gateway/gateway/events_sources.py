@@ -52,6 +52,12 @@ class CoordinatorObserver:
         return self
 
     def __call__(self, device: str, core: Core, actions: list[Action]) -> None:
+        try:
+            self._observe(device, core, actions)
+        except Exception:  # noqa: BLE001 - never let the events stream break the coordinator's run loop
+            log.exception("events: the coordinator observer failed on %s; its events may be missing", device)
+
+    def _observe(self, device: str, core: Core, actions: list[Action]) -> None:
         # The hot path is a grant or a release of a resident model (twice per request): nothing that
         # changes a state. A state changes only with one of these (loading, unloading and residency:
         # the epoch; draining: a swap planned or an unload pending), so unchanged, nothing is scanned.

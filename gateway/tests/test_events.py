@@ -181,3 +181,14 @@ async def test_an_operator_unload_of_a_busy_model_shows_draining_then_unloading_
     observe("cpu", core, core.release("A", 3.0))
     got = [(e.previous, e.state, e.reason) for e in (sub.queue.get_nowait() for _ in range(sub.queue.qsize()))]
     assert got == [("ready", "draining", None), ("draining", "unloading", "request")]
+
+
+async def test_a_failing_observer_never_breaks_the_coordinator(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(EventHub):
+        def publish(self, event) -> None:  # noqa: ANN001
+            raise RuntimeError("a subscriber's bug")
+
+    core = Core("cpu", 5 * GiB, {"A": ModelInfo("A", 1 * GiB)})
+    observe = CoordinatorObserver(Broken()).seeded({"cpu": core})
+    observe("cpu", core, core.arrive(1, "A", 0.0))  # A starts loading: a change to publish, which raises
+    assert "observer failed" in caplog.text
