@@ -34,6 +34,8 @@ def test_language_is_read_as_whispers_code(values: dict, language: str | None) -
     ({"prompt": ["a list"]}, "bad_request", "prompt"),
     ({"drop_repeats": "maybe"}, "bad_request", "drop_repeats"),
     ({"vad_filter": 2}, "bad_request", "vad_filter"),
+    ({"vad_filter": "1"}, "bad_request", "vad_filter"),
+    ({"condition_on_previous_text": "yes"}, "bad_request", "condition_on_previous_text"),
 ])
 def test_each_bad_option_is_400_with_its_code(values: dict, code: str, param: str) -> None:
     with pytest.raises(BadRequest) as e:

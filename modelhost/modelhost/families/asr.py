@@ -52,6 +52,19 @@ validated to the code (``en``)."""
 Prompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
 
 
+def _true_or_false(value: Any) -> Any:
+    """A form's ``true``/``false`` (any case) as a bool; nothing else (pydantic would take "1", "yes", "on")."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise PydanticCustomError("bool_parsing", "must be true or false, not '{value}'", {"value": value})
+
+
+Switch = Annotated[bool | None, BeforeValidator(_true_or_false), BeforeValidator(_blank_is_none)]
+"""true, false, or left out (blank): the model's default."""
+
+
 class TranscriptionOptions(BaseModel):
     """What a transcription asks for beside the audio and the model."""
 
@@ -61,13 +74,13 @@ class TranscriptionOptions(BaseModel):
     prompt: Annotated[Prompt | None, BeforeValidator(_blank_is_none)] = Field(
         None, description="Text that conditions the transcript (spellings, style).")
     temperature: Annotated[Temperature | None, BeforeValidator(_blank_is_none), BeforeValidator(not_a_bool)] = None
-    condition_on_previous_text: Annotated[bool | None, BeforeValidator(_blank_is_none)] = Field(
+    condition_on_previous_text: Switch = Field(
         None, description="Whisper: feed each 30 s window the text of the one before (better continuity, and the "
         "cause of Whisper's repetition loops); default: the model's (off).")
-    vad_filter: Annotated[bool | None, BeforeValidator(_blank_is_none)] = Field(
+    vad_filter: Switch = Field(
         None, description="faster-whisper: skip what the Silero VAD hears as silence; default: the model's "
         "(on for audio longer than 30 s).")
-    drop_repeats: Annotated[bool | None, BeforeValidator(_blank_is_none)] = Field(
+    drop_repeats: Switch = Field(
         None, description="Whisper: drop a segment that repeats what the segments before it said; default: the "
         "model's (on).")
 
@@ -95,9 +108,9 @@ class TranscriptionForm(BaseModel):
     prompt: str | None = Field(None, description="Text that conditions the transcript (spellings, style).")
     temperature: Temperature | None = None
     word_timestamps: bool = Field(False, description="Return word-level timestamps.")
-    condition_on_previous_text: bool | None = Field(None, description="See ``TranscriptionOptions``.")
-    vad_filter: bool | None = Field(None, description="See ``TranscriptionOptions``.")
-    drop_repeats: bool | None = Field(None, description="See ``TranscriptionOptions``.")
+    condition_on_previous_text: Switch = Field(None, description="See ``TranscriptionOptions``.")
+    vad_filter: Switch = Field(None, description="See ``TranscriptionOptions``.")
+    drop_repeats: Switch = Field(None, description="See ``TranscriptionOptions``.")
 
 
 class Segment(BaseModel):
