@@ -28,6 +28,7 @@ class LoadMeasurement:
     peak_memory_bytes: int
     load_s: float
     warmup_s: float
+    can_park: bool = False
 
 
 class ModelRow(BaseModel):
@@ -38,7 +39,7 @@ class ModelRow(BaseModel):
     family: str
     backend: str
     source: str | None = None
-    state: str = Field(description="unloaded, loading, ready, unloading or failed.")
+    state: str = Field(description="unloaded, loading, ready, unloading, parking, parked or failed.")
     reason: str | None = Field(None, description="Why it is in this state (a failed load's cause, ...).")
     device_requested: str
     device: str | None = Field(None, description="Where it runs once loaded.")
@@ -62,11 +63,22 @@ class ModelRow(BaseModel):
         "complete download in the cache); false: its first load would download them (pull them first); null: the "
         "backend fetches its weights itself on its first load, so the service cannot tell.")
     size_on_disk_bytes: int | None = Field(None, description="What its weights take on disk; null when unknown.")
+    parkable: bool | None = Field(
+        None, description="Its service would park it instead of unloading it (the service's park setting is on and its "
+        "backend can move its weights to host memory); null until its first load tells.")
+    host_memory_bytes: int | None = Field(
+        None, description="While parked: the host memory its weights take in the live worker.")
+    unpark_s: float | None = Field(None, description="Its last measured un-park (host memory back to the device).")
+    unparked: bool = Field(False, description="In a load's answer: the load was an un-park, not a load from disk.")
+
+    @property
+    def parked(self) -> bool:
+        return self.state == "parked"
 
     @property
     def resident(self) -> bool:
         """Holds (or is about to hold, or is still releasing) device memory."""
-        return self.state in ("ready", "loading", "unloading")
+        return self.state in ("ready", "loading", "unloading", "parking")
 
     @property
     def ready_s(self) -> float:
@@ -150,6 +162,21 @@ class UnloadReply(BaseModel):
     freed_bytes: int = Field(description="Device memory the release gave back, as the service measured it.")
     unload_s: float
     worker_stopped: bool = Field(description="The last resident model left, so the worker process ended.")
+
+
+class ParkReply(BaseModel):
+    """``POST /v1/models/{name}/park``: answered once the weights are in host memory and the device memory is
+    released, or, where the model cannot be parked (its backend cannot, the setting is off, the host-memory cap is
+    reached), once it was unloaded instead."""
+
+    model: str
+    state: str = Field(description="parked, or unloaded where it was unloaded instead.")
+    parked: bool
+    reason: str | None = Field(None, description="Why it was unloaded instead of parked.")
+    freed_bytes: int = Field(description="Device memory given back, as the service measured it.")
+    host_memory_bytes: int = Field(0, description="Host memory its parked weights take.")
+    park_s: float
+    worker_stopped: bool = False
 
 
 class ReadyReply(BaseModel):

@@ -76,6 +76,14 @@ class HostMetrics:
             "roundhouse_model_worker_starts_total", "Worker processes that became the family's worker, by source: "
             "spare (a warm spare taken) or cold (started for the load).", ["family", "source"], registry=r)
 
+        self.parked_models = Gauge(
+            "roundhouse_model_parked_models", "Models parked in host memory in the live worker.", ["family"], registry=r)
+        self.parked_bytes = Gauge(
+            "roundhouse_model_parked_host_bytes", "Host memory the parked models' weights take.", ["family"], registry=r)
+        self.unpark_seconds = Histogram(
+            "roundhouse_model_unpark_seconds", "Time to un-park a model (host memory back to the device) and warm it.",
+            ["family", "model"], buckets=UNLOAD_BUCKETS, registry=r)
+
     def set_spare_state(self, state: str) -> None:
         for s in SPARE_STATES:
             self.spare_state.labels(self.family, s).set(1 if s == state else 0)

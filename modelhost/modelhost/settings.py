@@ -35,6 +35,14 @@ class HostSettings(BaseSettings):
         "(no CUDA context, no device memory), so a load into a family whose worker had ended does not wait for a "
         "process start and its imports. Costs the spare's host memory (torch: some hundreds of MB); turn it off "
         "on hosts tight on RAM.")
+    park: bool = Field(
+        False, description="Park an evicted model instead of unloading it where its backend can (torch modules, "
+        "CTranslate2): its weights move to (pinned) host memory in the live worker, its device memory is released "
+        "but the worker's CUDA context, and its next load is a copy back instead of a load from disk. Costs the "
+        "parked weights in host memory (up to park_host_bytes) and keeps the worker (and its context) alive.")
+    park_host_bytes: int | None = Field(
+        None, gt=0, description="Most host memory parked weights may take in all; a park past it unloads instead. "
+        "None: no cap.")
     force_device: str | None = Field(
         None, description="Run every catalog model on this device (e.g. cpu), whatever the catalog says.")
     log_level: str = Field("INFO", description="Log level.")

@@ -8,6 +8,12 @@
                     ├──▶ loading   (a new load retries)
                     └──▶ unloaded  (an unload clears the failure)
 
+    ready ──▶ parking ──▶ parked ──▶ loading   (an un-park: a copy back to the device, ``modelhost.park``)
+                 │           └─────▶ unloading (a full unload of a parked model)
+                 └──▶ ready (the backend could not park after all) / failed (the worker died)
+
+A parked model keeps its weights in host memory inside the live worker; it takes no request.
+
 The runtime is the one owner; it changes state only through ``ModelRuntime._transition``, which
 checks this table, so an impossible transition is a bug that fails loudly instead of a lie in
 ``/v1/models``.
@@ -31,6 +37,8 @@ class ModelState(str, enum.Enum):
     LOADING = "loading"
     READY = "ready"
     UNLOADING = "unloading"
+    PARKING = "parking"
+    PARKED = "parked"
     FAILED = "failed"
     UNAVAILABLE = "unavailable"  # reported, never entered: see the module's docstring
 
@@ -40,7 +48,9 @@ S = ModelState
 TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {
     S.UNLOADED: frozenset({S.LOADING}),
     S.LOADING: frozenset({S.READY, S.FAILED}),
-    S.READY: frozenset({S.UNLOADING, S.FAILED}),
+    S.READY: frozenset({S.UNLOADING, S.PARKING, S.FAILED}),
+    S.PARKING: frozenset({S.PARKED, S.READY, S.FAILED}),
+    S.PARKED: frozenset({S.LOADING, S.UNLOADING, S.FAILED}),
     S.UNLOADING: frozenset({S.UNLOADED, S.FAILED}),
     S.FAILED: frozenset({S.LOADING, S.UNLOADED}),
     S.UNAVAILABLE: frozenset(),
