@@ -24,6 +24,14 @@ LEGAL = {
     (S.UNLOADING, S.FAILED),
     (S.FAILED, S.LOADING),
     (S.FAILED, S.UNLOADED),
+    # the parked tier (modelhost.park): ready → parking → parked → loading (un-park) or unloading
+    (S.READY, S.PARKING),
+    (S.PARKING, S.PARKED),
+    (S.PARKING, S.READY),
+    (S.PARKING, S.FAILED),
+    (S.PARKED, S.LOADING),
+    (S.PARKED, S.UNLOADING),
+    (S.PARKED, S.FAILED),
 }
 ALL_PAIRS = list(itertools.product(ModelState, repeat=2))
 
