@@ -5,7 +5,9 @@ base. It is imported and instantiated only inside the worker child process, neve
 process, so the HTTP process never imports torch or onnxruntime and never holds device memory.
 
 The worker calls, in order: ``load()`` (returns the device really used), ``warmup()`` (one real
-inference), then ``infer(items)`` many times, and finally ``close()``.
+inference), then ``infer(items)`` many times, and finally ``close()``. A backend that can (``can_park``) may
+be parked between: ``park()`` moves its weights to host memory and releases their device memory, ``unpark()``
+copies them back (``modelhost.park``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,21 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Drop every reference to the weights. The worker collects garbage afterwards."""
+
+    can_park: bool = False
+    """Whether ``park``/``unpark`` are implemented: torch modules (``modelhost.park_torch``) and CTranslate2
+    models (``unload_model(to_cpu=True)``) can; ONNX Runtime sessions (face, embed's ONNX models), dlib,
+    pocketsphinx, and engines run as subprocesses (flite, espeak-ng) cannot: they are unloaded instead."""
+
+    def park(self) -> int | None:
+        """Move the weights to host memory (pinned where CUDA is present) and release their device memory; the
+        worker keeps its CUDA context. Return the host bytes the parked weights take, or None for the worker to
+        measure its resident set's growth. Only called while no inference runs."""
+        raise NotImplementedError(f"{type(self).__name__} cannot park")
+
+    def unpark(self) -> None:
+        """Copy the parked weights back to the device they were loaded on; the worker then runs the warm-up."""
+        raise NotImplementedError(f"{type(self).__name__} cannot park")
 
     def is_out_of_memory(self, exc: BaseException) -> bool:
         """Whether ``exc`` means the device ran out of memory. Override for frameworks with their

@@ -1,0 +1,43 @@
+"""Parking a torch module: its parameters and buffers moved to host memory, pinned where CUDA is present (so the
+copy back is a DMA at the bus's speed, not a pageable staging copy), the device memory given back to the driver
+through the caching allocator; the process keeps its CUDA context. Torch is imported only inside the functions,
+in the worker, never in the HTTP process.
+
+On a host without CUDA a model already lives in host memory: parking moves nothing and frees nothing, and is a
+state the tests drive with the same code path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def park_module(module: Any) -> int:
+    """Move ``module`` to host memory; return the bytes its tensors take there."""
+    import torch
+
+    on_device = any(t.device.type != "cpu" for t in _tensors(module))
+    module.to("cpu")
+    if on_device and torch.cuda.is_available():
+        for t in _tensors(module):
+            t.data = t.data.pin_memory()
+        torch.cuda.empty_cache()
+    return module_bytes(module)
+
+
+def unpark_module(module: Any, device: str) -> None:
+    """Copy ``module`` back to ``device`` (where it ran before it was parked)."""
+    import torch
+
+    if device.startswith("cuda"):
+        module.to(device, non_blocking=True)
+        torch.cuda.synchronize(device)
+    else:
+        module.to(device)
+
+
+def module_bytes(module: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in _tensors(module))
+
+
+def _tensors(module: Any) -> list[Any]:
+    return [*module.parameters(), *module.buffers()]
