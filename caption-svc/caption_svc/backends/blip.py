@@ -125,6 +125,18 @@ class BlipCaptioner(Backend):
         eos_id = self.model.config.text_config.sep_token_id
         return [_caption(self.processor, ids[:limit], eos_id) for ids, limit in zip(new_tokens, limits)]
 
+    can_park = True  # a torch module: parked in (pinned) host memory, copied back on the next load
+
+    def park(self) -> int:
+        from modelhost.park_torch import park_module
+
+        return park_module(self.model)
+
+    def unpark(self) -> None:
+        from modelhost.park_torch import unpark_module
+
+        unpark_module(self.model, self.device)
+
     def close(self) -> None:
         on_gpu = self.device.startswith("cuda")
         self.model = None

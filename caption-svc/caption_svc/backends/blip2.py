@@ -118,6 +118,18 @@ class Blip2Captioner(Backend):
         eos_ids = _ids(self.model.generation_config.eos_token_id)
         return [_caption(self.processor, ids[:limit], eos_ids) for ids, limit in zip(new_tokens, limits)]
 
+    can_park = True  # a torch module: parked in (pinned) host memory, copied back on the next load
+
+    def park(self) -> int:
+        from modelhost.park_torch import park_module
+
+        return park_module(self.model)
+
+    def unpark(self) -> None:
+        from modelhost.park_torch import unpark_module
+
+        unpark_module(self.model, self.device)
+
     def close(self) -> None:
         on_gpu = self.device.startswith("cuda")
         self.model = None

@@ -102,6 +102,18 @@ class QwenVLCaptioner(Backend):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
+    can_park = True  # a torch module: parked in (pinned) host memory, copied back on the next load
+
+    def park(self) -> int:
+        from modelhost.park_torch import park_module
+
+        return park_module(self.model)
+
+    def unpark(self) -> None:
+        from modelhost.park_torch import unpark_module
+
+        unpark_module(self.model, self.device)
+
     def close(self) -> None:
         on_gpu = self.device.startswith("cuda")
         self.model = None
