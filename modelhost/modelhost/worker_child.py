@@ -188,7 +188,40 @@ class _Child:
             peak_memory_bytes=footprint.peak_memory_bytes,
             load_s=t1 - t0,
             warmup_s=t2 - t1,
+            can_park=bool(backend.can_park),
         )
+
+    def op_park(self, payload: dict) -> dict:
+        """Move a model's weights to host memory (``Backend.park``); answer what the device gave back and what
+        the weights take in host memory. Called only while no inference of it runs (the runtime drains it)."""
+        backend = self._loaded(payload["model"])
+        if not backend.can_park:
+            raise WorkerError("cannot_park", f"{type(backend).__name__} cannot park")
+        before, rss_before = self.meter.read_or_none(), self_rss_bytes()
+        t0 = time.perf_counter()
+        host_bytes = backend.park()
+        _release_host_memory()
+        park_s = time.perf_counter() - t0
+        after = self.meter.read_or_none()
+        if host_bytes is None:
+            host_bytes = max(0, self_rss_bytes() - rss_before)
+        freed = released_bytes(before, after) if before is not None and after is not None and self.meter.kind == "nvml" else 0
+        return {"freed_bytes": freed, "host_bytes": int(host_bytes), "park_s": park_s}
+
+    def op_unpark(self, payload: dict) -> dict:
+        """Copy a parked model back to its device (``Backend.unpark``) and pass its warm-up again."""
+        backend = self._loaded(payload["model"])
+        t0 = time.perf_counter()
+        backend.unpark()
+        t1 = time.perf_counter()
+        backend.warmup()
+        return {"unpark_s": t1 - t0, "warmup_s": time.perf_counter() - t1}
+
+    def _loaded(self, name: str) -> Any:
+        backend = self.models.get(name)
+        if backend is None:
+            raise WorkerError("not_loaded", f"{name} is not loaded in this worker")
+        return backend
 
     def op_unload(self, payload: dict) -> dict:
         name = payload["model"]
@@ -282,7 +315,7 @@ class _Child:
                 self.reply(msg_id, lambda p=payload: self.op_memory(p))
                 continue
             handler = {"load": self.op_load, "unload": self.op_unload, "infer": self.op_infer,
-                       "preload": self.op_preload}.get(op)
+                       "preload": self.op_preload, "park": self.op_park, "unpark": self.op_unpark}.get(op)
             if handler is None:
                 self.send((msg_id, "err", {"kind": "bad_op", "message": f"unknown op {op!r}"}))
                 continue

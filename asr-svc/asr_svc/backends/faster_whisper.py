@@ -204,7 +204,7 @@ class FasterWhisperTranscriber(Backend):
 
     can_park = True  # CTranslate2: unload_model(to_cpu=True) keeps the weights in host memory, load_model() copies back
 
-    def park(self) -> None:
+    def park(self) -> int | None:
         self.model.model.unload_model(to_cpu=True)
         return None  # CTranslate2 does not say how much: the worker measures its resident set's growth
 
