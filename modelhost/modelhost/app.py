@@ -8,6 +8,8 @@
     POST /v1/models/{name}/load       returns when READY (coalesced), with measured memory; 503
                                       model_unavailable when something it needs is missing here
     POST /v1/models/{name}/unload     returns when released, with freed bytes; ?drain=true waits
+    POST /v1/models/{name}/park       weights to host memory in the live worker (``modelhost.park``), or an
+                                      unload where it cannot park; the next load un-parks it
     POST /v1/models/{name}/pull       fetch its weights into the cache, outside the worker (``pulls``)
     GET  /v1/models/{name}/pull       that pull's progress: bytes, total, rate, ETA
     DELETE /v1/models/{name}/cache    remove its downloaded weights (409 while loaded)
@@ -30,7 +32,7 @@ from starlette.middleware.base import BaseHTTPMiddleware
 
 from .auth import InternalTokenMiddleware
 from .catalog import Catalog, ModelSpec
-from .contract import CacheDeleted, DeviceMemory, ModelRow, ModelsReply, PullStatus, ReadyReply, UnloadReply
+from .contract import CacheDeleted, DeviceMemory, ModelRow, ModelsReply, ParkReply, PullStatus, ReadyReply, UnloadReply
 from .cuda import check_cuda_driver
 from .errors import REQUEST_ID_HEADER, Unavailable, install_error_handlers, request_id_of
 from .meter import MemoryMeter, MeterError, open_meter
@@ -188,6 +190,10 @@ def create_host_app(
     async def unload(name: str, request: Request, drain: bool = Query(False, description="Wait for in-flight requests instead of answering 409.")) -> UnloadReply:
         h = host(request)
         return await h.runtime.unload(name, drain=drain)
+
+    @app.post("/v1/models/{name}/park", tags=["models"], response_model=ParkReply)
+    async def park(name: str, request: Request) -> ParkReply:
+        return await host(request).runtime.park(name)
 
     @app.post("/v1/models/{name}/pull", tags=["models"], response_model=PullStatus)
     async def pull(name: str, request: Request,
