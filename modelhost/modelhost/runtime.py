@@ -34,7 +34,7 @@ import time
 from typing import AsyncIterator
 
 from .catalog import Catalog
-from .contract import LoadMeasurement, ModelRow, UnloadReply
+from .contract import LoadMeasurement, ModelRow, ParkReply, UnloadReply
 from .errors import (  # noqa: F401 - InferenceFailed stays importable from here, as it was
     Conflict,
     InferenceFailed,
@@ -49,6 +49,7 @@ from .meter import MemoryMeter
 from .metrics import HostMetrics
 from .model_entry import ModelEntry, model_row
 from .oom import load_error
+from .park import Parking
 from .reaper import reap_idle
 from .settings import HostSettings
 from .states import ModelState, check_transition
@@ -58,6 +59,8 @@ from .workers import WorkerSlot
 log = logging.getLogger(__name__)
 
 S = ModelState
+HOLDING = (S.READY, S.LOADING, S.UNLOADING, S.PARKING, S.PARKED)
+"""The states in which a model keeps the worker alive."""
 
 
 class ModelRuntime:
@@ -93,6 +96,7 @@ class ModelRuntime:
         self.workers = WorkerSlot(family=family, settings=settings, meter=meter, metrics=metrics, gpu_index=gpu_index,
                                   backend_paths=[e.backend_path for e in self.entries.values()],
                                   on_crash=self._on_worker_crash)
+        self.parking = Parking(self)
         self._reaper: asyncio.Task | None = None
         self._background: set[asyncio.Future] = set()
 
@@ -152,8 +156,12 @@ class ModelRuntime:
                 if entry.state is S.FAILED:
                     raise load_error(name, entry.reason, out_of_memory=entry.load_out_of_memory)
                 continue
-            if entry.state is S.UNLOADING and entry.unload_task is not None:
+            if entry.state in (S.UNLOADING, S.PARKING) and entry.unload_task is not None:
                 await asyncio.shield(entry.unload_task)
+                continue
+            if entry.state is S.PARKED:  # a load of a parked model is an un-park (``modelhost.park``)
+                self._transition(entry, S.LOADING, "un-park")
+                entry.load_task = asyncio.create_task(self.parking.unpark(entry), name=f"unpark-{name}")
                 continue
             # UNLOADED or FAILED: start a load; concurrent callers find it in entry.load_task.
             self._transition(entry, S.LOADING)
@@ -208,11 +216,8 @@ class ModelRuntime:
         entry.load_s = measured.load_s
         entry.warmup_s = measured.warmup_s
         entry.loaded_at = time.time()
-        entry.last_used = entry.loaded_at
-        entry.last_used_mono = time.monotonic()
-        entry.batcher = make_batcher(entry, family=self.family, settings=self.settings, metrics=self.metrics,
-                                     current_worker=lambda: self.workers.worker, kill_worker=self._kill_worker)
-        entry.batcher.start()
+        self.parking.loaded(entry, measured.can_park)
+        self._serve(entry)
         self.metrics.memory.labels(self.family, spec.id).set(entry.memory_bytes)
         self.metrics.peak_memory.labels(self.family, spec.id).set(entry.peak_memory_bytes)
         self.metrics.load_seconds.labels(self.family, spec.id).observe(entry.load_s + entry.warmup_s)
@@ -221,6 +226,14 @@ class ModelRuntime:
             f"on {device}, {entry.memory_bytes / 2**20:.0f} MiB resident, peak {entry.peak_memory_bytes / 2**20:.0f} MiB, "
             f"load {entry.load_s:.2f} s + warm-up {entry.warmup_s:.2f} s",
         )
+
+    def _serve(self, entry: ModelEntry) -> None:
+        """A model just became ready (a load, an un-park): it takes requests from now."""
+        entry.last_used = time.time()
+        entry.last_used_mono = time.monotonic()
+        entry.batcher = make_batcher(entry, family=self.family, settings=self.settings, metrics=self.metrics,
+                                     current_worker=lambda: self.workers.worker, kill_worker=self._kill_worker)
+        entry.batcher.start()
 
     def _fail_load(self, entry: ModelEntry, reason: str, *, out_of_memory: bool = False) -> None:
         entry.load_out_of_memory = out_of_memory
@@ -263,13 +276,16 @@ class ModelRuntime:
                 continue
             if entry.state is S.UNLOADING and entry.unload_task is not None:
                 return await asyncio.shield(entry.unload_task)
+            if entry.state is S.PARKING and entry.unload_task is not None:
+                await asyncio.shield(entry.unload_task)
+                continue
             if entry.state is S.UNLOADED:
                 return UnloadReply(model=name, state=entry.state.value, freed_bytes=0, unload_s=0.0, worker_stopped=False)
             if entry.state is S.FAILED:
                 self._transition(entry, S.UNLOADED, "failure cleared")
                 await self._stop_worker_if_empty()
                 return UnloadReply(model=name, state=entry.state.value, freed_bytes=0, unload_s=0.0, worker_stopped=False)
-            break  # READY
+            break  # READY or PARKED
         if entry.leases and not drain:
             raise ModelLeased(
                 f"model {name} has {entry.leases} request(s) in flight; retry later or pass drain=true",
@@ -300,7 +316,7 @@ class ModelRuntime:
         worker = self.workers.worker
         try:
             if worker is not None:
-                others = [e for e in self.entries.values() if e is not entry and e.state in (S.READY, S.LOADING, S.UNLOADING)]
+                others = [e for e in self.entries.values() if e is not entry and e.state in HOLDING]
                 if others:
                     reply = await worker.call("unload", {"model": name}, timeout_s=self.settings.load_timeout_s)
                     freed = int(reply["freed_bytes"])
@@ -315,6 +331,7 @@ class ModelRuntime:
         entry.device = None
         entry.memory_bytes = None
         entry.loaded_at = None
+        self.parking.gone(entry)
         self.metrics.memory.labels(self.family, name).set(0)
         self.metrics.unload_seconds.labels(self.family, name).observe(unload_s)
         self.metrics.unloads.labels(self.family, name, reason).inc()
@@ -326,7 +343,7 @@ class ModelRuntime:
     # worker --------------------------------------------------------------------------------------
 
     async def _stop_worker_if_empty(self) -> None:
-        if not any(e.state in (S.READY, S.LOADING, S.UNLOADING) for e in self.entries.values()):
+        if not any(e.state in HOLDING for e in self.entries.values()):
             await self.workers.stop("no model resident")
 
     async def _kill_worker(self, why: str) -> None:
@@ -335,7 +352,7 @@ class ModelRuntime:
 
     def _on_worker_crash(self, code: int | None) -> None:
         for entry in self.entries.values():
-            if entry.state in (S.READY, S.UNLOADING):
+            if entry.state in (S.READY, S.UNLOADING, S.PARKING, S.PARKED):
                 if entry.batcher is not None:
                     task = asyncio.ensure_future(entry.batcher.close(
                         Unavailable(f"the {self.family} worker died; retry", retry_after_s=1, code="worker_died")))
@@ -346,12 +363,17 @@ class ModelRuntime:
                 entry.device = None
                 self.metrics.memory.labels(self.family, entry.spec.id).set(0)
                 self._transition(entry, S.FAILED, f"worker process exited (code {code})")
+                self.parking.gone(entry)
             # LOADING entries fail in _load, when their call raises WorkerDied.
 
     # views ---------------------------------------------------------------------------------------
 
     def describe(self, entry: ModelEntry) -> ModelRow:
-        return model_row(entry)
+        return self.parking.row(entry, model_row(entry))
+
+    async def park(self, name: str) -> ParkReply:
+        """Park ``name`` in host memory, or unload it where it cannot be parked (``modelhost.park``)."""
+        return await self.parking.park(name)
 
     def snapshot(self) -> list[ModelRow]:
         return [self.describe(e) for e in self.entries.values()]
