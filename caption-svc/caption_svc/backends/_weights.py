@@ -1,5 +1,22 @@
-"""Where a caption backend's weights come from and in which dtype they run (loading plumbing only;
-pre- and post-processing stay in each backend's module)."""
+"""Where a caption backend's weights come from, in which dtype and precision they run (loading plumbing
+only; pre- and post-processing stay in each backend's module).
+
+Precision: a catalog entry's ``options.quantization`` stores the weights of its linear layers in fewer bits,
+so a big model fits a small card (README: "8 GB cards"). Absent, the weights run in ``dtype``.
+
+=========  ==========================================  ===============================================
+value      on CUDA                                     on CPU
+=========  ==========================================  ===============================================
+``int8``   bitsandbytes LLM.int8 (``load_in_8bit``)    torchao int8 weight-only (``Int8WeightOnlyConfig``)
+``int4``   bitsandbytes NF4 (``load_in_4bit``),        refused at load: bitsandbytes' 4-bit kernels are
+           computing in ``dtype``                      for CUDA; the model fails with that reason
+=========  ==========================================  ===============================================
+
+An unknown value is refused when the service reads its catalog (``check_options``: the service does not
+start) and again at load. The output embedding (tied to the input one in these models) keeps ``dtype`` in
+both libraries. The catalog's ``memory_estimate_mb`` is per entry, so a quantised variant is its own entry
+with its own estimate, and its measured footprint is remembered under its own id.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +29,7 @@ from modelhost.catalog import ModelSpec
 log = logging.getLogger(__name__)
 
 SUPPORTED_DTYPES = ("float32", "float16", "bfloat16")
+QUANTIZATIONS = ("int8", "int4")
 
 TRANSFORMERS_PRELOAD = (
     "torch",
@@ -38,6 +56,59 @@ def torch_dtype(spec: ModelSpec, device: str) -> Any:
             log.info("model %s: dtype %s asked for, running float32 on cpu", spec.id, spec.dtype)
         return torch.float32
     return getattr(torch, spec.dtype)
+
+
+def quantization(spec: ModelSpec) -> str | None:
+    """``options.quantization`` of ``spec`` (None: weights in ``dtype``); ValueError names the values allowed."""
+    value = spec.options.get("quantization")
+    if value is None or value in QUANTIZATIONS:
+        return value
+    raise ValueError(
+        f"model {spec.id!r}: quantization {value!r} is not supported by the caption backends (use "
+        f"{' or '.join(QUANTIZATIONS)}, or leave it out for {spec.dtype} weights)"
+    )
+
+
+def check_options(specs: list[ModelSpec]) -> None:
+    """Refuse a catalog whose caption options cannot be honoured on any device (an unknown quantization)."""
+    for spec in specs:
+        quantization(spec)
+
+
+def load_pretrained(model_cls: Any, spec: ModelSpec, device: str, dtype: Any, kwargs: dict[str, Any]) -> Any:
+    """``model_cls.from_pretrained(spec.source)`` placed on ``device`` in ``dtype``, its weights quantised as
+    ``options.quantization`` asks (the table in this module's docstring)."""
+    bits = quantization(spec)
+    if bits is None:
+        return model_cls.from_pretrained(spec.source, dtype=dtype, **kwargs).to(device)
+    if device.startswith("cuda"):
+        from transformers import BitsAndBytesConfig
+
+        if bits == "int8":
+            config = BitsAndBytesConfig(load_in_8bit=True)
+        else:
+            config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+                                        bnb_4bit_use_double_quant=True)
+        # bitsandbytes places the weights as it quantises them: a device map, never .to() afterwards.
+        return model_cls.from_pretrained(spec.source, dtype=dtype, quantization_config=config,
+                                         device_map={"": device}, **kwargs)
+    if bits == "int4":
+        raise ValueError(
+            f"model {spec.id!r}: quantization int4 needs a CUDA device (bitsandbytes' 4-bit kernels), and this "
+            f"model runs on {device}: use quantization int8 on cpu"
+        )
+    import torch
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    model = model_cls.from_pretrained(spec.source, dtype=dtype, **kwargs).to(device)
+    # Each linear layer's float weight is replaced (and freed) as it is quantised, so the peak stays that of
+    # the float model. A linear layer that shares its weight with an embedding (a tied output embedding) is
+    # left alone: quantising it would keep the float table for the embedding and add an int8 copy.
+    tied = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    quantize_(model, Int8WeightOnlyConfig(),
+              filter_fn=lambda m, _: isinstance(m, torch.nn.Linear) and id(m.weight) not in tied)
+    log.info("model %s: linear weights quantised to int8 (torchao, weight-only) on %s", spec.id, device)
+    return model
 
 
 def pretrained_kwargs(spec: ModelSpec, cache_dir: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from modelhost.backend import Backend, torch_device
 from modelhost.catalog import ModelSpec
 
 from ..items import CaptionItem, PromptFillsContext
-from ._weights import TRANSFORMERS_PRELOAD, pretrained_kwargs, torch_dtype, warm_pretrained
+from ._weights import TRANSFORMERS_PRELOAD, load_pretrained, pretrained_kwargs, torch_dtype, warm_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +77,12 @@ class BlipCaptioner(Backend):
         self.dtype = torch_dtype(self.spec, device)
         kwargs = pretrained_kwargs(self.spec, self.cache_dir)
         self.processor = AutoProcessor.from_pretrained(self.spec.source, **kwargs)
-        model = BlipForConditionalGeneration.from_pretrained(self.spec.source, dtype=self.dtype, **kwargs)
+        model = load_pretrained(BlipForConditionalGeneration, self.spec, device, self.dtype, kwargs)
         # generate() runs the text decoder, whose own generation config is a default one: give it the
         # config saved with the model (token limits, suppressed tokens, beams).
         model.text_decoder.generation_config = model.generation_config
         self.context_tokens = int(model.config.text_config.max_position_embeddings)
-        self.model = model.to(device).eval()
+        self.model = model.eval()
         self.device = str(next(self.model.parameters()).device)
         return self.device
 

@@ -29,7 +29,7 @@ from modelhost.backend import Backend, torch_device
 from modelhost.catalog import ModelSpec
 
 from ..items import CaptionItem, PromptFillsContext
-from ._weights import TRANSFORMERS_PRELOAD, pretrained_kwargs, torch_dtype
+from ._weights import TRANSFORMERS_PRELOAD, load_pretrained, pretrained_kwargs, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +65,12 @@ class Blip2Captioner(Backend):
         kwargs = pretrained_kwargs(self.spec, self.cache_dir)
         self.processor = AutoProcessor.from_pretrained(self.spec.source, **kwargs)
         self.processor.tokenizer.padding_side = "left"
-        model = Blip2ForConditionalGeneration.from_pretrained(self.spec.source, dtype=self.dtype, **kwargs)
+        model = load_pretrained(Blip2ForConditionalGeneration, self.spec, device, self.dtype, kwargs)
         # generate() runs the language model, whose own generation config is a default one: give it the
         # config saved with the model (token limits, suppressed tokens, beams).
         model.language_model.generation_config = model.generation_config
         self.context_tokens = int(model.config.text_config.max_position_embeddings)
-        self.model = model.to(device).eval()
+        self.model = model.eval()
         self.device = str(next(self.model.parameters()).device)
         return self.device
 

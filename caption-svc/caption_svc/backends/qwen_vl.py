@@ -31,7 +31,7 @@ from modelhost.backend import Backend, torch_device
 from modelhost.catalog import ModelSpec
 
 from ..items import CaptionItem
-from ._weights import TRANSFORMERS_PRELOAD, pretrained_kwargs, torch_dtype
+from ._weights import TRANSFORMERS_PRELOAD, load_pretrained, pretrained_kwargs, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,8 @@ class QwenVLCaptioner(Backend):
             # Qwen2-VL's image size is in pixels: shortest_edge is min_pixels, longest_edge is max_pixels.
             min_pixels = min(int(self.processor.image_processor.size["shortest_edge"]), int(self.max_pixels))
             self.image_kwargs = {"size": {"shortest_edge": min_pixels, "longest_edge": int(self.max_pixels)}}
-        model = AutoModelForImageTextToText.from_pretrained(self.spec.source, dtype=self.dtype, **kwargs)
-        self.model = model.to(device).eval()
+        model = load_pretrained(AutoModelForImageTextToText, self.spec, device, self.dtype, kwargs)
+        self.model = model.eval()
         self.device = str(next(self.model.parameters()).device)
         return self.device
 
