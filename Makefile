@@ -11,7 +11,8 @@ TTS_PY := $(VENVS)/tts-svc/bin/python
 ASR_PY := $(VENVS)/asr-svc/bin/python
 EMBED_PY := $(VENVS)/embed-svc/bin/python
 # The caption environment's torch. Locally any CUDA 12/13 build runs on CPU too; the Dockerfile pins its own.
-CAPTION_TORCH ?= torch==2.14.1 torchvision==0.29.1
+# torchao and bitsandbytes (options.quantization) are pinned with it: torchao 0.18 runs int8 weight-only on this torch.
+CAPTION_TORCH ?= torch==2.14.1 torchvision==0.29.1 torchao==0.18.0 bitsandbytes==0.50.2
 # The tts environment's torch: coqui-tts 0.28 needs torchaudio, and torch 2.9.1 + torchaudio 2.9.1 +
 # torchcodec 0.8.1 is the one combination that installs and imports (shared/notes/speech-dependencies.md).
 TTS_TORCH ?= torch==2.9.1 torchaudio==2.9.1 torchcodec==0.8.1
