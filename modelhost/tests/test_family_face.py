@@ -64,7 +64,8 @@ def test_bad_boxes_are_400_invalid_box(value: Any) -> None:
 
 
 @pytest.mark.parametrize("backend,options,expected", [
-    ("insightface", {}, 0.4), ("dlib", {}, 0.92), ("dlib", {"verify_threshold": "0.5"}, 0.5), ("other", {}, 0.5),
+    ("insightface", {}, 0.4), ("dlib", {}, 0.92), ("yunet_sface", {}, 0.363),
+    ("yunet_sface", {"verify_threshold": 0.3}, 0.3), ("dlib", {"verify_threshold": "0.5"}, 0.5), ("other", {}, 0.5),
 ])
 def test_verify_threshold_is_the_catalogs_else_the_backends(backend: str, options: dict, expected: float) -> None:
     assert face.verify_threshold(backend, options) == expected

@@ -36,6 +36,9 @@ VERIFY_THRESHOLDS = {
     # dlib's ResNet: its documented "same" rule is Euclidean distance < 0.6 between raw descriptors; their
     # norms are about 1.45 (measured), which makes that a cosine similarity of about 0.92.
     "dlib": 0.92,
+    # OpenCV's SFace (YuNet + SFace, 128-d): OpenCV's documented cosine cut-off (samples/dnn/face_detect.py
+    # and its face detection tutorial: the same identity at cosine similarity >= 0.363).
+    "yunet_sface": 0.363,
 }
 """The cosine similarity at which two faces are one person, per backend, where the catalog's model has no
 ``verify_threshold`` option. Embeddings differ per model: set it per model in the catalog."""
