@@ -73,6 +73,7 @@ class Load:
 class Unload:
     model: str
     reason: UnloadReason
+    park: bool = False  # park it in its service's host memory instead (``parking.choose``)
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,9 @@ class Released:
     unloaded: bool = True  # the service said the model is unloaded (False: it answered otherwise, or failed)
     returned_bytes: int | None = None  # what the meter showed back; None without a meter reading
     device_used_bytes: int | None = None  # the meter's last reading of the device's used bytes
+    parked: bool = False  # its service parked it (``parking``): what follows is only for a park
+    held_bytes: int = 0  # the device memory it still holds parked (0 on the host)
+    host_bytes: int | None = None  # what its parked weights take in host memory
 
 
 @dataclass(frozen=True)

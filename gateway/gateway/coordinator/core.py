@@ -32,7 +32,7 @@ from __future__ import annotations
 import collections
 import logging
 
-from . import foreign, invariants, reconciliation
+from . import foreign, invariants, parking, reconciliation
 from .actions import (
     Action,
     Fail,
@@ -67,8 +67,6 @@ __all__ = ["Action", "Core", "Fail", "FailKind", "Grant", "Held", "InvariantBrok
            "Unload", "UnloadAnswer", "UnloadOutcome", "UnloadReason", "Wake"]
 
 log = logging.getLogger(__name__)
-
-
 InvariantBroken = invariants.InvariantBroken
 
 
@@ -106,7 +104,7 @@ class Core:
         return sum(r.charged_bytes for r in self.resident.values()) + self.loading_bytes + self._reserved()
 
     def _reserved(self) -> int:
-        return sum(self.unloading.values()) + self.unverified.total()
+        return sum(self.unloading.values()) + self.unverified.total() + parking.held(self.models.values())
 
     def snapshot(self, now: float) -> Snapshot:
         return Snapshot(now=now, budget_bytes=self.capacity(), models=self.models, resident=self.resident,
@@ -120,7 +118,7 @@ class Core:
             return "unloading"
         r = self.resident.get(model)
         if r is None:
-            return "unloaded"
+            return "parked" if self.models[model].parked_bytes is not None else "unloaded"
         return "draining" if r.draining else "ready"
 
     def capacity(self) -> int:
@@ -146,7 +144,7 @@ class Core:
         q = self.queues[model]
         if len(q) >= self.max_queue:
             return [Fail(req_id, model, FailKind.QUEUE_FULL, f"{len(q)} requests already wait for {model}; try again shortly")]
-        eta = 0.0 if model == self.loading else info.load_s
+        eta = 0.0 if model == self.loading else info.swap_in_s
         if eta > timeout_s:
             return [Fail(req_id, model, FailKind.NOT_READY_IN_TIME,
                          f"{model} takes about {info.load_s:.0f} s to load, longer than the request's {timeout_s:.0f} s deadline")]
@@ -181,8 +179,9 @@ class Core:
     # events: the world's answers -----------------------------------------------------------------
 
     def load_done(self, model: str, now: float, *, ok: bool, peak_memory_bytes: int | None = None,
-                  load_s: float | None = None, reason: str = "", out_of_memory: bool = False) -> list[Action]:
-        """``model``'s load is over. Failed with ``out_of_memory`` (the device had no room for it):
+                  load_s: float | None = None, reason: str = "", out_of_memory: bool = False,
+                  unparked: bool = False) -> list[Action]:
+        """``model``'s load is over (``unparked``: an un-park, ``parking.loaded``). Failed with ``out_of_memory``:
         ``foreign.out_of_memory`` evicts and retries once, or refuses its waiters."""
         if model != self.loading:
             log.warning("%s: load_done for %s, which was not loading; ignored", self.device, model)
@@ -192,13 +191,12 @@ class Core:
         self.swap = None
         self.mark_changed(model)
         info = self.models[model]
+        parking.loaded(info, load_s if ok else None, unparked)
         actions: list[Action] = []
         if ok:
             self.oom_retry = None
             charged = peak_memory_bytes if peak_memory_bytes else info.footprint_bytes
             info.footprint_bytes = max(charged, 1)
-            if load_s is not None:
-                info.load_s = load_s
             # An operator asked to unload it while it loaded: it is drained at once (its waiters stay queued).
             self.resident[model] = Resident(charged_bytes=charged, last_used=now, loaded_at=now,
                                             draining=model in self.pending_unloads)
@@ -238,10 +236,12 @@ class Core:
         if released is not None:
             if released.unloaded and released.verified:
                 self.models[model].unload_s = released.seconds  # learnt, as load_done learns load_s
+            if released.parked:  # what it still holds is charged as parked, not to another model
+                parking.parked(self.models[model], released)
             shown = max(0, released.returned_bytes or 0)
             kept = charged
             if released.unloaded:
-                back = charged if released.worker_stopped else max(released.freed_bytes, shown)
+                back = charged if released.worker_stopped or released.parked else max(released.freed_bytes, shown)
                 family = self.models[model].family
                 heir = next((m for m in self.resident if family is not None and self.models[m].family == family), None)
                 if heir is not None and back < charged:
@@ -262,7 +262,7 @@ class Core:
         Unloading already: answered by that release. Not resident: NOT_RESIDENT at once. Its waiting
         requests stay queued and bring it back later, by the normal scheduling."""
         state = self.state_of(model)
-        if state == "unloaded":
+        if state in ("unloaded", "parked"):
             return [UnloadAnswer(ticket, model, UnloadOutcome.NOT_RESIDENT)]
         r = self.resident.get(model)
         if r is not None and r.in_flight > 0 and not drain:
@@ -341,7 +341,7 @@ class Core:
                 self.resident.pop(model)
                 self.unloading[model] = r.charged_bytes
                 self.evictions[reason] += 1
-                actions.append(Unload(model, reason))
+                actions.append(Unload(model, reason, parking.choose(self, model, reason)))
         # 3. Start a swap when none is in flight.
         if self.swap is None and self.loading is None and not self.unloading:
             plan = plan_swap(self.snapshot(now))
@@ -363,7 +363,7 @@ class Core:
                     self.resident.pop(victim)
                     self.unloading[victim] = r.charged_bytes
                     self.evictions[UnloadReason.SWAP] += 1
-                    actions.append(Unload(victim, UnloadReason.SWAP))
+                    actions.append(Unload(victim, UnloadReason.SWAP, parking.choose(self, victim, UnloadReason.SWAP)))
             victims_left = any(v in self.resident for v in self.swap.evict)
             if not victims_left and not self.unloading:
                 model = self.swap.load

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from modelhost.catalog import ModelSpec
-from modelhost.client import ModelHostClient
-from modelhost.contract import ModelRow
+from modelhost.client import ModelHostClient, reply_as
+from modelhost.contract import ModelRow, ParkReply
 from modelhost.errors import UpstreamError
 from modelhost.meter import MemoryMeter, MeterError
 
@@ -31,12 +31,16 @@ class Loaded:
     peak_memory_bytes: int
     load_s: float
     device: str
+    unparked: bool = False  # it was an un-park (``load_s`` then times the un-park)
+    parkable: bool | None = None  # its service would park it when evicted (None: it does not say)
 
 
 class Effects(Protocol):
     async def load(self, spec: ModelSpec) -> Loaded: ...
 
-    async def unload(self, spec: ModelSpec, charged_bytes: int) -> Released: ...
+    async def unload(self, spec: ModelSpec, charged_bytes: int, *, park: bool = False) -> Released:
+        """Unload (``park``: park, or unload where the service cannot) and verify the release."""
+        ...
 
     async def models(self, family: str) -> list[ModelRow]: ...
 
@@ -86,7 +90,9 @@ class HttpEffects:
         if peak is None:
             raise UpstreamError(f"{spec.id} was loaded but its service measured no peak_memory_bytes",
                                 code="bad_upstream_response")
-        return Loaded(peak_memory_bytes=peak, load_s=row.ready_s, device=str(row.device or spec.device))
+        load_s = row.unpark_s if row.unparked and row.unpark_s is not None else row.ready_s
+        return Loaded(peak_memory_bytes=peak, load_s=load_s, device=str(row.device or spec.device), unparked=row.unparked,
+                      parkable=row.parkable)
 
     def _used(self, spec: ModelSpec) -> int | None:
         meter = self._meter(spec)
@@ -97,7 +103,7 @@ class HttpEffects:
         except MeterError:
             return None
 
-    async def unload(self, spec: ModelSpec, charged_bytes: int) -> Released:
+    async def unload(self, spec: ModelSpec, charged_bytes: int, *, park: bool = False) -> Released:
         """Unload and verify: the service says the memory is freed AND the meter agrees, within a
         bounded time. Never a fixed sleep: the meter is polled until it agrees or time is up.
 
@@ -121,19 +127,28 @@ class HttpEffects:
         # A family service drains the model first (its requests may run long); a tenant's server is
         # asked once nothing of ours is in flight, and given the release's time to let go.
         timeout_s = self.release_timeout_s if isinstance(client, TenantClient) else self.release_timeout_s + self.load_timeout_s
-        reply = await client.unload(spec.id, drain=True, timeout_s=timeout_s)
-        freed, stopped = reply.freed_bytes, reply.worker_stopped
+        host_bytes: int | None = None
+        if park and not isinstance(client, TenantClient):  # parked, or unloaded where the service cannot park
+            body = await client.request("POST", f"/v1/models/{spec.id}/park", timeout_s=timeout_s)
+            parked = reply_as(ParkReply, body, client.name)
+            state, freed, stopped, host_bytes = parked.state, parked.freed_bytes, parked.worker_stopped, parked.host_memory_bytes
+        else:
+            reply = await client.unload(spec.id, drain=True, timeout_s=timeout_s)
+            state, freed, stopped = reply.state, reply.freed_bytes, reply.worker_stopped
 
         def done(verified: bool, detail: str, back: int | None = None, used: int | None = None) -> Released:
-            return Released(freed, verified, time.monotonic() - t0, detail, stopped, unloaded=reply.state == "unloaded",
-                            returned_bytes=back, device_used_bytes=used)
+            # Parked, it still holds what neither the service nor the meter saw come back (none on the host).
+            held = 0 if meter is None or state != "parked" else max(0, charged_bytes - max(freed, back or 0))
+            return Released(freed, verified, time.monotonic() - t0, detail, stopped, unloaded=state in ("unloaded", "parked"),
+                            returned_bytes=back, device_used_bytes=used, parked=state == "parked", held_bytes=held,
+                            host_bytes=host_bytes)
 
-        if reply.state != "unloaded":
-            return done(False, f"service answered state {reply.state}")
+        if state not in ("unloaded", "parked"):
+            return done(False, f"service answered state {state}")
         if meter is None:
             # Host memory: the service measured its own worker's release (process RSS, or the
             # worker's end); the host's total is too noisy to second-guess it.
-            return done(True, "service-measured release")
+            return done(True, "service-measured release" if state == "unloaded" else "service-measured park")
         if used_before is None:
             return done(False, f"the meter could not read the device, so nothing verified the release: {meter_error}")
         expected = self.release_tolerance * expected_back(charged_bytes, freed, stopped)

@@ -3,8 +3,8 @@ data volume (``footprints.json``).
 
 One entry per model: ``peak_memory_bytes``, ``load_s`` and ``device`` from its last load, and
 ``unload_s`` from its last verified unload (how long the release took, the worker's end included when
-it was the family's last model). Files written before ``unload_s`` existed read as they are: the
-model's unload time is then unknown until it is next unloaded.
+it was the family's last model), and ``unpark_s`` from its last un-park (the parked tier: ``parking``). Files
+written before ``unload_s`` or ``unpark_s`` existed read as they are: the time is then unknown until measured.
 """
 
 from __future__ import annotations
@@ -48,6 +48,15 @@ class FootprintStore:
         entry.pop("peak_bytes", None)
         entry.update({"peak_memory_bytes": int(peak_memory_bytes), "load_s": float(load_s), "device": device,
                       "measured_at": time.time()})
+        self._save()
+
+    def unpark_s(self, model: str) -> float | None:
+        """How long the model's last un-park took (``parking``); None when never measured."""
+        known = self._data.get(model, {}).get("unpark_s")
+        return float(known) if isinstance(known, (int, float)) else None
+
+    def record_unpark(self, model: str, unpark_s: float) -> None:
+        self._data.setdefault(model, {})["unpark_s"] = float(unpark_s)
         self._save()
 
     def record_unload(self, model: str, unload_s: float) -> None:

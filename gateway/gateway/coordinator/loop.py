@@ -111,7 +111,7 @@ class Coordinator(WorldReads):
             unload_s = store.unload_s(spec.id)
             by_device.setdefault(dev, {})[spec.id] = ModelInfo(
                 spec.id, footprint, pin=spec.pin, priority=spec.priority, group=spec.group, load_s=load_s,
-                unload_s=0.5 if unload_s is None else unload_s, family=spec.family)
+                unload_s=0.5 if unload_s is None else unload_s, family=spec.family, unpark_s=store.unpark_s(spec.id))
         for dev, models in by_device.items():
             self.cores[dev] = Core(dev, budgets[dev], models, config=config, max_queue=max_queue,
                                    reserve_bytes=reserve_bytes if dev != "cpu" else 0)
@@ -225,7 +225,7 @@ class Coordinator(WorldReads):
                     self.metrics.swaps.labels(dev).inc()
                 self._spawn(self._load(dev, a.model), f"coordinator-load-{a.model}")
             elif isinstance(a, Unload):
-                self._spawn(self._unload(dev, a.model, a.reason), f"coordinator-unload-{a.model}")
+                self._spawn(self._unload(dev, a.model, a.reason, a.park), f"coordinator-unload-{a.model}")
             elif isinstance(a, UnloadAnswer):
                 self._answer(a)
             elif isinstance(a, Wake):
@@ -306,15 +306,20 @@ class Coordinator(WorldReads):
             self._apply(dev, core.load_done(model, self.clock(), ok=False, reason=f"{model} failed to load: {type(e).__name__}"))
             return
         self._load_errors.pop(model, None)
-        self.store.record(model, peak_memory_bytes=loaded.peak_memory_bytes, load_s=loaded.load_s, device=loaded.device)
+        if loaded.unparked:  # an un-park: its own time, the load's stays as measured (``parking``)
+            self.store.record_unpark(model, loaded.load_s)
+        else:
+            self.store.record(model, peak_memory_bytes=loaded.peak_memory_bytes, load_s=loaded.load_s, device=loaded.device)
+        core.models[model].parkable = bool(loaded.parkable)
         if self.metrics is not None:
             self.metrics.loads.labels(model, "loaded").inc()
             self.metrics.load_seconds.labels(model).observe(time.monotonic() - t0)
         log.info("%s: %s ready, measured peak %.0f MiB (ledger %.0f / %.0f MiB)", dev, model, loaded.peak_memory_bytes / 2**20,
                  (core.used_bytes() - core.loading_bytes + loaded.peak_memory_bytes) / 2**20, core.budget_bytes / 2**20)
-        self._apply(dev, core.load_done(model, self.clock(), ok=True, peak_memory_bytes=loaded.peak_memory_bytes, load_s=loaded.load_s))
+        self._apply(dev, core.load_done(model, self.clock(), ok=True, peak_memory_bytes=loaded.peak_memory_bytes,
+                                        load_s=loaded.load_s, unparked=loaded.unparked))
 
-    async def _unload(self, dev: str, model: str, reason: UnloadReason) -> None:
+    async def _unload(self, dev: str, model: str, reason: UnloadReason, park: bool = False) -> None:
         """Carry out an ``Unload``: the effects unload and verify the release; ``unload_done`` then
         drops the charge, or keeps what is unverified (and answers the operator unloads waiting)."""
         spec = self.catalog.get(model)
@@ -324,7 +329,7 @@ class Coordinator(WorldReads):
             self.metrics.evictions.labels(model, reason).inc()
         t0 = time.monotonic()
         try:
-            released = await self.effects.unload(spec, charged)
+            released = await (self.effects.unload(spec, charged, park=True) if park else self.effects.unload(spec, charged))
         except Exception as e:  # never leave the Core believing an unload is in flight
             if isinstance(e, RoundhouseError):
                 log.error("%s: unload of %s failed (%s); reconciling %s", dev, model, e.message, spec.family)

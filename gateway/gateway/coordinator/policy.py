@@ -23,6 +23,17 @@ class ModelInfo:
     load_s: float = 2.0  # expected; learnt from real loads
     unload_s: float = 0.5
     family: str | None = None  # its service: reconciliation reads one family at a time
+    # The parked tier (``parking``): whether its service parks it when evicted, its learnt un-park time, and while
+    # it is parked the device memory it still holds (None: not parked) and its weights' host memory.
+    parkable: bool = False
+    unpark_s: float | None = None
+    parked_bytes: int | None = None
+    parked_host_bytes: int | None = None
+
+    @property
+    def swap_in_s(self) -> float:
+        """What bringing it in costs: an un-park while it is parked (once measured), else a load."""
+        return self.unpark_s if self.parked_bytes is not None and self.unpark_s is not None else self.load_s
 
 
 @dataclass
@@ -57,6 +68,8 @@ class PolicyConfig:
     """A resident model used within this many seconds counts as busy (its next request is likely near)."""
     swap_batch: int = 16
     """This many waiting requests justify a swap even before their patience runs out."""
+    park_host_bytes: int | None = None
+    """Most host memory the models the coordinator parks may take in all; None: the services' caps decide."""
 
 
 @dataclass(frozen=True)
@@ -127,7 +140,7 @@ def _patience(snap: Snapshot, model: str, lane_patience: float, n_waiting_models
     """How long waiting work for ``model`` lets busy residents keep the device. Capped so that even
     when every waiting model needs its own swap first, no request waits past ``max_wait_s`` plus
     one swap: each swap ahead of it is paid out of its patience."""
-    swap_cost = snap.models[model].load_s + max((snap.models[m].unload_s for m in snap.resident), default=0.0)
+    swap_cost = snap.models[model].swap_in_s + max((snap.models[m].unload_s for m in snap.resident), default=0.0)
     return min(lane_patience, max(0.0, snap.config.max_wait_s - swap_cost * max(1, n_waiting_models)))
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from modelhost.errors import RoundhouseError
 
+from . import parking
 from .actions import Held
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ class WorldReads:
         else:
             held = {r.id: Held(r.peak_memory_bytes, settled=r.state == "ready") for r in rows if r.resident}
         for dev, core in self.cores.items():
+            if held is not None:
+                parking.seen(core.models, rows)  # which of them it parks, and which are parked there now
             self._apply(dev, core.reconcile(family, held, self.clock(), since=since[dev]))
 
     async def reconcile_all(self: Coordinator) -> None:
