@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # make dev: the gateway and the five family services as local processes, each in its own environment,
 # on CPU. Waits until every one is healthy (no fixed sleeps), sends sample requests through the
-# gateway to show the stack works (a caption, speech, its transcript, a face detection and a
-# verification), then runs until Ctrl-C or SIGTERM, which stops them all. A component that exits is
+# gateway to show the stack works (a caption, speech, its transcript, a face detection, a verification
+# and text embeddings), then runs until Ctrl-C or SIGTERM, which stops them all. A component that exits is
 # named, with its log, and started again (DEV_RESTARTS times at most; the others keep running).
 #
 # For harnesses (scripts/schemathesis.sh): DEV_SAMPLES=0 skips the sample requests; DEV_READY_FILE,
@@ -147,7 +147,8 @@ echo "== Roundhouse is up: gateway http://127.0.0.1:$GATEWAY_PORT (docs at /docs
 
 # One demo step: curl's answer must be a 2xx of the expected content type, else the demo stops here with
 # the error's code and message (an error body is never kept as the step's output). Prints a JSON or text
-# answer, and the size of a binary one.
+# answer, and the size of a binary one; with DEMO_SHOW=dim (an embeddings answer), its vectors' count and
+# size instead of their numbers.
 demo_step() {  # title expected-content-type output-file curl-arguments...
   local title=$1 want=$2 out=$3 meta status ctype
   shift 3
@@ -164,6 +165,10 @@ demo_step() {  # title expected-content-type output-file curl-arguments...
     return 1
   fi
   mv "$out.part" "$out"
+  if [[ ${DEMO_SHOW:-} == dim ]]; then
+    "$GW_PY" -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r["model"] + ":", len(r["data"]), "vectors of", len(r["data"][0]["embedding"]), "dimensions")' "$out"
+    return
+  fi
   case $want in
     application/json|text/*) cat "$out"; echo ;;
     *) echo "$out: $(wc -c < "$out") bytes of $ctype" ;;
@@ -184,14 +189,22 @@ samples() {
   demo_step "curl -F file=@build/hello.wav -F response_format=text $gw/v1/audio/transcriptions" \
     text/plain build/demo/transcript.txt \
     -F file=@build/hello.wav -F response_format=text "$gw/v1/audio/transcriptions" || return 1
-  # A real photo that ships in scikit-image, and a mirrored, cropped copy: dlib's real models find her face
-  # and say the two are the same person.
+  # A real photo that ships in scikit-image, and a mirrored, cropped copy: no model named, the catalog's first
+  # face model (in the tiny catalog the real YuNet + SFace) finds her face and says the two are one person.
   "$FACE_PY" -c "from PIL import Image; from skimage import data; a = Image.fromarray(data.astronaut()); a.save('build/astronaut.jpg', quality=95); a.transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((32, 40, 452, 400)).save('build/astronaut-flipped.jpg', quality=90)" || return 1
-  demo_step "curl -F file=@build/astronaut.jpg -F model=dlib-resnet $gw/v1/faces/detect" application/json build/demo/faces.json \
-    -F file=@build/astronaut.jpg -F model=dlib-resnet "$gw/v1/faces/detect" || return 1
-  demo_step "curl -F file_a=@build/astronaut.jpg -F file_b=@build/astronaut-flipped.jpg -F model=dlib-resnet $gw/v1/faces/verify" \
+  demo_step "curl -F file=@build/astronaut.jpg $gw/v1/faces/detect" application/json build/demo/faces.json \
+    -F file=@build/astronaut.jpg "$gw/v1/faces/detect" || return 1
+  demo_step "curl -F file_a=@build/astronaut.jpg -F file_b=@build/astronaut-flipped.jpg $gw/v1/faces/verify" \
     application/json build/demo/verify.json \
-    -F file_a=@build/astronaut.jpg -F file_b=@build/astronaut-flipped.jpg -F model=dlib-resnet "$gw/v1/faces/verify" || return 1
+    -F file_a=@build/astronaut.jpg -F file_b=@build/astronaut-flipped.jpg "$gw/v1/faces/verify" || return 1
+  # Embeddings name their model (OpenAI's request does): the catalog's first embed model, from GET /v1/models.
+  local embed_model
+  if ! embed_model=$(curl -sS "$gw/v1/models" | "$GW_PY" -c 'import json, sys; print(next(m["id"] for m in json.load(sys.stdin)["data"] if m["family"] == "embed"))' 2>/dev/null); then
+    echo "!! the demo stopped: no embed model read from GET $gw/v1/models" >&2; return 1
+  fi
+  body="{\"model\": \"$embed_model\", \"input\": [\"a photo of an astronaut\", \"a red bicycle\"]}"
+  DEMO_SHOW=dim demo_step "curl $gw/v1/embeddings -H 'content-type: application/json' -d '$body'" application/json \
+    build/demo/embeddings.json "$gw/v1/embeddings" -H 'content-type: application/json' -d "$body" || return 1
   echo "== every demo step passed"
 }
 if [ "$DEV_SAMPLES" != 0 ] && ! samples; then
