@@ -37,6 +37,26 @@ def bearer_header(token: str) -> tuple[str, str]:
     return "Authorization", f"Bearer {token}"
 
 
+def bearer_token(scope) -> bytes | None:  # noqa: ANN001 - an ASGI scope
+    """The token of a request's ``Authorization: Bearer <token>`` header, or None."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, rest = value.partition(b" ")
+            return rest.strip() if scheme.lower() == b"bearer" else None
+    return None
+
+
+async def send_unauthorized(send, src: str, code: str, message: str) -> None:  # noqa: ANN001 - ASGI send
+    """A 401 in the error envelope, with ``WWW-Authenticate: Bearer`` and a new request id."""
+    rid = new_request_id()
+    body = json.dumps(envelope(src, rid, type="authentication_error", code=code, message=message,
+                               param=None)).encode()
+    await send({"type": "http.response.start", "status": 401, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"www-authenticate", b"Bearer"), (REQUEST_ID_HEADER.lower().encode(), rid.encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
 class InternalTokenMiddleware:
     """Plain ASGI: a dict lookup and a constant-time compare per request, nothing when the path is open."""
 
@@ -52,22 +72,10 @@ class InternalTokenMiddleware:
         if scope["type"] != "http" or self._token is None:
             await self.app(scope, receive, send)
             return
-        token = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, rest = value.partition(b" ")
-                if scheme.lower() == b"bearer":
-                    token = rest.strip()
-                break
+        token = bearer_token(scope)
         if (token is None and scope["path"] in OPEN_PATHS) or (token is not None and hmac.compare_digest(token, self._token)):
             await self.app(scope, receive, send)
             return
-        rid = new_request_id()
         message = ("this service answers the Roundhouse gateway only: missing internal credential"
                    if token is None else "wrong internal credential")
-        body = json.dumps(envelope(self._src, rid, type="authentication_error", code="invalid_internal_token",
-                                   message=message, param=None)).encode()
-        await send({"type": "http.response.start", "status": 401, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"www-authenticate", b"Bearer"), (REQUEST_ID_HEADER.lower().encode(), rid.encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send_unauthorized(send, self._src, "invalid_internal_token", message)
