@@ -1,4 +1,4 @@
-"""Bulk jobs: one task (caption, faces, transcribe) over many files, durably, in the bulk lane.
+"""Bulk jobs: one task (caption, faces, transcribe, embed) over many files, durably, in the bulk lane.
 
     service.py   the facade the API routes call (gateway/routers/jobs.py): submit, add inputs, cancel, views
     schemas.py   request and response bodies; the OpenAPI request bodies generated from them
