@@ -158,7 +158,10 @@ def create_host_app(
         return ReadyReply(status="ok", family=family.name, models=len(h.runtime.entries), worker_pid=h.runtime.worker_pid)
 
     @app.get("/metrics", tags=["health"])
-    async def metrics_route() -> Response:
+    async def metrics_route(request: Request) -> Response:
+        h = host(request)
+        for row in h.runtime.snapshot():  # unavailable is decided at every look (states.py): so at every scrape
+            metrics.set_state(row.id, ModelState(_as_seen(h, row).state))
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models", tags=["models"], response_model=ModelsReply)

@@ -39,7 +39,8 @@ class ModelRow(BaseModel):
     family: str
     backend: str
     source: str | None = None
-    state: str = Field(description="unloaded, loading, ready, unloading, parking, parked or failed.")
+    state: str = Field(description="unloaded, loading, ready, unloading, parking, parked, failed, or unavailable "
+                                   "(something it needs is missing on this machine: the reason says what).")
     reason: str | None = Field(None, description="Why it is in this state (a failed load's cause, ...).")
     device_requested: str
     device: str | None = Field(None, description="Where it runs once loaded.")
