@@ -154,6 +154,7 @@ bench: venvs tiny-models
 	$(TTS_PY) bench/tts.py
 	$(ASR_PY) bench/asr.py
 	$(FACE_PY) bench/faces.py
+	$(FACE_PY) bench/faces_real.py
 
 clean:
 	rm -rf $(VENVS) build
