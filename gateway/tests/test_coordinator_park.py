@@ -5,11 +5,12 @@ the host-memory cap. Driven as the gateway drives it: events in, actions out, un
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import pytest
 
-from gateway.coordinator import parking
+from gateway.coordinator import parking, sim
 from gateway.coordinator.core import Core, Fail, FailKind, Grant, Load, Released, Unload, UnloadReason
 from gateway.coordinator.footprints import FootprintStore
 from gateway.coordinator.policy import ModelInfo, PolicyConfig
@@ -124,3 +125,22 @@ def test_unpark_times_are_remembered_with_the_footprints(tmp_path: Path) -> None
     again = FootprintStore(tmp_path / "footprints.json")
     assert again.unpark_s("A") == 0.3 and again.get("A")["load_s"] == 6.0
     assert again.unpark_s("B") is None
+
+
+def test_in_the_simulator_a_family_that_parks_swaps_in_its_unpark_time() -> None:
+    # Two caption models that do not fit together, interleaved: every swap-in after the first of each is an
+    # un-park (0.25 s) where the family parks, a load from disk (6 s) where it does not.
+    trace = [sim.TraceRequest(at=i * 2.0, model="A" if i % 2 == 0 else "B") for i in range(20)]
+
+    def run(unpark_s: float | None) -> sim.SimResult:
+        models = {m: sim.SimModel(4 * GiB, load_s=6.0, unload_s=0.1, family="caption", unpark_s=unpark_s) for m in "AB"}
+        return sim.simulate_core(trace, models, 6 * GiB, PolicyConfig(bulk_patience_s=0.0, idle_grace_s=0.0))
+
+    parked, unloaded = run(0.25), run(None)
+    assert not parked.double_loads and not [o for o in parked.outcomes if o.failed]
+    loads_s = parked.swap_s - 2 * 6.0  # two loads from disk, then only un-parks (and parks, 0.1 s each)
+    assert loads_s <= (parked.swaps - 2) * (0.25 + 0.1) + (parked.swaps - 1) * 0.1 + 1e-6
+    assert unloaded.swap_s >= unloaded.swaps * 6.0
+    # Once both were loaded once, each request waits one park and one un-park (0.35 s); unloaded, up to 11 s.
+    assert max(parked.waits()[8:]) <= 0.1 + 0.25 + 1e-6
+    assert statistics.fmean(unloaded.waits()[8:]) > 6.0

@@ -50,6 +50,7 @@ class SimModel:
     fail_load: bool = False
     zombie_s: float | None = None  # its releases go unverified: the memory shows back this long after (None: at once)
     family: str | None = None  # its service; with ``WorkerCosts`` for it, those replace load_s and unload_s
+    unpark_s: float | None = None  # its service parks it (``parking``): evicted, it parks in unload_s, un-parks in this
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,9 @@ def simulate_core(trace: list[TraceRequest], models: dict[str, SimModel], budget
     answered with that reading 50 ms later. Every load and verified unload reports its time, so the
     Core learns them as in production."""
     infos = {m: ModelInfo(m, s.footprint_bytes, pin=s.pin, priority=s.priority, group=s.group,
-                          load_s=s.load_s, unload_s=s.unload_s, family=s.family) for m, s in models.items()}
+                          load_s=s.load_s, unload_s=s.unload_s, family=s.family, parkable=s.unpark_s is not None)
+             for m, s in models.items()}
+    parked: set[str] = set()  # models parked in their worker, which lives on for them
     world = Workers(models, workers)
     core = Core("sim", budget_bytes, infos, config=config or PolicyConfig(), max_queue=max_queue)
     seq = itertools.count()
@@ -212,13 +215,14 @@ def simulate_core(trace: list[TraceRequest], models: dict[str, SimModel], budget
                 if a.model in loads_in_flight or a.model in core.resident:
                     double_loads += 1
                 loads_in_flight.add(a.model)
-                load_s = world.load_s(a.model, now)
+                unparked = a.model in parked
+                load_s = models[a.model].unpark_s if unparked else world.load_s(a.model, now)
                 swap_s += load_s
-                push(now + load_s, "load_done", a.model, load_s)
+                push(now + load_s, "load_done", a.model, load_s, unparked)
             elif isinstance(a, Unload):
-                unload_s = world.unload_s(a.model)
+                unload_s = models[a.model].unload_s if a.park else world.unload_s(a.model)
                 swap_s += unload_s
-                push(now + unload_s, "unload_done", a.model, unload_s)
+                push(now + unload_s, "unload_done", a.model, unload_s, a.park)
             elif isinstance(a, UnloadAnswer):
                 answers.setdefault(a.ticket, []).append(a.outcome)
             elif isinstance(a, Wake):
@@ -251,21 +255,27 @@ def simulate_core(trace: list[TraceRequest], models: dict[str, SimModel], budget
                 apply(core.release(model, now), now)
             kick(model, now)
         elif kind == "load_done":
-            model, load_s = args
+            model, load_s, unparked = args
             loads_in_flight.discard(model)
+            parked.discard(model)
             spec = models[model]
             if spec.fail_load:
                 world.gone(model)
             apply(core.load_done(model, now, ok=not spec.fail_load, peak_memory_bytes=spec.footprint_bytes,
-                                 load_s=load_s, reason="simulated load failure"), now)
+                                 load_s=load_s, reason="simulated load failure", unparked=unparked), now)
         elif kind == "unload_done":
-            model, unload_s = args
-            world.gone(model)
+            model, unload_s, park = args
             zombie_s = models[model].zombie_s
-            if zombie_s is None:
+            if park:  # its worker lives on, holding it in host memory
+                parked.add(model)
+                apply(core.unload_done(model, now, Released(core.unloading.get(model, 0), True, unload_s, "simulated park",
+                                                            parked=True)), now)
+            elif zombie_s is None:
+                world.gone(model)
                 charged = core.unloading.get(model, 0)
                 apply(core.unload_done(model, now, Released(charged, True, unload_s, "simulated", worker_stopped=True)), now)
             else:
+                world.gone(model)
                 charged, used = core.unloading.get(model, 0), device_used(now)
                 zombies.append((now + zombie_s, charged))
                 apply(core.unload_done(model, now, Released(charged, False, 0.0, "a zombie worker", worker_stopped=True,
