@@ -6,10 +6,9 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
+from PIL import Image
 
-from modelhost.errors import BadRequest
-from modelhost.images import CORRUPT, open_image, plan_decode
+from modelhost.images import decode_rgb
 
 
 @dataclass(frozen=True)
@@ -31,23 +30,11 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int,
     the header, before the pixels are decoded; JPEG is decoded reduced, ``modelhost.images.plan_decode``);
     415: not an image Pillow can read. Scaled down before it is turned upright and converted, so only the
     decoded canvas is ever full size."""
-    image = open_image(data, max_bytes=max_bytes, max_pixels=max_pixels, param=param)
-    width, height = image.size
-    try:
-        if image.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8):  # turned a quarter: upright is h x w
-            width, height = height, width
-        plan_decode(image, max_side=max_side, max_decode_bytes=max_decode_bytes, param=param)
-        image.load()
-        if image.mode in ("1", "P", "PA"):  # scaled in RGB(A), not with the nearest palette entry
-            image = image.convert("RGBA" if image.has_transparency_data else "RGB")
-        if max(image.size) > max_side:
-            image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
-        image = ImageOps.exif_transpose(image)
-        image = image.convert("RGB")
-    except CORRUPT as e:
-        raise BadRequest(f"the image could not be decoded (truncated or corrupt): {e}", param=param, code="corrupt_image")
-    pixels = np.asarray(image, dtype=np.uint8)
-    return Decoded(pixels=pixels, width=width, height=height, scale=max(image.size) / max(width, height))
+    up = decode_rgb(data, max_bytes=max_bytes, max_pixels=max_pixels, max_side=max_side,
+                    max_decode_bytes=max_decode_bytes, param=param, resample=Image.Resampling.BILINEAR)
+    pixels = np.asarray(up.image, dtype=np.uint8)
+    width, height = up.width, up.height
+    return Decoded(pixels=pixels, width=width, height=height, scale=max(up.image.size) / max(width, height))
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

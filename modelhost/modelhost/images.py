@@ -20,7 +20,9 @@ import io
 import struct
 import warnings
 
-from PIL import Image, UnidentifiedImageError
+from dataclasses import dataclass
+
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
@@ -75,3 +77,38 @@ def plan_decode(image: Image.Image, *, max_side: int, max_decode_bytes: int, par
         image.close()
         raise PayloadTooLarge(f"the image decodes to {w}x{h} pixels ({w * h * BYTES_PER_PIXEL} bytes); one decode may "
                               f"take {max_decode_bytes} bytes", param=param, code="decode_too_large")
+
+
+@dataclass(frozen=True)
+class Upright:
+    image: Image.Image
+    """RGB, upright, scaled so its longer side is at most ``max_side``."""
+    width: int
+    """Width of the upright image as uploaded (before scaling)."""
+    height: int
+
+
+def decode_rgb(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int, max_decode_bytes: int,
+               param: str = "file", resample: Image.Resampling = Image.Resampling.BICUBIC) -> Upright:
+    """Bytes → an upright RGB image no longer than ``max_side`` on either side, and its upright size as uploaded.
+
+    400 ``corrupt_image``: empty or truncated; 413: too many bytes or pixels, or a canvas over
+    ``max_decode_bytes`` (checked from the header, before the pixels are decoded; JPEG is decoded reduced,
+    ``plan_decode``); 415: not an image Pillow can read. ``param`` names the upload (``file.3``). Scaled
+    down before it is turned upright and converted, so only the decoded canvas is ever full size."""
+    image = open_image(data, max_bytes=max_bytes, max_pixels=max_pixels, param=param)
+    width, height = image.size
+    try:
+        if image.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8):  # turned a quarter: upright is h x w
+            width, height = height, width
+        plan_decode(image, max_side=max_side, max_decode_bytes=max_decode_bytes, param=param)
+        image.load()
+        if image.mode in ("1", "P", "PA"):  # scaled in RGB(A), not with the nearest palette entry
+            image = image.convert("RGBA" if image.has_transparency_data else "RGB")
+        if max(image.size) > max_side:
+            image.thumbnail((max_side, max_side), resample)
+        image = ImageOps.exif_transpose(image).convert("RGB")
+    except CORRUPT as e:
+        raise BadRequest(f"the image could not be decoded (truncated or corrupt): {e}", param=param,
+                         code="corrupt_image")
+    return Upright(image=image, width=width, height=height)
