@@ -30,7 +30,9 @@ CATALOG = """\
 defaults: {device: cpu}
 models:
   - {id: cap-a, family: caption, backend: blip, source: ./nowhere-a, memory_estimate_mb: 64}
+  - {id: cap-gpu, family: caption, backend: blip, source: ./nowhere-g, memory_estimate_mb: 64, device: "cuda:0"}
 """
+# cap-gpu is on a GPU NVML cannot see (the fake NVML is absent): the coordinator lists it unavailable.
 JOB_OPERATIONS = [("post", "/v1/jobs"), ("post", "/v1/jobs/{job_id}/inputs"), ("get", "/v1/jobs"),
                   ("get", "/v1/jobs/{job_id}"), ("post", "/v1/jobs/{job_id}/cancel"), ("delete", "/v1/jobs/{job_id}"),
                   ("get", "/v1/jobs/{job_id}/results"), ("get", "/v1/jobs/{job_id}/people"),
@@ -178,6 +180,17 @@ async def test_bad_job_requests_are_4xx_in_the_envelope(client: httpx.AsyncClien
     assert body["src"] == "gateway" and body["request_id"]
     if code is not None:
         assert body["error"]["code"] == code, body
+
+
+async def test_a_job_for_an_unavailable_model_is_refused_at_creation(client: httpx.AsyncClient) -> None:
+    for kwargs in ({"json": {"task": "caption", "model": "cap-gpu", "paths": ["a.jpg"]}},
+                   {"data": {"task": "caption", "model": "cap-gpu"}, "files": {"file": ("a.jpg", jpeg((9, 9, 9)))}}):
+        r = await client.post("/v1/jobs", **kwargs)
+        assert r.status_code == 503, r.text
+        error = r.json()["error"]
+        assert error["code"] == "model_unavailable" and error["param"] == "model"
+        assert "cap-gpu" in error["message"] and "cuda:0" in error["message"], error
+    assert (await client.get("/v1/jobs")).json()["data"] == []  # nothing stored
 
 
 @pytest.mark.parametrize("path", ["/v1/jobs?state=bogus", "/v1/jobs?limit=0", "/v1/jobs/job_x/results?format=xml",

@@ -13,6 +13,7 @@ from typing import Any, Awaitable, BinaryIO, Callable
 from modelhost.catalog import Catalog
 from modelhost.errors import BadRequest, Conflict, NotFound, Overloaded, PayloadTooLarge
 from modelhost.families import default_model
+from modelhost.states import ModelUnavailable
 
 from ..access import ModelAccess
 from .files import LISTING_STALL_S, Lane, LaneFull, Stalled
@@ -88,11 +89,15 @@ class Jobs:
         return default_model(self.catalog.models, cls.family, configured)
 
     def prepare(self, task: Any, model: str | None, options: dict[str, Any]) -> tuple[type[Task], str, dict[str, Any]]:
-        """Validate task, model and options (400/404/503) before anything is read or stored."""
+        """Validate task, model and options before anything is read or stored: 400, 404, 503 (its service
+        not configured, or the model ``model_unavailable`` here)."""
         cls = self.task_class(task)
         model = model or self.default_model(cls)
         spec = self.access.spec(model, cls.family)  # 404
         self.access.client(spec)  # 503 when its service is not configured
+        reason = self.access.coordinator.unavailable.get(model)
+        if reason is not None:  # on a GPU NVML cannot see (coordinator.loop): every item would fail, so no job
+            raise ModelUnavailable(f"model {model} is unavailable: {reason}", param="model")
         return cls, model, cls.parse_params(options, spec)
 
     async def resolve_paths(self, cls: type[Task], paths: list[str], already: int = 0,

@@ -90,10 +90,11 @@ def _content_type(request: Request) -> str:
 
 @router.post("/v1/jobs", status_code=201, response_model=Job, response_model_exclude_unset=True,
              summary="Create a bulk job",
-             description="A task (caption, faces, transcribe), an optional model and options, and inputs: uploaded "
-             "files (multipart field `file`, repeated) and/or library paths, folders and globs (`paths` in JSON, `path` "
-             "in multipart) under GATEWAY_LIBRARY_ROOTS. With `open=true` the job takes more inputs through "
-             "POST /v1/jobs/{id}/inputs until one says `close=true`.",
+             description="A task (caption, faces, transcribe, embed), an optional model and options, and inputs: "
+             "uploaded files (multipart field `file`, repeated) and/or library paths, folders and globs (`paths` in JSON, "
+             "`path` in multipart) under GATEWAY_LIBRARY_ROOTS. With `open=true` the job takes more inputs through "
+             "POST /v1/jobs/{id}/inputs until one says `close=true`. A model that cannot run here (the catalog puts "
+             "it on a GPU NVML does not see) is 503 `model_unavailable` with the reason, and no job is made.",
              responses={201: {"headers": {"Location": {"description": "The job's URL.", "schema": {"type": "string"}}}},
                         **error_responses(400, 404, 413, 415, 429, 503), **OUTSIDE_LIBRARY},
              openapi_extra=request_body(JobRequest, JobForm))
