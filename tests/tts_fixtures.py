@@ -1,6 +1,6 @@
-"""Session fixtures of the tts proc tests: the tiny TTS catalog (tiny Piper, tiny VITS, flite, espeak-ng),
-built with the tts environment, and a real tts-svc and gateway on loopback. Import the fixtures you use
-into a test module: ``from tests.tts_fixtures import tts_catalog, tts_svc, tts_gateway``."""
+"""Session fixtures of the tts proc tests: the tiny TTS catalog (the real Piper joe voice, tiny Piper, tiny
+VITS, flite, espeak-ng), built with the tts environment, and a real tts-svc and gateway on loopback. Import
+the fixtures you use into a test module: ``from tests.tts_fixtures import tts_catalog, tts_svc, tts_gateway``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from tests import procs
 
 TTS_MAX_INPUT_CHARS = 1000
-VOICES = {"tiny-piper": "tiny", "tiny-vits": "tiny", "flite": "slt", "espeak-ng": "en-us"}
+VOICES = {"piper-joe": "joe", "tiny-piper": "tiny", "tiny-vits": "tiny", "flite": "slt", "espeak-ng": "en-us"}
 
 
 def build_tiny_tts_models(out: Path) -> Path:
