@@ -121,19 +121,19 @@ async def test_metrics_say_unavailable_while_the_rows_do(tmp_path: Path) -> None
     family = Family(name="arith", service="arith-svc", backends=FAMILY.backends,
                     missing=lambda spec: lacking.get(spec.id))
     app = create_host_app(family, HostSettings(cache_dir=tmp_path / "cache"), CATALOG, meter=HostMeter())
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://arith-svc") as c:
-            rows = {m["id"]: m["state"] for m in (await c.get("/v1/models")).json()["data"]}
-            assert rows == {"a": "unloaded", "b": "unavailable"}
-            await c.get("/metrics")
-            assert metric(app, "roundhouse_model_state", model="b", state="unavailable") == 1
-            assert metric(app, "roundhouse_model_state", model="b", state="unloaded") == 0
-            assert metric(app, "roundhouse_model_state", model="a", state="unloaded") == 1
+    async with (app.router.lifespan_context(app),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://arith-svc") as c):
+        rows = {m["id"]: m["state"] for m in (await c.get("/v1/models")).json()["data"]}
+        assert rows == {"a": "unloaded", "b": "unavailable"}
+        await c.get("/metrics")
+        assert metric(app, "roundhouse_model_state", model="b", state="unavailable") == 1
+        assert metric(app, "roundhouse_model_state", model="b", state="unloaded") == 0
+        assert metric(app, "roundhouse_model_state", model="a", state="unloaded") == 1
 
-            lacking.clear()  # installed: decided again at the next look
-            await c.get("/metrics")
-            assert metric(app, "roundhouse_model_state", model="b", state="unloaded") == 1
-            assert metric(app, "roundhouse_model_state", model="b", state="unavailable") == 0
+        lacking.clear()  # installed: decided again at the next look
+        await c.get("/metrics")
+        assert metric(app, "roundhouse_model_state", model="b", state="unloaded") == 1
+        assert metric(app, "roundhouse_model_state", model="b", state="unavailable") == 0
 
 
 async def test_models_lists_this_familys_catalog_models(client) -> None:
