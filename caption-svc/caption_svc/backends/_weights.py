@@ -101,14 +101,35 @@ def load_pretrained(model_cls: Any, spec: ModelSpec, device: str, dtype: Any, kw
     from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
     model = model_cls.from_pretrained(spec.source, dtype=dtype, **kwargs).to(device)
-    # Each linear layer's float weight is replaced (and freed) as it is quantised, so the peak stays that of
-    # the float model. A linear layer that shares its weight with an embedding (a tied output embedding) is
+    # The float weights are views of the checkpoint's mapping: the pages quantisation reads stay resident
+    # until the last view goes (``_own_storage``), so the load's peak is the float weights plus their int8
+    # copy; what stays after it is the int8 copy. A linear layer that shares its weight with an embedding (a tied output embedding) is
     # left alone: quantising it would keep the float table for the embedding and add an int8 copy.
+    _large_blocks_unmapped()
     tied = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     quantize_(model, Int8WeightOnlyConfig(),
               filter_fn=lambda m, _: isinstance(m, torch.nn.Linear) and id(m.weight) not in tied)
+    _own_storage(model)
     log.info("model %s: linear weights quantised to int8 (torchao, weight-only) on %s", spec.id, device)
     return model
+
+
+def _own_storage(model: Any) -> None:
+    """Copy every plain tensor left in ``model`` (what was not quantised) into memory of its own. Loaded
+    weights are views of the checkpoint file's mapping, and one view left alive keeps the pages the
+    quantisation read resident: the float weights' memory is given back only when no view holds it."""
+    import torch
+
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if id(param) not in seen and type(param.data) is torch.Tensor:
+                param.data = param.data.clone()
+            seen.add(id(param))
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer is not None and id(buffer) not in seen and type(buffer) is torch.Tensor:
+                module._buffers[name] = buffer.clone()
+            seen.add(id(buffer))
 
 
 def pretrained_kwargs(spec: ModelSpec, cache_dir: str) -> dict[str, Any]:
@@ -135,3 +156,20 @@ def warm_pretrained(model_cls: Any, config: Any, **generate_inputs: Any) -> None
         model = model_cls.from_pretrained(d, dtype=torch.float32, local_files_only=True).eval()
     with torch.inference_mode():
         model.generate(**generate_inputs, max_new_tokens=2, do_sample=False)
+
+
+def _large_blocks_unmapped() -> None:
+    """Have glibc map every block of 1 MiB or more on its own, and unmap it when freed (a fixed
+    ``M_MMAP_THRESHOLD``). Int8 weight-only layers on CPU make a float copy of their weight at every forward
+    pass; with glibc's default, a threshold that rises after the first large free, those copies stay in the
+    heap once freed, and the worker's resident set (what the meter reads on CPU) would keep the float
+    weights' size after all. Applies to the whole worker process: a system call per large block, small beside
+    the forward pass that needs it."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+        libc.malloc_trim(0)
