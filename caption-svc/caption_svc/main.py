@@ -11,10 +11,10 @@ from modelhost.meter import MemoryMeter
 
 from .api import router
 from .backends import BACKENDS
-from .backends._weights import check_options
+from .backends._weights import check_options, missing
 from .config import CaptionSettings
 
-FAMILY = Family(name="caption", service="caption-svc", backends=BACKENDS)
+FAMILY = Family(name="caption", service="caption-svc", backends=BACKENDS, missing=missing)
 
 
 def create_app(settings: CaptionSettings | None = None, *, meter: MemoryMeter | None = None) -> FastAPI:

@@ -119,16 +119,34 @@ def test_int8_weights_hold_less_memory_than_float32(client: TestClient) -> None:
 
 
 @pytest.mark.app
-def test_int4_on_cpu_fails_its_load_with_the_reason(client: TestClient) -> None:
-    r = client.post("/v1/models/tiny-blip-int4/load")
-    assert 400 <= r.status_code < 600 and r.status_code != 200, r.text
-    body = r.json()
-    assert body["src"] == "caption-svc"
-    assert "int4 needs a CUDA device" in body["error"]["message"], body
+def test_int4_on_cpu_is_unavailable_with_the_reason(client: TestClient) -> None:
+    reason = "quantization int4 needs a CUDA device"
     row = _row(client, "tiny-blip-int4")
-    assert row["state"] == "failed" and "use quantization int8 on cpu" in (row["reason"] or "")
+    assert row["state"] == "unavailable" and reason in (row["reason"] or ""), row
+    r = client.post("/v1/models/tiny-blip-int4/load")
+    assert r.status_code == 503, r.text
+    body = r.json()
+    assert body["src"] == "caption-svc" and body["error"]["code"] == "model_unavailable"
+    assert reason in body["error"]["message"] and "use quantization int8 on cpu" in body["error"]["message"]
     # The service goes on: another model still loads.
     assert client.post("/v1/models/tiny-blip/load").status_code == 200
+
+
+@pytest.mark.unit
+def test_int4_that_falls_back_to_cpu_fails_its_load_with_the_reason(models: Path) -> None:
+    """A CUDA model allowed to fall back runs on the CPU where no GPU is usable: its load refuses int4 there."""
+    from caption_svc.backends.blip import BlipCaptioner
+    from modelhost.catalog import ModelSpec
+
+    spec = ModelSpec(id="tiny-blip-int4", family="caption", backend="blip", source=str(models / "tiny-blip"),
+                     device="cuda:0", allow_cpu_fallback=True, options={"quantization": "int4"})
+    backend = BlipCaptioner(spec, cache_dir=str(models / "cache"))
+    with pytest.MonkeyPatch.context() as mp:
+        import torch
+
+        mp.setattr(torch.cuda, "is_available", lambda: False)  # the hardware boundary: no usable GPU
+        with pytest.raises(ValueError, match="int4 needs a CUDA device .* runs on cpu: use quantization int8 on cpu"):
+            backend.load()
 
 
 @pytest.mark.unit

@@ -8,8 +8,10 @@ so a big model fits a small card (README: "8 GB cards"). Absent, the weights run
 value      on CUDA                                     on CPU
 =========  ==========================================  ===============================================
 ``int8``   bitsandbytes LLM.int8 (``load_in_8bit``)    torchao int8 weight-only (``Int8WeightOnlyConfig``)
-``int4``   bitsandbytes NF4 (``load_in_4bit``),        refused at load: bitsandbytes' 4-bit kernels are
-           computing in ``dtype``                      for CUDA; the model fails with that reason
+``int4``   bitsandbytes NF4 (``load_in_4bit``),        refused: bitsandbytes' 4-bit kernels are for CUDA.
+           computing in ``dtype``                      A cpu model is listed unavailable with the reason
+                                                       (``missing``); a CUDA model that falls back to the
+                                                       CPU fails its load with it
 =========  ==========================================  ===============================================
 
 An unknown value is refused when the service reads its catalog (``check_options``: the service does not
@@ -75,6 +77,20 @@ def check_options(specs: list[ModelSpec]) -> None:
         quantization(spec)
 
 
+def missing(spec: ModelSpec) -> str | None:
+    """Why ``spec`` cannot run here, known from the catalog alone (``Family.missing``: the model is listed
+    ``unavailable`` with this reason, and a load is a 503): int4 weights on a model placed on the CPU. A CUDA
+    model that falls back to the CPU at load fails that load with the same reason."""
+    if quantization(spec) == "int4" and not spec.wants_gpu:
+        return _int4_on_cpu(spec.id, "cpu")
+    return None
+
+
+def _int4_on_cpu(model_id: str, device: str) -> str:
+    return (f"model {model_id!r}: quantization int4 needs a CUDA device (bitsandbytes' 4-bit kernels), and this "
+            f"model runs on {device}: use quantization int8 on cpu")
+
+
 def load_pretrained(model_cls: Any, spec: ModelSpec, device: str, dtype: Any, kwargs: dict[str, Any]) -> Any:
     """``model_cls.from_pretrained(spec.source)`` placed on ``device`` in ``dtype``, its weights quantised as
     ``options.quantization`` asks (the table in this module's docstring)."""
@@ -93,10 +109,7 @@ def load_pretrained(model_cls: Any, spec: ModelSpec, device: str, dtype: Any, kw
         return model_cls.from_pretrained(spec.source, dtype=dtype, quantization_config=config,
                                          device_map={"": device}, **kwargs)
     if bits == "int4":
-        raise ValueError(
-            f"model {spec.id!r}: quantization int4 needs a CUDA device (bitsandbytes' 4-bit kernels), and this "
-            f"model runs on {device}: use quantization int8 on cpu"
-        )
+        raise ValueError(_int4_on_cpu(spec.id, device))
     import torch
     from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
