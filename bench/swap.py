@@ -1,5 +1,5 @@
-"""Swap-in time per family: a load into a cold worker, into a warm spare, into a live worker, and an A->B->A
-cycle between two families, in one run.
+"""Swap-in time per family: a load into a cold worker, into a warm spare, into a live worker, an un-park of a
+parked model, and an A->B->A cycle between two families, in one run.
 
     .venvs/gateway/bin/python bench/swap.py [--repeats 5] [--cycles 2] [--dwell-s 8]
 
@@ -14,7 +14,12 @@ one warm-up inference passed):
 * spare: the service as shipped, no model resident, its warm spare ready (``GET /v1/models``: ``spare.state``):
   the load takes the spare;
 * live: another model of the family (``tiny-blip2``, ``tiny-faster-whisper``) keeps the worker alive; the
-  load goes into that worker, as a load always did when a family already had a model resident.
+  load goes into that worker, as a load always did when a family already had a model resident;
+* parked: a third service with ``*_SVC_PARK=true``: the model is parked (``POST /v1/models/{id}/park``: its
+  weights to host memory in the live worker) and loaded again, which un-parks it; beside it, the same model's
+  load into that live worker after a full unload (``live (same)``). The model that parks: ``tiny-blip`` (torch);
+  for speech ``tiny-faster-whisper`` (CTranslate2; openai-whisper's backend does not park). On a CPU there is no
+  device to copy to, so the un-park is the warm-up alone: the GPU proof measures the copy.
 
 Each load is followed by its unload (the last model's unload ends the worker); ``--repeats`` loads per row,
 median. The two services of a family run side by side (spare off: cold, then live; spare on), each measured
@@ -56,22 +61,28 @@ class Fam:
     prefix: str  # its settings' env prefix
     model: str  # the model whose swap-in is measured
     companion: str  # keeps the worker alive for the "live" row
+    parks: str  # the model of the "parked" row (its backend can park)
+    parks_companion: str  # keeps that service's worker alive meanwhile
 
 
 FAMILIES = (
-    Fam("caption", CAPTION_PY, "caption_svc", "CAPTION_SVC", "tiny-blip", "tiny-blip2"),
-    Fam("asr", ASR_PY, "asr_svc", "ASR_SVC", "tiny-whisper", "tiny-faster-whisper"),
+    Fam("caption", CAPTION_PY, "caption_svc", "CAPTION_SVC", "tiny-blip", "tiny-blip2", "tiny-blip", "tiny-blip2"),
+    Fam("asr", ASR_PY, "asr_svc", "ASR_SVC", "tiny-whisper", "tiny-faster-whisper", "tiny-faster-whisper", "tiny-whisper"),
 )
 
 
+FAM_BY_NAME = {f.name: f for f in FAMILIES}
+
+
 class Service:
-    def __init__(self, procs: Processes, fam: Fam, *, spare: bool) -> None:
+    def __init__(self, procs: Processes, fam: Fam, *, spare: bool, park: bool = False) -> None:
         self.fam, self.port = fam, free_port()
-        self.name = f"{fam.name}-svc-{'spare' if spare else 'nospare'}"
+        self.name = f"{fam.name}-svc-{'spare' if spare else 'nospare'}{'-park' if park else ''}"
         self._procs = procs
         procs.start(self.name, [fam.python, "-m", fam.module], env={
             f"{fam.prefix}_CATALOG": str(CATALOG), f"{fam.prefix}_PORT": str(self.port),
             f"{fam.prefix}_LOG_LEVEL": "WARNING", f"{fam.prefix}_SPARE_WORKER": "true" if spare else "false",
+            f"{fam.prefix}_PARK": "true" if park else "false",
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
 
     def ready(self) -> "Service":
@@ -94,6 +105,12 @@ class Service:
         t0 = time.perf_counter()
         self._post(f"/v1/models/{model}/unload")
         return time.perf_counter() - t0
+
+    def park(self, model: str) -> dict:
+        reply = self._post(f"/v1/models/{model}/park")
+        if not reply["parked"]:
+            raise RuntimeError(f"{self.name}: {model} was not parked: {reply.get('reason')}")
+        return reply
 
     def listing(self) -> dict:
         status, body = http_call(self.port, "GET", "/v1/models")
@@ -133,6 +150,23 @@ def measure_family(procs: Processes, fam: Fam, repeats: int) -> dict:
     row["spare_rss_bytes"] = statistics.median(s["host_memory_bytes"] for s in spares)
     row["spare_preload_s"] = statistics.median(s["preload_s"] for s in spares)
     procs.stop(plain.name), procs.stop(warm.name)
+    return row
+
+
+def measure_parked(procs: Processes, fam: Fam, repeats: int) -> dict:
+    """A service with parking on, its worker kept alive by a companion: the model's un-park (park, then load)
+    against its load into that same live worker after a full unload, alternating."""
+    svc = Service(procs, fam, spare=False, park=True).ready()
+    svc.load(fam.parks_companion)
+    _load_unload(svc, fam.parks)  # the first load into it imports the model's own modules: not counted
+    row: dict = {"parked": [], "live_same": [], "host_bytes": []}
+    for _ in range(repeats):
+        row["live_same"].append(_load_unload(svc, fam.parks))
+        svc.load(fam.parks)
+        row["host_bytes"].append(svc.park(fam.parks)["host_memory_bytes"])
+        row["parked"].append(svc.load(fam.parks))
+        svc.unload(fam.parks)
+    procs.stop(svc.name)
     return row
 
 
@@ -187,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = []
             for fam in (f for f in FAMILIES if f.name in args.families.split(",")):
                 rows.append(measure_family(procs, fam, args.repeats))
+                rows[-1].update(measure_parked(procs, fam, args.repeats))
                 print(f"  {fam.name}: done", flush=True)
             cycles = [measure_cycle(procs, args.cycles, args.dwell_s, spare=s) for s in (True, False)] if args.cycles else []
             print("  cycle: done", flush=True)
@@ -199,14 +234,18 @@ def main(argv: list[str] | None = None) -> int:
     med = statistics.median
     print()
     print("| family | model | cold worker s | spare s | live worker s | cold / live | spare / live | spare RSS MiB |"
-          " spare imports s |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    ratios = {}
+          " spare imports s | parked model | parked s | live (same) s | parked / live | parked / cold | parked host MiB |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    ratios, parked_ratios = {}, {}
     for r in rows:
         cold, spare, live = med(r["cold"]), med(r["spare"]), med(r["live"])
         ratios[r["family"]] = spare / live
+        parked, live_same = med(r["parked"]), med(r["live_same"])
+        parked_ratios[r["family"]] = parked / live_same
         print(f"| {r['family']} | {r['model']} | {cold:.2f} | {spare:.2f} | {live:.2f} | {cold / live:.1f} | "
-              f"{spare / live:.2f} | {r['spare_rss_bytes'] / 2**20:.0f} | {r['spare_preload_s']:.2f} |")
+              f"{spare / live:.2f} | {r['spare_rss_bytes'] / 2**20:.0f} | {r['spare_preload_s']:.2f} | "
+              f"{FAM_BY_NAME[r['family']].parks} | {parked:.2f} | {live_same:.2f} | {parked / live_same:.2f} | "
+              f"{parked / cold:.2f} | {med(r['host_bytes']) / 2**20:.1f} |")
     print()
     print(f"A->B->A ({FAMILIES[0].model} <-> {FAMILIES[1].model}, {args.cycles} cycle(s), {args.dwell_s:.0f} s dwell):")
     for c in cycles:
@@ -217,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     per_family = " ".join(f"{f}_spare_vs_live={x:.2f}" for f, x in ratios.items())
     cold_live = " ".join(f"{r['family']}_cold_vs_live={med(r['cold']) / med(r['live']):.1f}" for r in rows)
     cycle_ratio = statistics.mean(cycles[0]["swaps"]) / statistics.mean(cycles[1]["swaps"]) if cycles else float("nan")
+    parked_live = " ".join(f"{f}_parked_vs_live={x:.2f}" for f, x in parked_ratios.items())
     print(f"spare_vs_live={worst:.2f} (target <= {TARGET}) {'PASS' if worst <= TARGET else 'MISS'} {per_family} "
-          f"{cold_live} cycle_spare_vs_cold={cycle_ratio:.2f}")
+          f"{cold_live} {parked_live} cycle_spare_vs_cold={cycle_ratio:.2f}")
     return 0
 
 
