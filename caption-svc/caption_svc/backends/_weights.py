@@ -116,8 +116,8 @@ def load_pretrained(model_cls: Any, spec: ModelSpec, device: str, dtype: Any, kw
     model = model_cls.from_pretrained(spec.source, dtype=dtype, **kwargs).to(device)
     # The float weights are views of the checkpoint's mapping: the pages quantisation reads stay resident
     # until the last view goes (``_own_storage``), so the load's peak is the float weights plus their int8
-    # copy; what stays after it is the int8 copy. A linear layer that shares its weight with an embedding (a tied output embedding) is
-    # left alone: quantising it would keep the float table for the embedding and add an int8 copy.
+    # copy; what stays after it is the int8 copy. A linear layer that shares its weight with an embedding (a
+    # tied output embedding) is left alone: quantising it would keep the float table and add an int8 copy.
     _large_blocks_unmapped()
     tied = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     quantize_(model, Int8WeightOnlyConfig(),
