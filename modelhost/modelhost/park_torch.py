@@ -11,6 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 
+def can_park_module(module: Any) -> bool:
+    """Whether ``module`` can move to host memory: not when bitsandbytes quantized its weights on the GPU (they
+    cannot leave it: ``.to`` refuses); anything already on the CPU parks trivially."""
+    on_device = any(t.device.type != "cpu" for t in _tensors(module))
+    quantized = any(getattr(module, flag, False) for flag in ("is_loaded_in_8bit", "is_loaded_in_4bit")) \
+        or getattr(module, "hf_quantizer", None) is not None
+    return not (on_device and quantized)
+
+
 def park_module(module: Any) -> int:
     """Move ``module`` to host memory; return the bytes its tensors take there."""
     import torch

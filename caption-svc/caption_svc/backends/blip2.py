@@ -118,7 +118,11 @@ class Blip2Captioner(Backend):
         eos_ids = _ids(self.model.generation_config.eos_token_id)
         return [_caption(self.processor, ids[:limit], eos_ids) for ids, limit in zip(new_tokens, limits)]
 
-    can_park = True  # a torch module: parked in (pinned) host memory, copied back on the next load
+    @property
+    def can_park(self) -> bool:  # a torch module: parked in (pinned) host memory, copied back on the next load
+        from modelhost.park_torch import can_park_module
+
+        return self.model is not None and can_park_module(self.model)
 
     def park(self) -> int:
         from modelhost.park_torch import park_module

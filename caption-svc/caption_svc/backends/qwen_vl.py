@@ -102,7 +102,11 @@ class QwenVLCaptioner(Backend):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    can_park = True  # a torch module: parked in (pinned) host memory, copied back on the next load
+    @property
+    def can_park(self) -> bool:  # a torch module: parked in (pinned) host memory, copied back on the next load
+        from modelhost.park_torch import can_park_module
+
+        return self.model is not None and can_park_module(self.model)
 
     def park(self) -> int:
         from modelhost.park_torch import park_module
