@@ -16,6 +16,8 @@ Invariants (each guarded here, each with a test):
   so an idle service holds no model memory, not even a CUDA context. If the worker dies, every model
   it held becomes FAILED with the exit code as reason; the next load starts a new worker, or takes
   the warm spare (``workers``, ``spare``: a worker with the frameworks imported and no device context).
+* A parked model (``park``: weights in host memory in the live worker) keeps the worker alive as a resident one
+  does (``HOLDING``); its next ``ensure_ready`` un-parks it instead of loading it; the worker's death fails it.
 
 Everything runs on one event loop; the only other thread is the worker's reply reader, which hands
 results to the loop with ``call_soon_threadsafe``.
