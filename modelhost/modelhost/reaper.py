@@ -1,4 +1,5 @@
-"""The idle reaper: unloads a READY model that nobody has used for its catalog ``ttl_s``.
+"""The idle reaper: unloads a READY or PARKED model that nobody has used for its catalog ``ttl_s`` (a parked
+model holds host memory and its worker, so its idle time counts the same; it is counted from its last use).
 
 It decides nothing about state itself: it asks ``ModelRuntime.unload`` (without drain), which
 refuses a model that got a lease meanwhile; that refusal is logged and the model kept. A model with
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+REAPABLE = (ModelState.READY, ModelState.PARKED)
+
 
 async def reap_idle(runtime: "ModelRuntime") -> None:
     """Runs until cancelled, every ``reaper_interval_s``."""
@@ -28,7 +31,7 @@ async def reap_idle(runtime: "ModelRuntime") -> None:
         now = time.monotonic()
         for entry in list(runtime.entries.values()):
             ttl = entry.spec.ttl_s
-            if ttl is None or entry.state is not ModelState.READY or entry.leases or entry.draining:
+            if ttl is None or entry.state not in REAPABLE or entry.leases or entry.draining:
                 continue
             if now - entry.last_used_mono >= ttl:
                 log.info("model %s idle for %.0f s (ttl_s %.0f): unloading", entry.spec.id, now - entry.last_used_mono, ttl)

@@ -154,3 +154,13 @@ async def test_a_worker_that_dies_fails_its_parked_models(make_runtime, wait_unt
     assert sample(rt, "roundhouse_model_parked_models") == 0
     entry = await asyncio.wait_for(rt.ensure_ready("a"), DEADLINE_S)  # and loads again, from disk
     assert entry.state is S.READY and not rt.describe(entry).unparked
+
+
+async def test_a_parked_model_is_unloaded_once_idle_for_its_ttl(make_runtime, wait_until) -> None:
+    rt = make_runtime(spec("a", ttl_s=0.5), reaper_interval_s=0.05)
+    await asyncio.wait_for(rt.ensure_ready("a"), DEADLINE_S)
+    await asyncio.wait_for(rt.park("a"), DEADLINE_S)
+    assert rt.entries["a"].state is S.PARKED
+    await wait_until(lambda: rt.entries["a"].state is S.UNLOADED, "the idle parked model is reaped")
+    assert sample(rt, "roundhouse_model_unloads_total", model="a", reason="ttl") == 1
+    assert sample(rt, "roundhouse_model_parked_models") == 0 and rt.worker_pid is None
