@@ -73,6 +73,7 @@ def test_an_evicted_model_is_parked_and_its_next_request_unparks_it(parking_stac
     caption(gw.url, "tiny-blip2")  # does not fit beside tiny-blip's measured footprint: tiny-blip is evicted, parked
     rows = admin_models(gw)
     assert rows["tiny-blip"]["state"] == "parked" and rows["tiny-blip"]["ledger_state"] == "parked"
+    assert rows["tiny-blip"]["parkable"] and rows["tiny-blip"]["host_memory_bytes"] > 0  # the admin view says so
     listing = service_models(svc)
     assert listing["worker_pid"] == worker  # the worker lives on, holding the parked weights
     blip = next(m for m in listing["data"] if m["id"] == "tiny-blip")
@@ -89,6 +90,7 @@ def test_an_evicted_model_is_parked_and_its_next_request_unparks_it(parking_stac
     cold_load_s = blip["load_s"] + blip["warmup_s"]  # its first load, into a worker started for it
     assert blip["unpark_s"] < cold_load_s, (blip["unpark_s"], cold_load_s)
     assert unpark_wall_s < cold_s, (unpark_wall_s, cold_s)
+    assert admin_models(gw)["tiny-blip"]["unpark_s"] == blip["unpark_s"]
 
 
 def test_a_service_left_with_only_parked_models_holds_no_device_memory_for_them(parking_stack) -> None:

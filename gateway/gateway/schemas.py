@@ -25,8 +25,10 @@ class AdminModel(BaseModel):
     id: str
     family: str
     service: str
-    state: str = Field(description="unloaded, loading, ready, unloading, failed, unavailable (something it needs is "
-                                   "missing on this machine: reason says what), or unknown when the service is unreachable")
+    state: str = Field(description="unloaded, loading, ready, unloading, failed, parking, parked (its weights in "
+                                   "host memory in its live worker: its next request un-parks it), unavailable "
+                                   "(something it needs is missing on this machine: reason says what), or unknown "
+                                   "when the service is unreachable")
     reason: str | None = None
     device: str | None = None
     device_requested: str
@@ -49,6 +51,9 @@ class AdminModel(BaseModel):
                                 "pulls them first (POST /admin/models/{id}/pull ahead of time); null: unknown (the "
                                 "backend fetches its own weights on its first load, or the service did not answer).")
     size_on_disk_bytes: int | None = Field(None, description="What its weights take on disk; null when unknown.")
+    parkable: bool | None = Field(None, description="Its service can park it (README: the parked tier); null: unknown.")
+    host_memory_bytes: int | None = Field(None, description="Host memory its parked weights take, while parked.")
+    unpark_s: float | None = Field(None, description="Its last measured un-park (host memory back to the device).")
 
 
 class AdminService(BaseModel):

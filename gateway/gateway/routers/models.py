@@ -81,7 +81,7 @@ def _server(g: Gateway, spec: ModelSpec) -> str:
 
 
 _SERVED = {"state", "reason", "device", "memory_bytes", "peak_memory_bytes", "load_s", "last_used", "in_flight",
-           "cached", "size_on_disk_bytes"}
+           "cached", "size_on_disk_bytes", "parkable", "host_memory_bytes", "unpark_s"}
 
 
 def _as_served(row: ModelRow | None, unavailable: str | None = None) -> dict:
