@@ -13,6 +13,8 @@ Invariants:
 2. Memory is bounded: each subscriber's queue holds at most ``queue_size`` events, and the recent
    swaps at most ``history``. A subscriber whose queue is full (a slow client) is dropped: its queue
    is closed, its stream ends, and it may reconnect and read the views again. Nobody waits for it.
+   The metrics show both: ``roundhouse_gateway_events_subscribers`` (now) and
+   ``roundhouse_gateway_events_subscribers_dropped_total``.
 3. Every event has a ``type`` and a ``seq`` (counting from 1 per gateway process), so a client can
    tell it missed some (a gap) and read the views again.
 """
@@ -23,9 +25,12 @@ import asyncio
 import collections
 import itertools
 import time
-from typing import Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 from pydantic import BaseModel, Field, TypeAdapter
+
+if TYPE_CHECKING:
+    from .metrics import GatewayMetrics
 
 
 class _Event(BaseModel):
@@ -101,12 +106,15 @@ class Subscriber:
 class EventHub:
     """Fan-out of events to subscribers (see the module's docstring)."""
 
-    def __init__(self, *, queue_size: int = 256, history: int = 50) -> None:
+    def __init__(self, *, queue_size: int = 256, history: int = 50, metrics: GatewayMetrics | None = None) -> None:
         self.queue_size = queue_size
         self.subscribers: set[Subscriber] = set()
         self.swaps: collections.deque[SwapEvent] = collections.deque(maxlen=history)
         self.dropped_total = 0
         self._seq = itertools.count(1)
+        self._dropped = metrics.events_dropped if metrics is not None else None
+        if metrics is not None:  # read at each scrape: it cannot drift from the set, whatever removed a subscriber
+            metrics.events_subscribers.set_function(lambda: len(self.subscribers))
 
     def subscribe(self) -> Subscriber:
         sub = Subscriber(self.queue_size)
@@ -129,6 +137,8 @@ class EventHub:
                 sub.dropped = True
                 self.subscribers.discard(sub)
                 self.dropped_total += 1
+                if self._dropped is not None:
+                    self._dropped.inc()
                 sub.queue.get_nowait()
                 sub.queue.put_nowait(None)
 

@@ -140,7 +140,7 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app, "gateway")
-    hub = app.state.events = EventHub()  # the one live events stream: GET /admin/events, the console
+    hub = app.state.events = EventHub(metrics=metrics)  # the one live events stream: GET /admin/events, the console
     # The inference routes first: they are the hot path, matched on every request.
     for router in (captions.router, faces.router, audio_speech.router, audio_transcriptions.router,
                    openai.router, embeddings.router, search_router.router, models.router, health.router):

@@ -101,6 +101,14 @@ class GatewayMetrics:
             "roundhouse_jobs_item_seconds", "Time to finish one job item (read, hash, wait, infer), by task.",
             ["task"], buckets=JOB_ITEM_BUCKETS, registry=r)
 
+        # The events stream (GET /admin/events; gateway/events.py keeps them).
+        self.events_subscribers = Gauge(
+            "roundhouse_gateway_events_subscribers", "Clients reading the events stream now.", registry=r)
+        self.events_dropped = Counter(
+            "roundhouse_gateway_events_subscribers_dropped_total",
+            "Events stream clients dropped for falling behind (their bounded queue was full); each may reconnect.",
+            registry=r)
+
     def init_labels(self, models: Iterable[str], services: Iterable[str]) -> None:
         """Create the counters of closed label sets at 0, so a counter's first event shows in
         rate()/increase() (a series that appears at 1 has no increase) and dashboards show 0s."""

@@ -13,6 +13,7 @@ from gateway.coordinator.core import Core, Load, Released, Unload
 from gateway.coordinator.policy import INTERACTIVE, ModelInfo, PolicyConfig
 from gateway.events import EVENT_ADAPTER, EventHub, HeartbeatEvent, JobEvent, ModelStateEvent, SwapEvent, sse
 from gateway.events_sources import CoordinatorObserver, JobProgress
+from gateway.metrics import GatewayMetrics
 from gateway.routers.events import EVENT_SCHEMA, _stream
 
 pytestmark = pytest.mark.unit
@@ -46,6 +47,28 @@ async def test_a_slow_subscriber_is_dropped_and_its_queue_stays_bounded() -> Non
     assert hub.dropped_total == 1
     assert fast in hub.subscribers and not fast.dropped
     assert await slow.next(1.0) is None  # its stream ends
+
+
+async def test_the_metrics_count_subscribers_now_and_those_dropped_for_falling_behind() -> None:
+    metrics = GatewayMetrics()
+    hub = EventHub(queue_size=2, metrics=metrics)
+
+    def sample(name: str) -> float | None:
+        return metrics.registry.get_sample_value(name)
+
+    assert sample("roundhouse_gateway_events_subscribers") == 0
+    assert sample("roundhouse_gateway_events_subscribers_dropped_total") == 0
+    slow, fast = hub.subscribe(), hub.subscribe()
+    assert sample("roundhouse_gateway_events_subscribers") == 2
+    for i in range(4):
+        hub.publish(model_event(f"M{i}"))
+        await fast.next(1.0)
+    assert slow.dropped
+    assert sample("roundhouse_gateway_events_subscribers") == 1
+    assert sample("roundhouse_gateway_events_subscribers_dropped_total") == 1
+    hub.unsubscribe(fast)  # a client that hangs up is no drop
+    assert sample("roundhouse_gateway_events_subscribers") == 0
+    assert sample("roundhouse_gateway_events_subscribers_dropped_total") == 1
 
 
 async def test_a_quiet_stream_gets_heartbeats() -> None:
