@@ -189,7 +189,7 @@ def test_unsupported_dtype_fails_load_with_a_clear_message(tiny_catalog: Catalog
 
 
 def test_hub_source_downloads_into_the_cache_dir(caplog: pytest.LogCaptureFixture) -> None:
-    from caption_svc.backends._weights import pretrained_kwargs
+    from modelhost.pretrained import pretrained_kwargs
 
     spec = ModelSpec(id="blip-base", family="caption", backend="blip", source="Salesforce/blip-image-captioning-base")
     with caplog.at_level(logging.INFO):

@@ -1,5 +1,6 @@
-"""Where a caption backend's weights come from, in which dtype and precision they run (loading plumbing
-only; pre- and post-processing stay in each backend's module).
+"""In which precision a caption backend's weights run, quantised or not (loading plumbing only; the dtype and
+where the weights come from are ``modelhost.pretrained``'s, and pre- and post-processing stay in each
+backend's module).
 
 Precision: a catalog entry's ``options.quantization`` stores the weights of its linear layers in fewer bits,
 so a big model fits a small card (README: "8 GB cards"). Absent, the weights run in ``dtype``.
@@ -23,41 +24,13 @@ with its own estimate, and its measured footprint is remembered under its own id
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from modelhost.catalog import ModelSpec
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_DTYPES = ("float32", "float16", "bfloat16")
 QUANTIZATIONS = ("int8", "int4")
-
-TRANSFORMERS_PRELOAD = (
-    "torch",
-    "transformers.models.auto.modeling_auto",
-    "transformers.models.auto.processing_auto",
-    "transformers.models.auto.image_processing_auto",
-    "transformers.models.auto.tokenization_auto",
-)
-"""What every caption backend's load imports first (``Backend.preload``: a warm spare imports it ahead)."""
-
-
-def torch_dtype(spec: ModelSpec, device: str) -> Any:
-    """The torch dtype for ``spec.dtype`` on ``device``. CPU always runs float32: half precision there is
-    slow or unsupported for these models, and tests on CPU must exercise the same code as a GPU."""
-    import torch
-
-    if spec.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(
-            f"model {spec.id!r}: dtype {spec.dtype!r} is not supported by the {spec.backend} backend "
-            f"(use one of {', '.join(SUPPORTED_DTYPES)})"
-        )
-    if device == "cpu":
-        if spec.dtype != "float32":
-            log.info("model %s: dtype %s asked for, running float32 on cpu", spec.id, spec.dtype)
-        return torch.float32
-    return getattr(torch, spec.dtype)
 
 
 def quantization(spec: ModelSpec) -> str | None:
@@ -143,15 +116,6 @@ def _own_storage(model: Any) -> None:
             if buffer is not None and id(buffer) not in seen and type(buffer) is torch.Tensor:
                 module._buffers[name] = buffer.clone()
             seen.add(id(buffer))
-
-
-def pretrained_kwargs(spec: ModelSpec, cache_dir: str) -> dict[str, Any]:
-    """Keyword arguments for ``from_pretrained(spec.source, ...)``: a local directory is read as is; a hub
-    id is downloaded into ``cache_dir`` on first use (huggingface_hub shows its progress bars)."""
-    if os.path.isdir(spec.source):
-        return {"local_files_only": True}
-    log.info("downloading %s into %s", spec.source, cache_dir)
-    return {"cache_dir": cache_dir}
 
 
 def warm_pretrained(model_cls: Any, config: Any, **generate_inputs: Any) -> None:

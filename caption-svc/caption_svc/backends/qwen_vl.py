@@ -29,9 +29,10 @@ from PIL import Image
 
 from modelhost.backend import Backend, torch_device
 from modelhost.catalog import ModelSpec
+from modelhost.pretrained import TRANSFORMERS_PRELOAD, pretrained_kwargs, torch_dtype
 
 from ..items import CaptionItem
-from ._weights import TRANSFORMERS_PRELOAD, load_pretrained, pretrained_kwargs, torch_dtype
+from ._weights import load_pretrained
 
 log = logging.getLogger(__name__)
 

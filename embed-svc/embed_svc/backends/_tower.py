@@ -1,11 +1,9 @@
-"""What every embed backend shares: weights and dtype (loading plumbing), a batch of texts and images split by
-modality and put back in order, L2 normalisation, the warm-up check. Each backend's module keeps its own
-pre-processing (tokenizer padding, image processor) and its forward pass."""
+"""What every embed backend shares: a batch of texts and images split by modality and put back in order, L2
+normalisation, the warm-up check (weights and dtype come from ``modelhost.pretrained``). Each backend's module
+keeps its own pre-processing (tokenizer padding, image processor) and its forward pass."""
 
 from __future__ import annotations
 
-import logging
-import os
 from typing import Any
 
 import numpy as np
@@ -15,43 +13,6 @@ from modelhost.catalog import ModelSpec
 from modelhost.families.embed import modalities
 
 from ..items import Embedded, ImageItem, TextItem
-
-log = logging.getLogger(__name__)
-
-SUPPORTED_DTYPES = ("float32", "float16", "bfloat16")
-
-TRANSFORMERS_PRELOAD = (
-    "torch",
-    "transformers.models.auto.modeling_auto",
-    "transformers.models.auto.processing_auto",
-    "transformers.models.auto.image_processing_auto",
-    "transformers.models.auto.tokenization_auto",
-)
-"""What every embed backend's load imports first (``Backend.preload``: a warm spare imports it ahead)."""
-
-
-def torch_dtype(spec: ModelSpec, device: str) -> Any:
-    """The torch dtype for ``spec.dtype`` on ``device``. CPU always runs float32 (half precision there is slow
-    or unsupported), so tests on CPU exercise the same code as a GPU."""
-    import torch
-
-    if spec.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"model {spec.id!r}: dtype {spec.dtype!r} is not supported by the {spec.backend} backend "
-                         f"(use one of {', '.join(SUPPORTED_DTYPES)})")
-    if device == "cpu":
-        if spec.dtype != "float32":
-            log.info("model %s: dtype %s asked for, running float32 on cpu", spec.id, spec.dtype)
-        return torch.float32
-    return getattr(torch, spec.dtype)
-
-
-def pretrained_kwargs(spec: ModelSpec, cache_dir: str) -> dict[str, Any]:
-    """Keyword arguments for ``from_pretrained(spec.source, ...)``: a local directory is read as is; a hub id
-    is downloaded into ``cache_dir`` on first use."""
-    if os.path.isdir(spec.source):
-        return {"local_files_only": True}
-    log.info("downloading %s into %s", spec.source, cache_dir)
-    return {"cache_dir": cache_dir}
 
 
 def normalised(features: Any) -> list[np.ndarray]:

@@ -21,8 +21,9 @@ import numpy as np
 
 from modelhost.backend import torch_device
 from modelhost.catalog import ModelSpec
+from modelhost.pretrained import TRANSFORMERS_PRELOAD, torch_dtype
 
-from ._tower import TRANSFORMERS_PRELOAD, TowerEmbedder, normalised, torch_dtype
+from ._tower import TowerEmbedder, normalised
 
 ST = "sentence_transformers.models."
 IGNORED = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "tf_model*", "flax_model*", "*.msgpack", "rust_model*", "*.ot"]

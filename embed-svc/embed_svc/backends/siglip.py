@@ -16,8 +16,9 @@ import numpy as np
 
 from modelhost.backend import torch_device
 from modelhost.catalog import ModelSpec
+from modelhost.pretrained import TRANSFORMERS_PRELOAD, pretrained_kwargs, torch_dtype
 
-from ._tower import TRANSFORMERS_PRELOAD, TowerEmbedder, normalised, pretrained_kwargs, torch_dtype
+from ._tower import TowerEmbedder, normalised
 
 
 class SiglipEmbedder(TowerEmbedder):
