@@ -29,6 +29,7 @@ from typing import Any, Iterator
 
 import aiohttp
 
+from .events_watch import sse_events
 from .jobs.kinds import TASK_KINDS, kind_of
 
 TERMINAL = ("completed", "cancelled", "failed")
@@ -64,6 +65,12 @@ def _error_text(status: int, body: bytes) -> str:
         return f"{status} {err.get('code')}: {err.get('message')}"
     except (ValueError, KeyError, TypeError):
         return f"{status}: {body[:200]!r}"
+
+
+async def raise_for_error(r: aiohttp.ClientResponse) -> None:
+    """ApiError with the gateway's error envelope when ``r`` is a 4xx or 5xx (a stream read by hand)."""
+    if r.status >= 400:
+        raise ApiError(_error_text(r.status, await r.read()))
 
 
 def local_files(paths: list[str], kinds: frozenset[str]) -> list[Path]:
@@ -111,14 +118,35 @@ def _form(fields: list[tuple[str, str]], files: list[Path], base: Path | None) -
     return form, handles
 
 
-class Progress:
-    """One line on stderr, redrawn in place: a bar, counts, rate and ETA."""
+class StatusLine:
+    """One line on stderr, redrawn in place on a terminal (otherwise printed when it changes, at most every two
+    seconds unless forced). A subclass's ``show`` builds the line and calls ``write``."""
 
     def __init__(self, stream: Any = sys.stderr) -> None:
         self.stream = stream
         self.tty = stream.isatty()
         self.last_line = ""
         self.last_print = 0.0
+
+    def write(self, line: str, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.tty:
+            self.stream.write("\r" + line.ljust(len(self.last_line)))
+            self.stream.flush()
+        elif force or (line != self.last_line and now - self.last_print >= 2.0):
+            self.stream.write(line + "\n")
+            self.stream.flush()
+            self.last_print = now
+        self.last_line = line
+
+    def done(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class Progress(StatusLine):
+    """A job's line: a bar, counts, rate and ETA."""
 
     def show(self, s: dict[str, Any], note: str = "", *, force: bool = False) -> None:
         c = s["counts"]
@@ -131,20 +159,7 @@ class Progress:
         extra = f" {c['error']} errors" if c["error"] else ""
         wait = f" (waiting: {s['waiting']['reason']})" if s.get("waiting") else ""
         line = f"[{bar}] {finished}/{total}{'+' if s.get('open') else ''} {s['state']} {rate} {eta}{extra}{wait}{note}".rstrip()
-        now = time.monotonic()
-        if self.tty:
-            self.stream.write("\r" + line.ljust(len(self.last_line)))
-            self.stream.flush()
-        elif force or line != self.last_line and now - self.last_print >= 2.0:
-            self.stream.write(line + "\n")
-            self.stream.flush()
-            self.last_print = now
-        self.last_line = line
-
-    def done(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        self.write(line, force=force)
 
 
 def _duration(s: float) -> str:
@@ -159,18 +174,11 @@ async def follow(client: Client, job_id: str, progress: Progress) -> dict[str, A
     while status["state"] not in TERMINAL:
         try:
             async with client.session.get(client.url + f"/v1/jobs/{job_id}/events") as r:
-                if r.status >= 400:
-                    raise ApiError(_error_text(r.status, await r.read()))
-                event = None
-                async for raw in r.content:
-                    line = raw.decode().rstrip("\r\n")
-                    if line.startswith("event:"):
-                        event = line[6:].strip()
-                    elif line.startswith("data:"):
-                        status = json.loads(line[5:])
-                        progress.show(status)
-                        if event == "end":
-                            break
+                await raise_for_error(r)
+                async for event, status in sse_events(r.content):
+                    progress.show(status)
+                    if event == "end":
+                        break
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError):
             await asyncio.sleep(1.0)
             status = await client.call("GET", f"/v1/jobs/{job_id}")
@@ -304,8 +312,7 @@ async def run(args: argparse.Namespace) -> int:
                 async with client.session.get(client.url + f"/v1/jobs/{args.job}/results",
                                               params={"format": args.format, **({"embeddings": "true"} if args.embeddings else {}),
                                                       **({"limit": "1000"} if args.format == "json" else {})}) as r:
-                    if r.status >= 400:
-                        raise ApiError(_error_text(r.status, await r.read()))
+                    await raise_for_error(r)
                     async for chunk in r.content.iter_chunked(1 << 16):
                         out.write(chunk)
             finally:

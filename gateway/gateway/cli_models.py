@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from typing import Any
 
 import aiohttp
 
-from .cli import ApiError, Client, _duration, _error_text
+from .cli import ApiError, Client, StatusLine, _duration, raise_for_error
+from .events_watch import sse_events
 
 
 def size(n: float | None) -> str:
@@ -31,14 +31,8 @@ def size(n: float | None) -> str:
     return f"{n:.0f} B"
 
 
-class PullBar:
-    """One line on stderr, redrawn in place on a terminal (every few seconds otherwise)."""
-
-    def __init__(self, stream: Any = sys.stderr) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.last_line = ""
-        self.last_print = 0.0
+class PullBar(StatusLine):
+    """A pull's line: a bar, bytes, rate and ETA."""
 
     def show(self, s: dict[str, Any], *, force: bool = False) -> None:
         done, total = s.get("bytes_done") or 0, s.get("bytes_total")
@@ -49,20 +43,7 @@ class PullBar:
         eta = f"ETA {_duration(s['eta_s'])}" if s.get("eta_s") and s.get("state") == "pulling" else ""
         amount = f"{size(done)} / {size(total)}" if total else size(done)
         line = f"{s['model']} [{bar}] {amount} {rate} {eta} {s.get('state', '')}".rstrip()
-        now = time.monotonic()
-        if self.tty:
-            self.stream.write("\r" + line.ljust(len(self.last_line)))
-            self.stream.flush()
-        elif force or (line != self.last_line and now - self.last_print >= 2.0):
-            self.stream.write(line + "\n")
-            self.stream.flush()
-            self.last_print = now
-        self.last_line = line
-
-    def done(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        self.write(line, force=force)
 
 
 async def pull(client: Client, model: str, bar: PullBar) -> dict[str, Any]:
@@ -71,21 +52,14 @@ async def pull(client: Client, model: str, bar: PullBar) -> dict[str, Any]:
     try:
         async with client.session.post(client.url + f"/admin/models/{model}/pull", params={"stream": "true"},
                                        headers={"Accept": "text/event-stream"}) as r:
-            if r.status >= 400:
-                raise ApiError(_error_text(r.status, await r.read()))
-            event = None
-            async for raw in r.content:
-                line = raw.decode().rstrip("\r\n")
-                if line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("data:"):
-                    data = json.loads(line[5:])
-                    if event == "error":
-                        raise ApiError(f"{data.get('code')}: {data.get('message')}")
-                    status = data
-                    bar.show(status)
-                    if event == "end":
-                        break
+            await raise_for_error(r)
+            async for event, data in sse_events(r.content):
+                if event == "error":
+                    raise ApiError(f"{data.get('code')}: {data.get('message')}")
+                status = data
+                bar.show(status)
+                if event == "end":
+                    break
     except aiohttp.ClientConnectionError as e:
         if status is None:
             raise ApiError(f"cannot reach the gateway at {client.url}: {e}") from None

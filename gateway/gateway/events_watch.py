@@ -49,11 +49,10 @@ async def sse_events(lines: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, di
 
 async def watch(client: Any, out: TextIO = sys.stdout) -> int:
     """Print the gateway's events until interrupted; 0 when the gateway ends the stream (it dropped us)."""
-    from .cli import ApiError, _error_text
+    from .cli import raise_for_error
 
     async with client.session.get(client.url + "/admin/events", headers={"Accept": "text/event-stream"}) as r:
-        if r.status >= 400:
-            raise ApiError(_error_text(r.status, await r.read()))
+        await raise_for_error(r)
         async for kind, data in sse_events(r.content):
             line = format_event(kind, data)
             if line:
