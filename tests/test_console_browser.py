@@ -1,6 +1,6 @@
 """The web console (/ui) in a real browser: Debian's chromium, driven by Playwright (its own browser
 download is never used), against real processes on loopback: a gateway and caption-svc on the tiny
-models. Every view is read from the page as a person sees it; screenshots go to
+models (and embed-svc on the tiny CLIP, for the search card). Every view is read from the page as a person sees it; screenshots go to
 build/test-results/screenshots/ (CI keeps build/test-results)."""
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests import procs
+from tests.embed_fixtures import build_tiny_embed_models, start_embed_svc
 from tests.face_fixtures import face_photos  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.proc
@@ -46,9 +48,13 @@ EXTRA_MODELS = [
 
 
 @pytest.fixture(scope="module")
-def console_catalog(tiny_catalog: Path) -> Path:
+def console_catalog(tiny_catalog: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     doc = yaml.safe_load(tiny_catalog.read_text())
     doc["models"] += EXTRA_MODELS
+    # The tiny CLIP (5 s to build), by its absolute path: the search card's model.
+    embed_dir = tmp_path_factory.mktemp("console-embed")
+    clip = next(m for m in yaml.safe_load(build_tiny_embed_models(embed_dir).read_text())["models"] if m["id"] == "tiny-clip")
+    doc["models"].append({**clip, "source": str((embed_dir / clip["source"]).resolve())})
     path = tiny_catalog.parent / "console-catalog.yaml"  # beside the tiny models: their sources are relative
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -62,7 +68,8 @@ def stack(console_catalog: Path, logdir: Path) -> Iterator[tuple[procs.Proc, pro
         started.append(cap)
         started.append(procs.start_face_svc(console_catalog, logdir))
         started.append(procs.start_tts_svc(console_catalog, logdir, spare_worker="false"))
-        services = {"caption": cap.url, "face": started[1].url, "tts": started[2].url}
+        started.append(start_embed_svc(console_catalog, logdir))
+        services = {"caption": cap.url, "face": started[1].url, "tts": started[2].url, "embed": started[3].url}
         gw = procs.start_gateway(console_catalog, services, logdir, name="console-gateway")
         started.append(gw)
         yield gw, cap
@@ -256,6 +263,61 @@ def test_a_faces_jobs_people_show_with_face_crops(console: Console, face_photos:
     assert console.errors == []
 
 
+def noise_photo(path: Path, seed: int) -> None:
+    """A photo a tiny CLIP tells from the others (random colours at 8x6, scaled up)."""
+    cells = np.random.default_rng(seed).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    Image.fromarray(cells).resize((64, 48), Image.NEAREST).save(path, quality=95)
+
+
+def test_photos_of_an_embed_job_are_found_from_the_search_card_by_text_and_by_photo(
+        console: Console, tmp_path: Path) -> None:
+    page = console.page
+    files = []
+    for i in range(5):
+        noise_photo(tmp_path / f"s{i}.jpg", 700 + i)
+        files.append(str(tmp_path / f"s{i}.jpg"))
+    page.select_option("#job-task", "embed")
+    page.set_input_files("#job-files", files)
+    page.get_by_role("button", name="Start job").click()
+    expect(page.locator("#job-message")).to_contain_text("started: 5 file(s)")
+    job = page.locator("#job-message").inner_text().split()[1]
+    row = page.locator(f'#job-table tr[data-job="{job}"]')
+    expect(row.locator("[data-state]")).to_have_attribute("data-state", "completed", timeout=120_000)
+    expect(row).to_contain_text("embed · tiny-clip")
+
+    card = page.get_by_role("form", name="Search photos")
+    page.select_option("#search-model", "tiny-clip")
+    card.get_by_role("searchbox", name="Text").fill("a red photo")
+    card.get_by_role("spinbutton", name="Results").fill("3")
+    with page.expect_response("**/v1/search") as answer:
+        card.get_by_role("button", name="Search", exact=True).click()
+    body = answer.value.json()
+    assert answer.value.status == 200 and body["query"]["modality"] == "text", body
+    hits = page.get_by_role("list", name="Search results").get_by_role("listitem")
+    expect(hits).to_have_count(3)
+    # As the API ranked them: source, score; a thumbnail of each (this page uploaded the files).
+    for li, hit in zip(hits.all(), body["data"]):
+        assert hit["source"] in li.inner_text() and f"score {hit['score']:.3f}" in li.inner_text(), (li.inner_text(), hit)
+        expect(li.get_by_role("img", name=hit["source"])).to_be_visible()
+    assert {h["source"] for h in body["data"]} <= {f"s{i}.jpg" for i in range(5)}
+    expect(page.locator("#search-out")).to_contain_text(f"3 of {body['searched']} photo(s)")
+    page.wait_for_function("""() => [...document.querySelectorAll('#search-results img')].every(i => i.complete && i.naturalWidth > 0)""")
+
+    # By photo: the third photo of the job finds itself first.
+    page.set_input_files("#search-file", files[2])
+    expect(card.get_by_role("searchbox", name="Text")).to_have_value("")  # one query at a time
+    with page.expect_response("**/v1/search") as answer:
+        card.get_by_role("button", name="Search", exact=True).click()
+    body = answer.value.json()
+    assert body["query"]["modality"] == "image" and body["data"][0]["source"] == "s2.jpg", body
+    expect(hits.first).to_contain_text("s2.jpg")
+    expect(hits.first).to_contain_text(f"score {body['data'][0]['score']:.3f}")
+    assert body["data"][0]["score"] > 0.999  # itself (float16 in the index)
+    page.locator("#search-title").scroll_into_view_if_needed()
+    console.shot("console-search")
+    assert console.errors == []
+
+
 def test_a_load_and_an_unload_show_in_the_models_view(console: Console, gateway: procs.Proc) -> None:
     page = console.page
     # Another client loads a model: the page shows it from the events stream (its full read is every 10 s).
@@ -288,7 +350,7 @@ def test_the_main_controls_are_reached_by_tab_with_a_visible_focus(console: Cons
     page.locator("body").focus()
     reached: list[str] = []
     outlines: set[str] = set()
-    for _ in range(80):
+    for _ in range(120):
         page.keyboard.press("Tab")
         who = page.evaluate("""() => {
             const e = document.activeElement;
@@ -301,11 +363,12 @@ def test_the_main_controls_are_reached_by_tab_with_a_visible_focus(console: Cons
             outlines.add(who["outline"])
     families = {m["family"] for m in httpx.get(gateway.url + "/admin/models", timeout=30).json()["data"]}
     # A family without models in the catalog has its playground button disabled (not in the tab order).
-    buttons = {"caption": "Caption", "face": "Detect", "asr": "Transcribe", "tts": "Speak"}
+    buttons = {"caption": "Caption", "face": "Detect", "asr": "Transcribe", "tts": "Speak", "embed": "Search"}
     for name in ("Skip to content", "Models", "Jobs", "Playground", "Load tiny-blip", "Unload tiny-blip", "Start job",
                  *(b for f, b in buttons.items() if f in families)):
         assert name in reached, (name, reached)
-    for control in ("caption-file", "job-files", "tts-text", "caption-model", "job-task"):
+    for control in ("caption-file", "job-files", "tts-text", "caption-model", "job-task", "search-model", "search-text",
+                    "search-k", "search-file"):
         assert control in reached, (control, reached)
     assert outlines == {"solid"}, outlines  # :focus-visible draws an outline on every focused control
 

@@ -48,3 +48,18 @@ export function badge(state) {
 export function replaceRows(tbody, rows, empty, columns) {
   tbody.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: columns, class: "muted" }, empty))]));
 }
+
+/** A label.drop takes a dropped file into its input. */
+export function droppable(input) {
+  const zone = document.querySelector(`label[for="${input.id}"]`);
+  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    zone.classList.remove("over");
+    if (e.dataTransfer.files.length) {
+      input.files = e.dataTransfer.files;
+      input.dispatchEvent(new Event("change"));
+    }
+  });
+}

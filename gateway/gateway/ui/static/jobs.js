@@ -24,6 +24,12 @@ export function jobEvent(e) {
   draw();
 }
 
+/** The File this page started job ``id`` with, as its item ``seq`` (null when another client started it). */
+export function uploadedFile(id, seq) {
+  const files = uploaded.get(id);
+  return (files && files[seq]) || null;
+}
+
 function draw() {
   const list = [...jobs.values()].sort((a, b) => b.created_at - a.created_at);
   const rows = list.map((j) => el("tr", { "data-job": j.id },

@@ -1,8 +1,10 @@
 // A playground per family: a photo → its caption; a photo → its faces boxed on it; audio (a file or
-// the microphone) → its transcript; text → speech played here.
+// the microphone) → its transcript; text → speech played here; a text or a photo → the library's photos
+// like it (search.js).
 
 import { api, errorText } from "./api.js";
-import { el } from "./fmt.js";
+import { droppable, el } from "./fmt.js";
+import { search } from "./search.js";
 
 /** Fill each family's model list from the catalog (GET /admin/models rows). */
 export function fillModels(models) {
@@ -13,21 +15,6 @@ export function fillModels(models) {
     if (ids.includes(current)) select.value = current;
     select.closest("form").querySelector("button[type=submit]").disabled = ids.length === 0;
   }
-}
-
-/** A label.drop takes a dropped file into its input. */
-function droppable(input) {
-  const zone = document.querySelector(`label[for="${input.id}"]`);
-  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
-  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
-  zone.addEventListener("drop", (e) => {
-    e.preventDefault();
-    zone.classList.remove("over");
-    if (e.dataTransfer.files.length) {
-      input.files = e.dataTransfer.files;
-      input.dispatchEvent(new Event("change"));
-    }
-  });
 }
 
 async function post(path, body, out, headers = {}) {
@@ -204,4 +191,5 @@ export function setupPlayground() {
   faces();
   transcribe();
   speak();
+  search();
 }
