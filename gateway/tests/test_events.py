@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.coordinator.core import Core, Load, Released, Unload
 from gateway.coordinator.policy import INTERACTIVE, ModelInfo, PolicyConfig
@@ -15,6 +19,8 @@ from gateway.events import EVENT_ADAPTER, EventHub, HeartbeatEvent, JobEvent, Mo
 from gateway.events_sources import CoordinatorObserver, JobProgress
 from gateway.metrics import GatewayMetrics
 from gateway.routers.events import EVENT_SCHEMA, _stream
+from gateway.config import CoordinatorSettings, GatewaySettings
+from gateway.main import create_app
 
 pytestmark = pytest.mark.unit
 
@@ -69,6 +75,23 @@ async def test_the_metrics_count_subscribers_now_and_those_dropped_for_falling_b
     hub.unsubscribe(fast)  # a client that hangs up is no drop
     assert sample("roundhouse_gateway_events_subscribers") == 0
     assert sample("roundhouse_gateway_events_subscribers_dropped_total") == 1
+
+
+@pytest.mark.app
+async def test_the_gateways_metrics_show_the_events_streams_subscribers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # no NVML: the import fails, the GPU collector shows nothing
+    (tmp_path / "catalog.yaml").write_text("models:\n  - {id: cap-a, family: caption, backend: blip, source: ./none, "
+                                           "device: cpu, memory_estimate_mb: 64}\n")
+    app = create_app(GatewaySettings(catalog=tmp_path / "catalog.yaml", services={}),
+                     CoordinatorSettings(data_dir=tmp_path / "data", reconcile_interval_s=None))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            app.state.events.subscribe()
+            text = (await c.get("/metrics")).text
+    m = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert m["roundhouse_gateway_events_subscribers"] == 1
+    assert m["roundhouse_gateway_events_subscribers_dropped_total"] == 0
 
 
 async def test_a_quiet_stream_gets_heartbeats() -> None:
