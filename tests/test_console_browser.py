@@ -284,6 +284,14 @@ def test_photos_of_an_embed_job_are_found_from_the_search_card_by_text_and_by_ph
     row = page.locator(f'#job-table tr[data-job="{job}"]')
     expect(row.locator("[data-state]")).to_have_attribute("data-state", "completed", timeout=120_000)
     expect(row).to_contain_text("embed · tiny-clip")
+    # A caption job over the same photos: search shows each file's caption beside it.
+    page.select_option("#job-task", "caption")
+    page.set_input_files("#job-files", files)
+    page.get_by_role("button", name="Start job").click()
+    expect(page.locator("#job-message")).to_contain_text("started: 5 file(s)")
+    captions = page.locator("#job-message").inner_text().split()[1]
+    expect(page.locator(f'#job-table tr[data-job="{captions}"] [data-state]')).to_have_attribute(
+        "data-state", "completed", timeout=120_000)
 
     card = page.get_by_role("form", name="Search photos")
     page.select_option("#search-model", "tiny-clip")
@@ -299,6 +307,8 @@ def test_photos_of_an_embed_job_are_found_from_the_search_card_by_text_and_by_ph
     for li, hit in zip(hits.all(), body["data"]):
         assert hit["source"] in li.inner_text() and f"score {hit['score']:.3f}" in li.inner_text(), (li.inner_text(), hit)
         expect(li.get_by_role("img", name=hit["source"])).to_be_visible()
+        shown = " ".join(li.inner_text().split())  # as rendered: runs of white space are one
+        assert hit["caption"]["job"] == captions and f"“{' '.join(hit['caption']['text'].split())}”" in shown, (shown, hit)
     assert {h["source"] for h in body["data"]} <= {f"s{i}.jpg" for i in range(5)}
     expect(page.locator("#search-out")).to_contain_text(f"3 of {body['searched']} photo(s)")
     page.wait_for_function("""() => [...document.querySelectorAll('#search-results img')].every(i => i.complete && i.naturalWidth > 0)""")
