@@ -16,7 +16,7 @@ Results are plain dicts (see ``Face`` and the two ``*Result`` types below); embe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -94,3 +94,17 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)
+
+
+def hand_out_embeddings(items: list[DetectItem | EmbedItem], results: list[Any], owners: list[tuple[int, int]],
+                        vectors: np.ndarray) -> None:
+    """Each of a recognition pass's ``vectors`` to its owner (item index, face or crop index): appended to an
+    embed item's ``embeddings``, or set on the face of a detect item; every result given one records the pass's
+    size (``recognition_batch``)."""
+    for (i, j), vector in zip(owners, vectors):
+        result = results[i]
+        result["recognition_batch"] = len(owners)
+        if isinstance(items[i], EmbedItem):
+            result["embeddings"].append(vector)
+        else:
+            result["faces"][j]["embedding"] = vector

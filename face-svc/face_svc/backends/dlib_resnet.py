@@ -24,9 +24,7 @@ sees, larger photos are scaled down for detection only: default 1024), ``verify_
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +33,9 @@ import numpy as np
 from modelhost.backend import Backend
 from modelhost.catalog import ModelSpec
 
-from ..items import (DetectItem, DetectResult, EmbedItem, EmbedResult, Face, centre_inside, iou, keep_largest,
-                     l2_normalise)
+from ..items import (DetectItem, DetectResult, EmbedItem, EmbedResult, Face, centre_inside, hand_out_embeddings, iou,
+                     keep_largest, l2_normalise)
+from . import _installed
 from ._memory import pin_mmap_threshold
 
 log = logging.getLogger(__name__)
@@ -52,17 +51,8 @@ CHIP_PADDING = 0.25
 
 def models_dir(source: str) -> Path:
     """The directory holding the ``.dat`` files: ``source`` itself, or the ``models/`` folder of the package
-    it names (found without importing it)."""
-    if os.path.isdir(source):
-        return Path(source)
-    try:
-        found = importlib.util.find_spec(source)
-    except (ImportError, ValueError):
-        found = None
-    if found is None or not found.submodule_search_locations:
-        raise FileNotFoundError(f"source {source!r} is neither a directory nor an installed package "
-                                "(pip install face-recognition-models)")
-    return Path(list(found.submodule_search_locations)[0]) / "models"
+    it names (``_installed.models_dir``)."""
+    return _installed.models_dir(source, "face-recognition-models")
 
 
 class DlibFaceAnalyzer(Backend):
@@ -136,13 +126,7 @@ class DlibFaceAnalyzer(Backend):
             results.append({"faces": faces, "found": found, "recognition_batch": 0})
         if chips:
             vectors = l2_normalise(np.array(self.embedder.compute_face_descriptor(chips), dtype=np.float32))
-            for (i, j), vector in zip(owners, vectors):
-                result = results[i]
-                result["recognition_batch"] = len(chips)
-                if isinstance(items[i], EmbedItem):
-                    result["embeddings"].append(vector)
-                else:
-                    result["faces"][j]["embedding"] = vector
+            hand_out_embeddings(items, results, owners, vectors)
         return results
 
     def _detect(self, image: np.ndarray) -> list[tuple[tuple[float, float, float, float], float]]:

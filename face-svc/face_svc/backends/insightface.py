@@ -30,8 +30,8 @@ import numpy as np
 from modelhost.backend import Backend
 from modelhost.catalog import ModelSpec
 
-from ..items import (DetectItem, DetectResult, EmbedItem, EmbedResult, Face, centre_inside, iou, keep_largest,
-                     l2_normalise)
+from ..items import (DetectItem, DetectResult, EmbedItem, EmbedResult, Face, centre_inside, hand_out_embeddings, iou,
+                     keep_largest, l2_normalise)
 from . import _ort, _packs
 from ._align import norm_crop
 from ._memory import pin_mmap_threshold
@@ -118,13 +118,7 @@ class InsightFaceAnalyzer(Backend):
             results.append({"faces": faces, "found": found, "recognition_batch": 0})
         if to_embed:
             embeddings = l2_normalise(self.recognizer.embed(to_embed))
-            for (i, j), vector in zip(owners, embeddings):
-                result = results[i]
-                result["recognition_batch"] = len(to_embed)
-                if isinstance(items[i], EmbedItem):
-                    result["embeddings"].append(vector)
-                else:
-                    result["faces"][j]["embedding"] = vector
+            hand_out_embeddings(items, results, owners, embeddings)
         return results
 
     def _faces(self, item: DetectItem) -> tuple[list[Face | None], int]:

