@@ -36,6 +36,9 @@ class GatewaySettings(BaseSettings):
     tts_max_input_chars: int = Field(4096, gt=0, description="Longest text for /v1/audio/speech in characters (413 above), as OpenAI's.")
     default_asr_model: str | None = Field(None, description="Speech-to-text model used when a request names none; default: the catalog's first.")
     default_face_model: str | None = Field(None, description="Face model used when a request names none; default: the catalog's first.")
+    default_embed_model: str | None = Field(
+        None, description="Embed model used when a search or an embed job names none (a search naming jobs uses "
+        "theirs); default: the catalog's first.")
     transcription_timeout_s: float = Field(
         3600.0, gt=0, description="Longest wait for one transcription or translation (long audio on CPU takes a while).")
     request_timeout_s: float = Field(300.0, gt=0, description="Longest wait for a service's answer to one request.")

@@ -83,9 +83,9 @@ class Jobs:
 
     def default_model(self, cls: type[Task]) -> str:
         configured = {"caption": self.gateway_settings.default_caption_model,
-                      "asr": getattr(self.gateway_settings, "default_asr_model", None),
-                      "face": getattr(self.gateway_settings, "default_face_model", None),
-                      "embed": getattr(self.gateway_settings, "default_embed_model", None)}.get(cls.family)
+                      "asr": self.gateway_settings.default_asr_model,
+                      "face": self.gateway_settings.default_face_model,
+                      "embed": self.gateway_settings.default_embed_model}.get(cls.family)
         return default_model(self.catalog.models, cls.family, configured)
 
     def prepare(self, task: Any, model: str | None, options: dict[str, Any]) -> tuple[type[Task], str, dict[str, Any]]:
