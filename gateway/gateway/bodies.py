@@ -103,19 +103,20 @@ class Upload:
 
 
 async def read_upload(request: Request, *, images: dict[str, str], fields: Iterable[str], max_image_bytes: int,
-                      many: str | None = None, max_many: int = 1) -> Upload:
+                      many: str | None = None, max_many: int = 1, max_fields: int = 16) -> Upload:
     """A ``multipart/form-data`` or ``application/json`` body, else 415.
 
     ``images`` maps each multipart image field to its JSON name (``{"file": "image"}``): a file in the form,
     base64 or a data URL in JSON; each is required (400 ``missing_file`` / ``missing_image``). ``many`` names
     the one that may repeat, up to ``max_many`` images (a list in JSON). The body may hold one image's worth
-    of bytes per image field (413 past that) and the form's framing. Only ``fields`` are read of the rest."""
+    of bytes per image field (413 past that) and the form's framing, and at most ``max_fields`` other form
+    fields (400 past that). Only ``fields`` are read of the rest."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     found: dict[str, list[Part]] = {}
     if ctype == "multipart/form-data":
         await read_body(request, max_image_bytes * len(images) + FORM_OVERHEAD_BYTES)
         try:
-            form = await request.form(max_files=(max_many if many else len(images)) + 1, max_fields=16)
+            form = await request.form(max_files=(max_many if many else len(images)) + 1, max_fields=max_fields)
         except Exception as e:  # python-multipart's parse errors, and too many files
             raise BadRequest(f"the multipart body could not be parsed: {e}", code="invalid_multipart")
         for name in images:

@@ -30,17 +30,32 @@ def _modality(value: Any) -> str:
 Query = Annotated[Annotated[QueryText, Tag("text")] | Annotated["ImageQuery", Tag("image")], Discriminator(_modality)]
 
 
-class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+class SearchOptions(BaseModel):
+    """What a search asks for beside its query, in JSON and in a form alike."""
 
-    query: Query = Field(description='Text ("a dog on a beach"), or {"image": base64} for photos like it.')
-    model: str | None = Field(None, description="An embed model of the catalog; default: the model of `jobs`, else the "
-                                                "catalog's first embed model.")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    model: str | None = Field(None, description="An embed model of the catalog; default: the model of `jobs`, else "
+                                                "GATEWAY_DEFAULT_EMBED_MODEL, else the catalog's first embed model.")
     k: int = Field(20, ge=1, le=MAX_K, description="How many results.")
     jobs: list[Annotated[str, StringConstraints(min_length=1)]] | None = Field(
         None, min_length=1, max_length=MAX_JOBS,
         description="The embed jobs to search (ended ones, of one model); default: every completed embed job of the model.")
     min_score: float | None = Field(None, ge=-1.0, le=1.0, description="Leave out results below this cosine similarity.")
+
+
+class SearchRequest(SearchOptions):
+    """The JSON body: typed values only (strict)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    query: Query = Field(description='Text ("a dog on a beach"), or {"image": base64} for photos like it.')
+
+
+class SearchForm(SearchOptions):
+    """The multipart form: the query image as ``file``; the other fields are text (``jobs`` repeated)."""
+
+    file: bytes = Field(description="The query image (JPEG, PNG, WebP, GIF, BMP or TIFF): photos like it.")
 
 
 class CaptionRef(BaseModel):

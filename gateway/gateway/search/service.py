@@ -1,4 +1,4 @@
-"""Search as the route sees it: ``Search.search(request)`` validates, embeds the query with the model held
+"""Search as the route sees it: ``Search.search(options, query)`` validates, embeds the query with the model held
 (``ModelAccess.hold``, interactive lane), ranks the model's vectors and adds what other jobs know of each
 file.
 
@@ -37,12 +37,12 @@ from modelhost.errors import BadRequest, Conflict, NotFound
 from modelhost.families import default_model, embed
 
 from ..access import ModelAccess
-from ..bodies import decode_base64_field
+from ..bodies import Part, decode_base64_field
 from ..images import check_image
 from ..jobs.store import COMPLETED, AsyncStore
 from . import jobs_view
 from .matrix import ModelMatrix
-from .schemas import CaptionRef, ImageQuery, PersonRef, QueryInfo, SearchHit, SearchRequest, SearchResponse, SearchTimings
+from .schemas import CaptionRef, ImageQuery, PersonRef, QueryInfo, SearchHit, SearchOptions, SearchResponse, SearchTimings
 from .store import ModelVectors, VectorStore
 
 log = logging.getLogger(__name__)
@@ -136,12 +136,12 @@ class Search:
 
     # searching -----------------------------------------------------------------------------------
 
-    def _model(self, req: SearchRequest, ended: dict[str, dict[str, Any]]) -> str:
+    def _model(self, req: SearchOptions, ended: dict[str, dict[str, Any]]) -> str:
         if req.model:
             return req.model
         if req.jobs and req.jobs[0] in ended:
             return ended[req.jobs[0]]["model"]
-        return default_model(self.catalog.models, embed.FAMILY, getattr(self.settings, "default_embed_model", None))
+        return default_model(self.catalog.models, embed.FAMILY, self.settings.default_embed_model)
 
     async def _jobs(self, model: str, names: list[str] | None, ended: dict[str, dict[str, Any]]) -> list[str]:
         """The jobs to search: ``names`` checked (404 unknown, 400 another task's or another model's, 409 not
@@ -164,17 +164,22 @@ class Search:
                                  f"are not comparable with another's", param="jobs", code="model_mismatch")
         return sorted(set(names))
 
-    async def search(self, req: SearchRequest, request_id: str | None = None) -> SearchResponse:
+    async def search(self, req: SearchOptions, query: str | ImageQuery | Part,
+                     request_id: str | None = None) -> SearchResponse:
+        """``query``: a text, or an image: base64 in JSON (``ImageQuery``), or a form's uploaded file (``Part``).
+        Checked in this order, whichever way it came: the model (404), the query's modality for it, the image
+        (400, 413), the jobs (404, 400, 409)."""
         t0 = time.perf_counter()
         ended = await self.sync()
         model = self._model(req, ended)
         spec = self.access.spec(model, embed.FAMILY)  # 404
         image: bytes | None = None
-        embed.check_modality(model, spec.options or {}, "image" if isinstance(req.query, ImageQuery) else "text")  # 400
-        if isinstance(req.query, ImageQuery):
-            image = decode_base64_field(req.query.image, "query.image")
+        embed.check_modality(model, spec.options or {}, "text" if isinstance(query, str) else "image")  # 400
+        if not isinstance(query, str):
+            param = "query.image" if isinstance(query, ImageQuery) else query.param
+            image = decode_base64_field(query.image, param) if isinstance(query, ImageQuery) else query.data
             check_image(image, max_bytes=self.settings.max_upload_bytes, max_pixels=self.settings.max_image_pixels,
-                        param="query.image")
+                        param=param)
         jobs = await self._jobs(model, req.jobs, ended)
         matrix = await self.matrix(model)
         modality = "text" if image is None else "image"
@@ -188,7 +193,7 @@ class Search:
             async with self.access.hold(model, embed.FAMILY) as upstream:
                 timeout_s = self.settings.request_timeout_s
                 if image is None:
-                    reply = await embed.embed_texts(upstream, model, [req.query], timeout_s=timeout_s, request_id=request_id)
+                    reply = await embed.embed_texts(upstream, model, [query], timeout_s=timeout_s, request_id=request_id)
                 else:
                     reply = await embed.embed_images(upstream, model, [image], timeout_s=timeout_s, request_id=request_id)
             embed_s = time.perf_counter() - t1
