@@ -125,6 +125,7 @@ class Settings:
     max_upload_bytes = 1 << 20
     max_image_pixels = 1 << 20
     request_timeout_s = 5.0
+    default_embed_model = None
 
 
 def image_result(v: np.ndarray) -> dict[str, Any]:
