@@ -32,10 +32,12 @@ name it.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny_common beside this file, when a test loads it
+import tiny_common  # noqa: E402
 
 PACK = "tiny-insightface"
 BEGIN = "# >>> face models: written by tools/make_tiny_face_models.py (a rerun replaces this block)\n"
@@ -180,7 +182,7 @@ def merge_catalog(catalog: Path) -> str:
         merged = head + block + rest.partition(END)[2]
         action = "replaced the face entries in"
     else:
-        base = _drop_face_items(before) if before.strip() else HEADER + "defaults:\n  device: cpu\n  dtype: float32\nmodels:\n"
+        base = tiny_common.drop_items(before, "face") if before.strip() else HEADER + "defaults:\n  device: cpu\n  dtype: float32\nmodels:\n"
         if not base.endswith("\n"):
             base += "\n"
         merged = base + block
@@ -192,33 +194,6 @@ def merge_catalog(catalog: Path) -> str:
     tmp.write_text(merged)
     tmp.replace(catalog)
     return action
-
-
-def _drop_face_items(text: str) -> str:
-    """``text`` without its face list items (a ``- id: ...`` line and the lines indented under it)."""
-    import yaml
-
-    lines = text.splitlines(keepends=True)
-    out: list[str] = []
-    i = 0
-    while i < len(lines):
-        m = re.match(r"^(\s*)- ", lines[i])
-        if m is None:
-            out.append(lines[i])
-            i += 1
-            continue
-        indent = len(m.group(1))
-        j = i + 1
-        while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > indent):
-            j += 1
-        try:
-            item = yaml.safe_load("".join(lines[i:j]))
-        except yaml.YAMLError:
-            item = None  # kept as it is; _check reports the file
-        if not (isinstance(item, list) and item and isinstance(item[0], dict) and item[0].get("family") == "face"):
-            out.extend(lines[i:j])
-        i = j
-    return "".join(out)
 
 
 def _check(merged: str, *, before: str, path: Path) -> None:

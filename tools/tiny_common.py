@@ -52,7 +52,7 @@ def merge_catalog(catalog: Path, entries: list[dict[str, Any]], *, family: str, 
         indent = head[len(head.rstrip(" ")):]
         merged = head.rstrip(" ") + _block(entries, indent, begin, end) + rest.partition(end.lstrip())[2]
     else:
-        text = _drop_items(before, family) if before.strip() else (
+        text = drop_items(before, family) if before.strip() else (
             NEW_CATALOG_HEADER + "defaults:\n  device: cpu\n  dtype: float32\nmodels:\n")
         if not text.endswith("\n"):
             text += "\n"
@@ -81,8 +81,9 @@ def _list_indent(text: str) -> str:
     return m.group(1) if m else "  "
 
 
-def _drop_items(text: str, family: str) -> str:
-    """``text`` without the list items (``- id: ...`` and the lines indented under it) of ``family``."""
+def drop_items(text: str, family: str) -> str:
+    """``text`` without the list items (``- id: ...`` and the lines indented under it) of ``family``; the blank
+    lines after an item, and an item that does not parse, stay (the merge's check then reports the file)."""
     import yaml
 
     lines = text.splitlines(keepends=True)
@@ -100,7 +101,10 @@ def _drop_items(text: str, family: str) -> str:
             j += 1
         while j > i + 1 and not lines[j - 1].strip():  # blank lines after the item stay
             j -= 1
-        item = yaml.safe_load("".join(lines[i:j]))
+        try:
+            item = yaml.safe_load("".join(lines[i:j]))
+        except yaml.YAMLError:
+            item = None
         if not (isinstance(item, list) and item and isinstance(item[0], dict) and item[0].get("family") == family):
             out.extend(lines[i:j])
         i = j
