@@ -111,7 +111,7 @@ $(VENVS)/embed-svc/.installed: modelhost/pyproject.toml embed-svc/pyproject.toml
 venvs: $(VENVS)/gateway/.installed $(VENVS)/caption-svc/.installed $(VENVS)/tts-svc/.installed \
        $(VENVS)/asr-svc/.installed $(VENVS)/face-svc/.installed $(VENVS)/embed-svc/.installed
 
-$(TINY)/catalog.yaml: tools/make_tiny_models.py $(VENVS)/caption-svc/.installed
+$(TINY)/catalog.yaml: tools/make_tiny_models.py tools/tiny_common.py $(VENVS)/caption-svc/.installed
 	$(CAP_PY) tools/make_tiny_models.py $(TINY)
 
 # Family builders merge their entries into the catalog that tools/make_tiny_models.py writes from scratch,
@@ -122,16 +122,16 @@ $(TINY)/tts/.built: tools/make_tiny_tts_models.py $(VENVS)/tts-svc/.installed $(
 	touch $@
 
 # The tiny insightface-format pack, and the face entries (it and dlib-resnet) merged into the catalog.
-$(TINY)/face/.built: tools/make_tiny_face_models.py $(VENVS)/face-svc/.installed $(TINY)/catalog.yaml
+$(TINY)/face/.built: tools/make_tiny_face_models.py tools/tiny_common.py $(VENVS)/face-svc/.installed $(TINY)/catalog.yaml
 	$(FACE_PY) tools/make_tiny_face_models.py $(TINY)
 	touch $@
 
-$(TINY)/asr/.built: tools/make_tiny_asr_models.py $(VENVS)/asr-svc/.installed $(TINY)/catalog.yaml
+$(TINY)/asr/.built: tools/make_tiny_asr_models.py tools/tiny_common.py $(VENVS)/asr-svc/.installed $(TINY)/catalog.yaml
 	$(ASR_PY) tools/make_tiny_asr_models.py $(TINY)
 	touch $@
 
 # Tiny CLIP, SigLIP and a multilingual text tower, and the embed entries merged into the catalog.
-$(TINY)/embed/.built: tools/make_tiny_embed_models.py $(VENVS)/embed-svc/.installed $(TINY)/catalog.yaml
+$(TINY)/embed/.built: tools/make_tiny_embed_models.py tools/tiny_common.py $(VENVS)/embed-svc/.installed $(TINY)/catalog.yaml
 	$(EMBED_PY) tools/make_tiny_embed_models.py $(TINY)
 	touch $@
 
