@@ -110,12 +110,15 @@ def all_results(url: str, job_id: str, **params: str) -> list[dict[str, Any]]:
 
 
 def sse_events(url: str, job_id: str, timeout_s: float = 120) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(event, data) from a job's event stream until its ``end`` event."""
+    """(event, data) from a job's event stream until its ``end`` event; fails if that has not come within
+    ``timeout_s`` (the stream's progress events and heartbeats would keep a read timeout from ever firing)."""
+    deadline = time.monotonic() + timeout_s
     with httpx.stream("GET", f"{url}/v1/jobs/{job_id}/events", timeout=timeout_s) as r:
         assert r.status_code == 200, r.read()
         assert r.headers["content-type"].startswith("text/event-stream")
         event = None
         for line in r.iter_lines():
+            assert time.monotonic() < deadline, f"job {job_id}: no end event within {timeout_s} s"
             if line.startswith("event:"):
                 event = line[6:].strip()
             elif line.startswith("data:"):
