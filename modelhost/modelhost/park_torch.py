@@ -44,6 +44,25 @@ def unpark_module(module: Any, device: str) -> None:
         module.to(device)
 
 
+class ParksItsModule:
+    """For a backend whose ``self.model`` is one torch module running on ``self.device`` (the caption backends):
+    the whole module is parked in host memory and copied back on its next load. Put it before ``Backend`` among
+    the bases, so its ``can_park`` is the one read."""
+
+    model: Any
+    device: str
+
+    @property
+    def can_park(self) -> bool:
+        return self.model is not None and can_park_module(self.model)
+
+    def park(self) -> int:
+        return park_module(self.model)
+
+    def unpark(self) -> None:
+        unpark_module(self.model, self.device)
+
+
 def module_bytes(module: Any) -> int:
     return sum(t.numel() * t.element_size() for t in _tensors(module))
 

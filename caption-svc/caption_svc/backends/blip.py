@@ -27,6 +27,7 @@ from PIL import Image
 
 from modelhost.backend import Backend, torch_device
 from modelhost.catalog import ModelSpec
+from modelhost.park_torch import ParksItsModule
 from modelhost.pretrained import TRANSFORMERS_PRELOAD, pretrained_kwargs, torch_dtype
 
 from ..items import CaptionItem, PromptFillsContext
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_NEW_TOKENS = 30
 
 
-class BlipCaptioner(Backend):
+class BlipCaptioner(ParksItsModule, Backend):  # parked whole: modelhost.park_torch
     preload = (
         *TRANSFORMERS_PRELOAD,
         "transformers.models.blip.modeling_blip",
@@ -125,22 +126,6 @@ class BlipCaptioner(Backend):
         new_tokens = out[:, prompt_len:].tolist()
         eos_id = self.model.config.text_config.sep_token_id
         return [_caption(self.processor, ids[:limit], eos_id) for ids, limit in zip(new_tokens, limits)]
-
-    @property
-    def can_park(self) -> bool:  # a torch module: parked in (pinned) host memory, copied back on the next load
-        from modelhost.park_torch import can_park_module
-
-        return self.model is not None and can_park_module(self.model)
-
-    def park(self) -> int:
-        from modelhost.park_torch import park_module
-
-        return park_module(self.model)
-
-    def unpark(self) -> None:
-        from modelhost.park_torch import unpark_module
-
-        unpark_module(self.model, self.device)
 
     def close(self) -> None:
         on_gpu = self.device.startswith("cuda")

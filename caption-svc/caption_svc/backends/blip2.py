@@ -27,6 +27,7 @@ from PIL import Image
 
 from modelhost.backend import Backend, torch_device
 from modelhost.catalog import ModelSpec
+from modelhost.park_torch import ParksItsModule
 from modelhost.pretrained import TRANSFORMERS_PRELOAD, pretrained_kwargs, torch_dtype
 
 from ..items import CaptionItem, PromptFillsContext
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_NEW_TOKENS = 30
 
 
-class Blip2Captioner(Backend):
+class Blip2Captioner(ParksItsModule, Backend):  # parked whole: modelhost.park_torch
     preload = (
         *TRANSFORMERS_PRELOAD,
         "transformers.models.blip_2.modeling_blip_2",
@@ -118,22 +119,6 @@ class Blip2Captioner(Backend):
         new_tokens = out[:, inputs["input_ids"].shape[1] :].tolist()
         eos_ids = _ids(self.model.generation_config.eos_token_id)
         return [_caption(self.processor, ids[:limit], eos_ids) for ids, limit in zip(new_tokens, limits)]
-
-    @property
-    def can_park(self) -> bool:  # a torch module: parked in (pinned) host memory, copied back on the next load
-        from modelhost.park_torch import can_park_module
-
-        return self.model is not None and can_park_module(self.model)
-
-    def park(self) -> int:
-        from modelhost.park_torch import park_module
-
-        return park_module(self.model)
-
-    def unpark(self) -> None:
-        from modelhost.park_torch import unpark_module
-
-        unpark_module(self.model, self.device)
 
     def close(self) -> None:
         on_gpu = self.device.startswith("cuda")

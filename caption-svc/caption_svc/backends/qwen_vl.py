@@ -29,6 +29,7 @@ from PIL import Image
 
 from modelhost.backend import Backend, torch_device
 from modelhost.catalog import ModelSpec
+from modelhost.park_torch import ParksItsModule
 from modelhost.pretrained import TRANSFORMERS_PRELOAD, pretrained_kwargs, torch_dtype
 
 from ..items import CaptionItem
@@ -40,7 +41,7 @@ DEFAULT_MAX_NEW_TOKENS = 30
 DEFAULT_PROMPT = "Describe this image in one sentence."
 
 
-class QwenVLCaptioner(Backend):
+class QwenVLCaptioner(ParksItsModule, Backend):  # parked whole: modelhost.park_torch
     preload = (
         *TRANSFORMERS_PRELOAD,
         "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl",
@@ -102,22 +103,6 @@ class QwenVLCaptioner(Backend):
     def _chat_turn(self, prompt: str) -> str:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    @property
-    def can_park(self) -> bool:  # a torch module: parked in (pinned) host memory, copied back on the next load
-        from modelhost.park_torch import can_park_module
-
-        return self.model is not None and can_park_module(self.model)
-
-    def park(self) -> int:
-        from modelhost.park_torch import park_module
-
-        return park_module(self.model)
-
-    def unpark(self) -> None:
-        from modelhost.park_torch import unpark_module
-
-        unpark_module(self.model, self.device)
 
     def close(self) -> None:
         on_gpu = self.device.startswith("cuda")
