@@ -29,6 +29,7 @@ line names this module.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -154,7 +155,8 @@ class WorkerProcess:
             if msg_id != BEAT_ID:
                 self._loop.call_soon_threadsafe(self._resolve, msg_id, status, payload)
         code = self._proc.wait() if self._proc else None
-        self._loop.call_soon_threadsafe(self._died, code)
+        with contextlib.suppress(RuntimeError):  # the event loop closed first (its service ended before the worker)
+            self._loop.call_soon_threadsafe(self._died, code)
 
     def _resolve(self, msg_id: int, status: str, payload: Any) -> None:
         fut = self._pending.pop(msg_id, None)
