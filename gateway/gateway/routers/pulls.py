@@ -3,17 +3,42 @@ delete. The logic is ``gateway.pulls``."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from modelhost.contract import CacheDeleted, PullStatus
 from modelhost.errors import error_responses, request_id_of
+from pydantic import BaseModel, Json
 
 from ..pulls import Pulls
 
 router = APIRouter()
 
-_SSE_DOC = {"text/event-stream": {"schema": {"type": "string", "description":
-            "`event: progress` with a PullStatus at each change, then one `event: end` (state done or failed)."}}}
+class PullError(BaseModel):
+    code: str
+    message: str
+
+
+class PullEvent(BaseModel):
+    """One server-sent event of a streamed pull: ``progress`` with its status at each change, then one ``end``
+    (state done or failed), or ``error`` when the gateway lost the pull."""
+
+    event: Literal["progress", "end", "error"]
+    data: Json[PullStatus | PullError]
+
+
+def _event_schema() -> dict:
+    """Open API 3.1: a ``text/event-stream`` ``schema`` describes one event; ``PullStatus`` is the document's own
+    component (this route answers it as JSON)."""
+    schema = PullEvent.model_json_schema(ref_template="#/components/schemas/{model}")
+    error = schema.pop("$defs")["PullError"]  # not a component of the document: inlined
+    choices = schema["properties"]["data"]["contentSchema"]["anyOf"]
+    choices[:] = [error if c.get("$ref", "").endswith("/PullError") else c for c in choices]
+    return schema
+
+
+_SSE_DOC = {"text/event-stream": {"schema": _event_schema()}}
 
 
 def pulls(request: Request) -> Pulls:
