@@ -45,7 +45,7 @@ def test_every_service_is_reachable_from_the_gateway(client: httpx.Client) -> No
     r = client.get("/health/ready")
     assert r.status_code == 200, r.text
     services = client.get("/admin/models").json()["services"]
-    assert set(services) == {"caption", "face", "asr", "tts"}
+    assert set(services) == {"caption", "face", "asr", "tts", "embed"}
     assert all(s["reachable"] for s in services.values()), services
 
 
@@ -73,6 +73,17 @@ def test_speech_synthesis_and_transcription_round_trip(client: httpx.Client, mod
     assert r.status_code == 200, r.text
     words = set(r.json()["text"].lower().split())
     assert len(words & set(sentence.split())) >= 5, r.json()["text"]
+
+
+def test_text_and_image_embeddings_share_one_space(client: httpx.Client, models: list[dict]) -> None:
+    model = first(models, "embed", "clip")
+    texts = client.post("/v1/embeddings", json={"model": model, "input": ["a photo", "a sound"]})
+    assert texts.status_code == 200, texts.text
+    image = client.post("/v1/embeddings", files={"file": ("p.jpg", photo())}, data={"model": model})
+    assert image.status_code == 200, image.text
+    vectors = [d["embedding"] for d in texts.json()["data"] + image.json()["data"]]
+    assert len(vectors) == 3 and len({len(v) for v in vectors}) == 1  # one space, one size
+    assert all(abs(sum(x * x for x in v) - 1) < 1e-3 for v in vectors)  # normalised
 
 
 def test_bad_input_gets_an_envelope_and_the_stack_stays_up(client: httpx.Client) -> None:
