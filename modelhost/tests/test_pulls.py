@@ -5,6 +5,7 @@ say what is cached and its size on disk."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from pathlib import Path
@@ -77,13 +78,7 @@ async def pulled(client: httpx.AsyncClient, name: str, deadline_s: float = DEADL
         if s["state"] in ("done", "failed"):
             return s
         assert time.monotonic() < end, f"pull of {name} still {s['state']} after {deadline_s} s"
-        await _pause()
-
-
-async def _pause() -> None:
-    import asyncio
-
-    await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)
 
 
 def complete_download(folder: Path) -> Path:
