@@ -14,6 +14,7 @@
 #   scripts/schemathesis.sh [OUT_DIR]     # make test runs it (scripts/run_tests.sh)
 #
 # When GATEWAY_API_KEYS is set, the gateway inherits it and schemathesis sends the first key.
+# SCHEMATHESIS_SEED=<the seed a run printed> draws that run's cases again.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 GW_PY=${GW_PY:-.venvs/gateway/bin/python}
@@ -92,6 +93,10 @@ fi
 # Each failure above comes with the curl command that reproduces it.
 t1=$SECONDS
 cfg=$(pwd)/scripts/schemathesis.toml  # where a schema cannot say what a route rightly refuses (read it)
+# scripts/schemathesis_hooks.py: a multipart form's text fields re-read as sent when a file rides along.
+export SCHEMATHESIS_HOOKS=schemathesis_hooks PYTHONPATH=$(pwd)/scripts${PYTHONPATH:+:$PYTHONPATH}
+seed=()
+if [ -n "${SCHEMATHESIS_SEED:-}" ]; then seed=(--seed "$SCHEMATHESIS_SEED"); fi  # replays a run's draw
 (cd build/schemathesis && exec timeout --kill-after=10 $((MAX_TIME_S + REQUEST_TIMEOUT_S + 30)) "$ST" --config-file "$cfg" run "$base/openapi.json" \
   --checks all \
   --max-examples "$MAX_EXAMPLES" \
@@ -102,7 +107,7 @@ cfg=$(pwd)/scripts/schemathesis.toml  # where a schema cannot say what a route r
   --generation-database none \
   --report junit --report-junit-path "$out/schemathesis.xml" \
   --no-color \
-  ${auth[@]+"${auth[@]}"})
+  ${seed[@]+"${seed[@]}"} ${auth[@]+"${auth[@]}"})
 status=$?
 echo "=== schemathesis: exit $status after $((SECONDS - t1)) s of testing ($((SECONDS - t0)) s with the stack's start)"
 if [ "$status" -ne 0 ] && [ ! -s "$out/schemathesis.xml" ]; then
