@@ -22,7 +22,7 @@ from schemathesis.core.parameters import ParameterLocation
 
 
 @schemathesis.hook
-def filter_failure(context, failure, case, response) -> bool:  # noqa: ANN001 (schemathesis's hook signature)
+def filter_failure(context, failure, case, response) -> bool:
     if not isinstance(failure, AcceptedNegativeData):
         return True
     media_type = case.media_type or ""
@@ -40,7 +40,7 @@ def filter_failure(context, failure, case, response) -> bool:  # noqa: ANN001 (s
     return not validator.is_valid(sent)
 
 
-def _only_body_is_negative(case) -> bool:  # noqa: ANN001
+def _only_body_is_negative(case) -> bool:
     meta = case.meta
     if meta is None:
         return False
@@ -48,7 +48,7 @@ def _only_body_is_negative(case) -> bool:  # noqa: ANN001
     return negative == {ParameterLocation.BODY}
 
 
-def _sent_form(request) -> dict[str, list[str]] | None:  # noqa: ANN001
+def _sent_form(request) -> dict[str, list[str]] | None:
     """The form as the server reads it: each text part as text, a file part as an uploaded string."""
     content = request.body
     if isinstance(content, str):
@@ -75,5 +75,5 @@ def _readings(text: str) -> list[object]:
         return [text]
 
 
-def _errors_at(validator, instance: dict[str, object], name: str) -> bool:  # noqa: ANN001
+def _errors_at(validator, instance: dict[str, object], name: str) -> bool:
     return any(error.instance_path[:1] == [name] for error in validator.iter_errors(instance))
