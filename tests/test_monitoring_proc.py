@@ -196,3 +196,13 @@ def test_the_gpu_and_swap_panels_show_the_numbers_the_components_export(observed
     _, body = mf.query(prom.url, "model:roundhouse_model_state:code")
     states = {r["metric"]["model"]: r["value"][1] for r in body["data"]["result"]}
     assert states == {"tiny-blip": "2", "tiny-blip2": "0", "tiny-qwen25vl": "0"}
+
+    # The spares-and-parking row: every worker the service started is counted by its source, as the
+    # service counts it (a worker per swap: the swap's unload ended the family's last model's worker),
+    # and nothing is parked (parking is off by default).
+    exported = {line.split('source="')[1].split('"')[0]: float(line.split()[-1])
+                for line in httpx.get(svc.url + "/metrics").text.splitlines()
+                if line.startswith("roundhouse_model_worker_starts_total{")}
+    assert sum(exported.values()) >= 3 and set(exported) <= {"spare", "cold"}
+    assert value("sum(roundhouse_model_worker_starts_total)") == sum(exported.values())
+    assert value("sum(roundhouse_model_parked_models)") == 0
