@@ -14,6 +14,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 VENVS = ROOT / ".venvs"
 GATEWAY_PY = Path(os.environ.get("GW_PY", VENVS / "gateway" / "bin" / "python"))
@@ -110,6 +112,24 @@ def wait_until(predicate, timeout_s: float, interval_s: float = 0.05) -> None:  
             pass
         time.sleep(interval_s)
     raise TimeoutError(f"condition not met within {timeout_s} s")
+
+
+def standalone_catalog(tiny_catalog: Path, out: Path, ids: tuple[str, ...] | None = None,
+                       family: str | None = None) -> Path:
+    """The tiny catalog (only ``ids``, or only ``family``'s models, when given) with estimates that do
+    not fit twice in the proc tests' 1,100 MB budget, so the coordinator never puts two models in one
+    worker: each model then loads alone into a fresh worker and is measured with the framework it
+    imports (about 750 MiB), and each swap is real. Sources are made absolute (it is written elsewhere)."""
+    raw = yaml.safe_load(tiny_catalog.read_text())
+    raw["models"] = [m for m in raw["models"] if (ids is None or m["id"] in ids)
+                     and (family is None or m.get("family", "caption") == family)]
+    for m in raw["models"]:
+        m["source"] = str((tiny_catalog.parent / m["source"]).resolve())
+        m["memory_estimate_mb"] = 600
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "catalog.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
 
 
 def start_caption_svc(catalog: Path, logdir: Path, **settings: str) -> Proc:

@@ -25,23 +25,9 @@ def caption(url: str, model: str) -> httpx.Response:
                       data={"model": model}, timeout=180)
 
 
-def standalone_catalog(tiny_catalog: Path, out: Path) -> Path:
-    """The tiny catalog with estimates that do not fit twice in the budget, so the coordinator
-    never puts two models in one worker: each model then loads alone into a fresh worker and is
-    measured with the framework it imports (about 750 MiB), and each swap is real."""
-    raw = yaml.safe_load(tiny_catalog.read_text())
-    for m in raw["models"]:
-        m["source"] = str((tiny_catalog.parent / m["source"]).resolve())
-        m["memory_estimate_mb"] = 600
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "catalog.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
 @pytest.fixture()
 def tight_stack(tiny_catalog: Path, logdir: Path, tmp_path: Path):
-    catalog = standalone_catalog(tiny_catalog, tmp_path / "catalog")
+    catalog = procs.standalone_catalog(tiny_catalog, tmp_path / "catalog")
     svc = procs.start_caption_svc(catalog, logdir)
     gw = procs.start_gateway(catalog, {"caption": svc.url}, logdir, name="gateway-tight",
                              memory_budget_mb=f'{{"cpu": {BUDGET_MB}}}', reconcile_interval_s="1",
@@ -102,7 +88,7 @@ def test_footprints_are_remembered_across_a_gateway_restart(tiny_catalog: Path, 
 
 
 def test_a_service_killed_mid_swap_is_reconciled_and_the_next_request_succeeds(tiny_catalog: Path, logdir: Path, tmp_path: Path) -> None:
-    catalog = standalone_catalog(tiny_catalog, tmp_path / "catalog")
+    catalog = procs.standalone_catalog(tiny_catalog, tmp_path / "catalog")
     svc = procs.start_caption_svc(catalog, logdir)
     port = svc.port
     gw = procs.start_gateway(catalog, {"caption": svc.url}, logdir, name="gateway-kill",

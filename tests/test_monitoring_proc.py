@@ -28,20 +28,6 @@ BUDGET_MB = 1100  # one caption worker with torch and one tiny model fits; two d
 SCRAPED = ("gateway", "caption-svc", "prometheus")
 
 
-def one_at_a_time_catalog(tiny_catalog: Path, out: Path) -> Path:
-    """The tiny catalog with estimates that never fit twice in the budget: each model loads alone in
-    a fresh worker, so loading the other one evicts it (see test_coordinator_proc.py)."""
-    raw = yaml.safe_load(tiny_catalog.read_text())
-    raw["models"] = [m for m in raw["models"] if m.get("family", "caption") == "caption"]
-    for m in raw["models"]:
-        m["source"] = str((tiny_catalog.parent / m["source"]).resolve())
-        m["memory_estimate_mb"] = 600
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "catalog.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
 def start_gateway_with_fake_gpu(catalog: Path, services: dict[str, str], logdir: Path, data_dir: Path) -> procs.Proc:
     import json
 
@@ -71,7 +57,7 @@ def prometheus_config(targets: dict[str, str]) -> dict:
 @pytest.fixture(scope="module")
 def stack(tiny_catalog: Path, logdir: Path, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("monitoring-stack")
-    catalog = one_at_a_time_catalog(tiny_catalog, tmp / "catalog")
+    catalog = procs.standalone_catalog(tiny_catalog, tmp / "catalog", family="caption")
     started: list[procs.Proc] = []
     try:
         svc = procs.start_caption_svc(catalog, logdir)

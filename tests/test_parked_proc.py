@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from tests import procs
 from tests.conftest import image_bytes
@@ -29,21 +28,9 @@ def caption(url: str, model: str) -> tuple[dict, float]:
     return r.json(), time.monotonic() - t0
 
 
-def catalog(tiny_catalog: Path, out: Path) -> Path:
-    raw = yaml.safe_load(tiny_catalog.read_text())
-    raw["models"] = [m for m in raw["models"] if m["id"] in ("tiny-blip", "tiny-blip2")]
-    for m in raw["models"]:
-        m["source"] = str((tiny_catalog.parent / m["source"]).resolve())
-        m["memory_estimate_mb"] = 600
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "catalog.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
 @pytest.fixture()
 def parking_stack(tiny_catalog: Path, logdir: Path, tmp_path: Path):
-    cat = catalog(tiny_catalog, tmp_path / "catalog")
+    cat = procs.standalone_catalog(tiny_catalog, tmp_path / "catalog", ids=("tiny-blip", "tiny-blip2"))
     svc = procs.start_caption_svc(cat, logdir, park="true", spare_worker="false")
     gw = procs.start_gateway(cat, {"caption": svc.url}, logdir, name="gateway-parking",
                              memory_budget_mb=f'{{"cpu": {BUDGET_MB}}}', data_dir=str(tmp_path / "data"))
