@@ -35,15 +35,19 @@ SHOTS = procs.ROOT / "build" / "test-results" / "screenshots"
 KEY = "console-test-key"
 # Chromium refuses to run as root without it (CI and this machine run as root).
 ROOT_ARGS = ["--no-sandbox"] if os.geteuid() == 0 else []
+SPOKEN = "Please turn on the kitchen lights."
 
 
-# Beside the tiny caption models: a real face model and a real voice that ship in their environments' packages.
+# Beside the tiny caption models: a real face model, a real voice and a real speech model that ship in their
+# environments' packages.
 EXTRA_MODELS = [
     {"id": "dlib-resnet", "family": "face", "backend": "dlib", "source": "face_recognition_models", "device": "cpu",
      "memory_estimate_mb": 400, "max_batch": 8, "max_wait_ms": 5,
      "options": {"detector": "hog", "upsample": 1, "det_thresh": 0.3, "verify_threshold": 0.92}},
     {"id": "flite", "family": "tts", "backend": "flite", "source": "flite", "device": "cpu", "memory_estimate_mb": 16,
      "max_batch": 1, "max_wait_ms": 0},
+    {"id": "pocketsphinx-en-us", "family": "asr", "backend": "pocketsphinx", "source": "en-us", "device": "cpu",
+     "memory_estimate_mb": 64, "max_batch": 4, "max_wait_ms": 5},
 ]
 
 
@@ -69,7 +73,9 @@ def stack(console_catalog: Path, logdir: Path) -> Iterator[tuple[procs.Proc, pro
         started.append(procs.start_face_svc(console_catalog, logdir))
         started.append(procs.start_tts_svc(console_catalog, logdir, spare_worker="false"))
         started.append(start_embed_svc(console_catalog, logdir))
-        services = {"caption": cap.url, "face": started[1].url, "tts": started[2].url, "embed": started[3].url}
+        started.append(procs.start_asr_svc(console_catalog, logdir, spare_worker="false"))
+        services = {"caption": cap.url, "face": started[1].url, "tts": started[2].url, "embed": started[3].url,
+                    "asr": started[4].url}
         gw = procs.start_gateway(console_catalog, services, logdir, name="console-gateway")
         started.append(gw)
         yield gw, cap
@@ -89,10 +95,22 @@ def catalog_ids(console_catalog: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
+def spoken(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SPOKEN as speech, a 16 kHz WAV from Debian's flite (its slt voice, which pocketsphinx transcribes)."""
+    assert shutil.which("flite"), "Debian's flite is not installed (apt-get install flite; .ci/run does)"
+    path = tmp_path_factory.mktemp("speech") / "spoken.wav"
+    subprocess.run(["flite", "-voice", "slt", "-t", SPOKEN, "-o", str(path)], check=True, timeout=60)
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser(spoken: Path) -> Iterator[Browser]:
     assert Path(CHROMIUM).exists(), "Debian's chromium is not installed (apt-get install chromium; .ci/run does)"
+    # A fake microphone that plays the spoken WAV (in a loop), granted without a prompt: the Record button's path.
+    mic = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+           f"--use-file-for-fake-audio-capture={spoken}"]
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ROOT_ARGS)
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ROOT_ARGS + mic)
         yield b
         b.close()
 
@@ -206,6 +224,41 @@ def test_typed_text_comes_back_as_speech_to_play(console: Console) -> None:
     })""")
     assert 0.5 < duration < 10, duration
     assert page.locator("#tts-out").get_attribute("data-streamed") == "true"  # MP3 chunks through Media Source Extensions
+    assert console.errors == []
+
+
+def heard(text: str) -> set[str]:
+    return set(re.sub(r"[^a-z' ]+", " ", text.lower()).split())
+
+
+def test_an_audio_file_comes_back_as_its_transcript(console: Console, spoken: Path) -> None:
+    page = console.page
+    page.select_option("#asr-model", "pocketsphinx-en-us")
+    page.set_input_files("#asr-file", str(spoken))
+    with page.expect_response("**/v1/audio/transcriptions", timeout=120_000) as answer:
+        page.get_by_role("button", name="Transcribe", exact=True).click()
+    assert answer.value.status == 200, answer.value.text()
+    out = page.locator("#asr-out")
+    expect(out).to_have_text(answer.value.json()["text"])
+    assert {"turn", "kitchen", "lights"} <= heard(out.inner_text()), out.inner_text()
+    assert console.errors == []
+
+
+def test_speech_recorded_from_the_microphone_is_transcribed(console: Console) -> None:
+    page = console.page
+    page.select_option("#asr-model", "pocketsphinx-en-us")
+    record = page.locator("#asr-record")
+    record.click()
+    expect(record).to_have_attribute("aria-pressed", "true")
+    page.wait_for_timeout(3_000)  # the fake microphone plays the sentence (2 s) in a loop
+    record.click()
+    expect(page.locator("#asr-out")).to_have_text("recorded: press Transcribe")
+    with page.expect_response("**/v1/audio/transcriptions", timeout=120_000) as answer:
+        page.get_by_role("button", name="Transcribe", exact=True).click()
+    assert answer.value.status == 200, answer.value.text()  # the browser's WebM/Opus, decoded by the service
+    assert {"kitchen", "lights"} <= heard(answer.value.json()["text"]), answer.value.json()
+    expect(page.locator("#asr-out")).to_have_text(answer.value.json()["text"])
+    console.shot("console-asr")
     assert console.errors == []
 
 
