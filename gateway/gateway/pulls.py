@@ -10,8 +10,10 @@ the request ask for the swap. The coordinator never sees a request waiting for a
 
 Invariants and costs:
 
-* A model is asked about once per gateway lifetime when its weights are cached (or it has nothing to pull):
-  it is then remembered (``_cached``) and the hot path costs a set lookup. The cache delete forgets it.
+* A model is asked about once per gateway lifetime when its weights are cached (or it has nothing to pull, or
+  its service has no pull route: 404/405): it is then remembered (``_cached``) and the hot path costs a set
+  lookup. The cache delete forgets it. Asking on every request cost a whole extra round trip to the service
+  per request (bench/gateway_overhead.py's stand-in service has no pull route).
 * One pull per model: every request waiting for the same weights waits on one task, each for its own time; a
   request whose time runs out gets 503 ``model_not_ready`` with the progress, and the pull goes on.
 * A service that cannot answer the question (down, older, no pull route) lets the request through: the load
@@ -35,12 +37,16 @@ from modelhost.errors import (
     ModelNotReady,
     RoundhouseError,
     ServiceNotConfigured,
+    UpstreamEnvelope,
     UpstreamError,
 )
 
 log = logging.getLogger(__name__)
 
 RESIDENT_LEDGER_STATES = ("loading", "ready", "draining", "unloading")
+# Answers to "are the weights cached?" that mean nothing is to be pulled, now or later: the service has no pull
+# route (an older service, a stand-in) or does not know the model.
+NO_PULL_STATUSES = (404, 405)
 
 
 class PullUnsupported(Conflict):
@@ -189,6 +195,8 @@ class Pulls:
                 await asyncio.sleep(self.poll_s)
                 s = await client.pull_status(spec.id)
         except RoundhouseError as e:
+            if isinstance(e, UpstreamEnvelope) and e.status in NO_PULL_STATUSES:
+                self._cached.add(spec.id)  # nothing to pull, now or later (unreachable, a timeout: asked again)
             log.warning("model %s: cannot ask %s about its weights (%s); loading without a pull", spec.id, client.name,
                         e.message)
             return None

@@ -171,6 +171,36 @@ async def test_a_request_that_outlasts_the_download_is_503_with_its_progress(wor
     assert await use(access, "cap-a") == "cap-a"
 
 
+async def test_a_service_without_a_pull_route_is_asked_once(tmp_path: Path) -> None:
+    asked: list[str] = []
+
+    async def no_route(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        return web.json_response({"src": "caption-svc", "request_id": None, "error": {
+            "type": "not_found_error", "code": "route_not_found", "message": "no route", "param": None}}, status=404)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", no_route)
+    server = TestServer(app)
+    await server.start_server()
+    session = new_session()
+    client = ModelHostClient("caption-svc", str(server.make_url("")), session)
+    catalog = Catalog(models=[spec("cap-a")])
+    coordinator = Coordinator(catalog, InstantEffects(), {"cpu": 1000 * MiB}, FootprintStore(tmp_path / "f.json"),
+                              config=PolicyConfig(), max_queue=8, meter_interval_s=None)
+    pulls = Pulls(catalog, {"caption": client}, coordinator)
+    try:
+        for _ in range(3):  # the load goes ahead without a pull, and the next requests ask nothing
+            await pulls.ensure_cached(catalog.models[0], DEADLINE_S)
+        assert asked == ["/v1/models/cap-a/pull"]
+    finally:
+        await pulls.close()
+        await coordinator.close()
+        client.close()
+        await session.close()
+        await server.close()
+
+
 async def test_a_tenant_model_is_not_pulled_here_and_an_unknown_one_is_404(world) -> None:  # noqa: ANN001
     from modelhost.errors import ModelNotFound
 
