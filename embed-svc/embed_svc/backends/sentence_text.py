@@ -22,11 +22,12 @@ import numpy as np
 from modelhost.backend import torch_device
 from modelhost.catalog import ModelSpec
 from modelhost.pretrained import TRANSFORMERS_PRELOAD, torch_dtype
+from modelhost.pulls import SENTENCE_TRANSFORMER_IGNORED
 
 from ._tower import TowerEmbedder, normalised
 
 ST = "sentence_transformers.models."
-IGNORED = ["onnx/*", "openvino/*", "*.onnx", "*.h5", "tf_model*", "flax_model*", "*.msgpack", "rust_model*", "*.ot"]
+IGNORED = SENTENCE_TRANSFORMER_IGNORED  # the same files a pull fetches (``POST /v1/models/{name}/pull``)
 ACTIVATIONS = ("torch.nn.modules.linear.Identity", "torch.nn.modules.activation.Tanh")
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import shutil
 import time
 import urllib.request
@@ -28,12 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelhost import pull_urls
 from modelhost.catalog import ModelSpec
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URL = "https://github.com/deepinsight/insightface/releases/download/v0.7/{name}.zip"
-PACK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+DEFAULT_URL = pull_urls.INSIGHTFACE_URL  # one URL for a load and a pull (``POST /v1/models/{name}/pull``)
+PACK_NAME = pull_urls.PACK_NAME
 CHUNK_BYTES = 1 << 20
 
 

@@ -2,8 +2,8 @@
 built into the wheel.
 
 Catalog: ``source`` is a local ``.onnx`` (its ``.onnx.json`` beside it) or a voice id such as
-``en_US-lessac-medium``, downloaded on first load into ``<cache_dir>/piper`` from Piper's voice
-repository. ``device: cuda:N`` runs the ONNX session with the CUDA provider (onnxruntime-gpu); the
+``en_US-lessac-medium``, downloaded on first load (or ahead, by a pull) into ``<cache_dir>/piper`` from
+Piper's voice repository on the hub (``HF_ENDPOINT``). ``device: cuda:N`` runs the ONNX session with the CUDA provider (onnxruntime-gpu); the
 device reported is read back from the session's providers, so a CPU-only onnxruntime is reported
 honestly. Options: ``voice`` (the id of a single-speaker voice, default ``default``), ``noise_scale``,
 ``noise_w_scale``, ``threads`` (onnxruntime's intra-op threads, without spin-waiting; default: its own, one
@@ -16,9 +16,11 @@ Speed is Piper's own ``length_scale`` (the voice's own scale / speed).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
+from modelhost import pull_urls
 from modelhost.backend import Backend
 from modelhost.catalog import ModelSpec
 
@@ -26,6 +28,8 @@ from ..items import SpeechAudio, SpeechItem
 from ..voices import piper_model_path, voices_for
 
 log = logging.getLogger(__name__)
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
 
 
 class PiperSynthesizer(Backend):
@@ -62,13 +66,19 @@ class PiperSynthesizer(Backend):
         return self.spec.device if "CUDAExecutionProvider" in providers and self.spec.wants_gpu else "cpu"
 
     def _download(self, model: Path) -> None:
-        from piper.download_voices import download_voice
-
+        """The voice's files, as a pull fetches them (``modelhost.pull_urls``: the same URLs on HF_ENDPOINT, the
+        same place, renamed in only when complete)."""
         if self.spec.source.endswith(".onnx"):
             raise FileNotFoundError(f"Piper voice {model} does not exist")
-        model.parent.mkdir(parents=True, exist_ok=True)
+        files = pull_urls.piper_voice_files(self.spec.source, os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT,
+                                            model.parent)
+        if files is None:
+            raise ValueError(f"model {self.spec.id}: source {self.spec.source!r} is neither a .onnx file nor a Piper "
+                             "voice id like en_US-lessac-medium")
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+            raise FileNotFoundError(f"Piper voice {model} is not in the cache and HF_HUB_OFFLINE is set")
         log.info("downloading Piper voice %s into %s", self.spec.source, model.parent)
-        download_voice(self.spec.source, model.parent)
+        pull_urls.fetch(files, on_total=lambda _n: None, on_bytes=lambda _n: None)
 
     def warmup(self) -> None:
         [audio] = self.infer([SpeechItem(text="Hello world.", voice=next(iter(self.speakers)))])
