@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -36,12 +37,63 @@ def envelope_protocol(src: str) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol, answering what it cannot parse with ``src``'s envelope."""
 
     class EnvelopeHttpProtocol(HttpToolsProtocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(HeadWithBody(transport))  # type: ignore[arg-type]
+
         def send_400_response(self, msg: str) -> None:
             self.transport.write(_error(src, new_request_id(), 400, b"Bad Request", "bad_http_request",
                                         f"the request is not valid HTTP/1.1 ({msg.rstrip('.')})"))
             self.transport.close()
 
     return EnvelopeHttpProtocol
+
+
+class HeadWithBody:
+    """The transport as uvicorn's HTTP protocol writes to it, sending a response's head together with its body.
+
+    uvicorn writes the head (status line and headers) and the body of an answer in two ``write`` calls: on a
+    TCP_NODELAY socket that is two segments and two wake-ups of the client, and on a busy machine the client,
+    woken, can take the CPU from the server twice per answer. Here a head is held back until the next write (the
+    body, written in the same step of the response's task) and the two go out as one. A head whose body is not
+    written before the event loop's next round (a stream waiting for its first chunk) goes out alone then; every
+    other write, and ``close``, send what is held first, so the bytes keep their order."""
+
+    __slots__ = ("_flush", "_held", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._held = b""
+        self._flush: asyncio.Handle | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._held:
+            data = self._held + data
+            self._release()
+        elif data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 1"):  # a head (not 100 Continue)
+            self._held = data
+            self._flush = asyncio.get_running_loop().call_soon(self._send_held)
+            return
+        self._transport.write(data)
+
+    def _release(self) -> None:
+        self._held = b""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+
+    def _send_held(self) -> None:
+        self._flush = None
+        if self._held:
+            held, self._held = self._held, b""
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self._send_held()
+        self._release()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:  # the rest of the transport's interface, unchanged
+        return getattr(self._transport, name)
 
 
 def serve(app, *, src: str, host: str, port: int, log_level: str,  # noqa: ANN001 - ASGI app

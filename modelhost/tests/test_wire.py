@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 
 import pytest
 
-from modelhost.wire import BodyTimeoutMiddleware
+from modelhost.wire import BodyTimeoutMiddleware, HeadWithBody, envelope_protocol
 
 pytestmark = pytest.mark.unit
 
@@ -85,3 +86,98 @@ async def test_a_request_without_a_body_is_not_timed() -> None:
 
     await BodyTimeoutMiddleware(app, idle_s=0.01, src="x")(scope([]), never, send)
     assert sent[0]["status"] == 204
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+
+
+async def test_a_head_goes_out_with_its_body_in_one_write() -> None:
+    t = RecordingTransport()
+    w = HeadWithBody(t)  # type: ignore[arg-type]
+    w.write(HEAD)
+    w.write(b"ok")
+    assert t.writes == [HEAD + b"ok"]
+    await asyncio.sleep(0)  # the flush scheduled for a head left alone was cancelled: nothing more goes out
+    assert t.writes == [HEAD + b"ok"] and not w.is_closing()
+
+
+async def test_a_head_whose_body_is_late_goes_out_alone_on_the_next_round() -> None:
+    t = RecordingTransport()
+    w = HeadWithBody(t)  # type: ignore[arg-type]
+    w.write(HEAD)
+    assert t.writes == []
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert t.writes == [HEAD]
+    w.write(b"ok")
+    assert t.writes == [HEAD, b"ok"]
+
+
+async def test_close_and_100_continue_are_never_held_back() -> None:
+    t = RecordingTransport()
+    w = HeadWithBody(t)  # type: ignore[arg-type]
+    w.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert t.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    w.write(HEAD)  # a HEAD answer: no body follows, the connection closes
+    w.close()
+    assert t.writes[-1] == HEAD and t.closed
+
+
+async def test_uvicorn_answers_in_one_write_and_a_stream_shows_its_head_before_its_first_chunk() -> None:
+    """The real protocol on loopback: a whole answer arrives in one piece (one write, so one segment); a stream's
+    head comes at once, its first chunk 0.5 s later."""
+    import socket
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, StreamingResponse
+    from starlette.routing import Route
+
+    async def whole(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("hello")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        await asyncio.sleep(0.5)
+        yield b"late"
+
+    async def stream(request: Request) -> StreamingResponse:
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    app = Starlette(routes=[Route("/whole", whole), Route("/stream", stream)])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, http=envelope_protocol("test-svc"), log_level="warning", lifespan="off"))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /whole HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = await asyncio.wait_for(reader.read(65536), 5)
+        assert first.startswith(b"HTTP/1.1 200 OK") and first.endswith(b"\r\n\r\nhello")  # head and body at once
+        t0 = asyncio.get_running_loop().time()
+        writer.write(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 OK") and asyncio.get_running_loop().time() - t0 < 0.4
+        assert b"late" in await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5)
+        writer.close()
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)
