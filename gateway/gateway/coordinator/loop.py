@@ -115,6 +115,8 @@ class Coordinator(WorldReads):
         for dev, models in by_device.items():
             self.cores[dev] = Core(dev, budgets[dev], models, config=config, max_queue=max_queue,
                                    reserve_bytes=reserve_bytes if dev != "cpu" else 0)
+        if metrics is not None:
+            metrics.ledger.cores = self.cores  # the ledger's gauges, read at scrape time
         self.meter_interval_s = meter_interval_s  # how often start() reads the meters (None: never)
         self._meter_failing: set[str] = set()
         self._ids = itertools.count(1)  # request ids and unload tickets
@@ -232,8 +234,6 @@ class Coordinator(WorldReads):
                 self._arm(dev, a.at)
             elif isinstance(a, Recheck):
                 self._spawn(self._recheck(dev, a.families), f"coordinator-recheck-{dev}")
-        if self.metrics is not None:
-            self.metrics.observe_core(core)
         for listener in self.listeners:
             listener(dev, core, actions)
 
