@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from modelhost.errors import REQUEST_ID_HEADER, clean_request_id, new_request_id
 
@@ -15,6 +16,9 @@ class ObserveMiddleware:
     def __init__(self, app, metrics: GatewayMetrics) -> None:  # noqa: ANN001 - ASGI app
         self.app = app
         self.metrics = metrics
+        # (route, method, status class) -> its counter and histogram children: ``labels()`` validates and
+        # looks the labels up anew on every call, twice per request otherwise.
+        self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
         if scope["type"] != "http":
@@ -34,17 +38,18 @@ class ObserveMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = list(message.get("headers", []))
+                headers = message.get("headers") or []
                 if not any(k == _RID for k, _ in headers):
-                    headers.append((_RID, rid.encode()))
-                message = {**message, "headers": headers}
+                    message = {**message, "headers": [*headers, (_RID, rid.encode())]}
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "GET")
-            self.metrics.requests.labels(template, method, f"{status // 100}xx").inc()
-            self.metrics.latency.labels(template, method).observe(time.perf_counter() - t0)
+            key = (getattr(route, "path", None) or "unmatched", scope.get("method", "GET"), f"{status // 100}xx")
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = (self.metrics.requests.labels(*key), self.metrics.latency.labels(*key[:2]))
+            series[0].inc()
+            series[1].observe(time.perf_counter() - t0)

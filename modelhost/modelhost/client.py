@@ -16,8 +16,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import urllib.parse
-import uuid
 from typing import Any, AsyncIterator, TypeVar
 
 import aiohttp
@@ -54,7 +54,7 @@ def multipart(fields: dict[str, str | None], files: list[tuple[str, str, bytes]]
     aiohttp's FormData writes a small body in many small writes (many TCP segments with NODELAY)
     and costs about a tenth of a millisecond of CPU per request; the gateway forwards every upload,
     so it builds the body once. ``None`` fields are left out."""
-    boundary = "roundhouse" + uuid.uuid4().hex
+    boundary = "roundhouse" + os.urandom(16).hex()
     b = boundary.encode()
     parts: list[bytes] = []
     for name, value in fields.items():

@@ -13,7 +13,7 @@ classes, never on message text.
 from __future__ import annotations
 
 import logging
-import uuid
+import os
 from typing import Any, Mapping
 
 from fastapi import FastAPI, Request
@@ -223,7 +223,9 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits (``uuid.uuid4().hex`` built the same from 16 random bytes, at several times the cost,
+    and it runs on every request)."""
+    return os.urandom(16).hex()
 
 
 def clean_request_id(value: str | None) -> str | None:
