@@ -33,7 +33,11 @@ UV_VERSION ?= 0.13.9
 UV_DIR  := $(VENVS)/uv
 UV_STAMP := $(UV_DIR)/.uv-$(UV_VERSION)
 UV_CONF = $(eval UV_CONF := $$(shell $(PYTHON) scripts/pip_to_uv.py))$(UV_CONF)
-UV_PIP  = env $(filter SSL_CERT_FILE=%,$(UV_CONF)) $(UV_DIR)/bin/uv pip install $(filter-out SSL_CERT_FILE=%,$(UV_CONF))
+# --compile-bytecode: as pip does, every installed module is compiled to bytecode up front (uv compiles only
+# what each call installs, side by side). Without it, where PYTHONDONTWRITEBYTECODE is set (as on the CI
+# machine) every process would compile torch and transformers from source again, 5-8 s a start.
+UV_COMPILE ?= --compile-bytecode
+UV_PIP  = env $(filter SSL_CERT_FILE=%,$(UV_CONF)) $(UV_DIR)/bin/uv pip install $(UV_COMPILE) $(filter-out SSL_CERT_FILE=%,$(UV_CONF))
 # For the --no-deps --require-hashes installs: uv wants every constraint pinned and hashed there too, and
 # with --no-deps and each requirement pinned by hash, a constraint has nothing left to decide.
 UV_PIP_HASHED = $(filter-out --constraint=%,$(UV_PIP)) --no-deps --require-hashes
@@ -174,39 +178,34 @@ venvs: $(VENV_STAMPS)
 $(TINY)/catalog.yaml: tools/make_tiny_models.py tools/tiny_common.py $(VENVS)/caption-svc/.installed
 	@$(STEP) --begin tiny-models caption
 	@$(STEP) tiny-models caption "tiny caption models, catalog.yaml" $(CAP_PY) tools/make_tiny_models.py $(TINY)
-	@$(STEP) --end tiny-models caption
 
 # Family builders merge their entries into the catalog that tools/make_tiny_models.py writes from scratch,
 # so each runs after it and again whenever it is rewritten (a builder that changes nothing leaves the file
 # untouched, so this settles). Each merge reads, changes and replaces catalog.yaml, so the builders take
 # turns (flock): run side by side, one builder's entries could be lost; a builder starts as soon as its own
 # environment and the catalog are there, while the other environments are still installing.
-TINY_LOCK := flock build/.tiny-models.lock
+TINY_LOCK := STEP_LOCK=build/.tiny-models.lock
 $(TINY)/tts/.built: tools/make_tiny_tts_models.py $(VENVS)/tts-svc/.installed $(TINY)/catalog.yaml
 	@$(STEP) --begin tiny-models tts
-	@$(STEP) tiny-models tts "tiny tts models, Piper voice" $(TINY_LOCK) $(TTS_PY) tools/make_tiny_tts_models.py $(TINY)
+	@$(TINY_LOCK) $(STEP) tiny-models tts "tiny tts models, Piper voice" $(TTS_PY) tools/make_tiny_tts_models.py $(TINY)
 	@touch $@
-	@$(STEP) --end tiny-models tts
 
 # The tiny insightface-format pack, and the face entries (it and dlib-resnet) merged into the catalog.
 $(TINY)/face/.built: tools/make_tiny_face_models.py tools/tiny_common.py $(VENVS)/face-svc/.installed $(TINY)/catalog.yaml
 	@$(STEP) --begin tiny-models face
-	@$(STEP) tiny-models face "tiny face models" $(TINY_LOCK) $(FACE_PY) tools/make_tiny_face_models.py $(TINY)
+	@$(TINY_LOCK) $(STEP) tiny-models face "tiny face models" $(FACE_PY) tools/make_tiny_face_models.py $(TINY)
 	@touch $@
-	@$(STEP) --end tiny-models face
 
 $(TINY)/asr/.built: tools/make_tiny_asr_models.py tools/tiny_common.py $(VENVS)/asr-svc/.installed $(TINY)/catalog.yaml
 	@$(STEP) --begin tiny-models asr
-	@$(STEP) tiny-models asr "tiny asr models, real Whisper weights" $(TINY_LOCK) $(ASR_PY) tools/make_tiny_asr_models.py $(TINY)
+	@$(TINY_LOCK) $(STEP) tiny-models asr "tiny asr models, real Whisper weights" $(ASR_PY) tools/make_tiny_asr_models.py $(TINY)
 	@touch $@
-	@$(STEP) --end tiny-models asr
 
 # Tiny CLIP, SigLIP and a multilingual text tower, and the embed entries merged into the catalog.
 $(TINY)/embed/.built: tools/make_tiny_embed_models.py tools/tiny_common.py $(VENVS)/embed-svc/.installed $(TINY)/catalog.yaml
 	@$(STEP) --begin tiny-models embed
-	@$(STEP) tiny-models embed "tiny embed models" $(TINY_LOCK) $(EMBED_PY) tools/make_tiny_embed_models.py $(TINY)
+	@$(TINY_LOCK) $(STEP) tiny-models embed "tiny embed models" $(EMBED_PY) tools/make_tiny_embed_models.py $(TINY)
 	@touch $@
-	@$(STEP) --end tiny-models embed
 
 tiny-models: $(TINY)/catalog.yaml $(TINY)/tts/.built $(TINY)/asr/.built $(TINY)/face/.built $(TINY)/embed/.built
 	@# Readable by anyone: the images run as a non-root user and mount this folder read-only.

@@ -10,6 +10,7 @@
 # $STEP_LOGS. Steps of different environments run side by side (make -j), so each prints whole lines only:
 # on a terminal one as the step starts, and everywhere one when it ends. A step that fails prints its
 # name, its exit status and the last 40 lines of its log, and exits with the command's status.
+# With STEP_LOCK=FILE the command runs holding that lock (flock), and the line says how long it waited.
 set -uo pipefail
 
 logs=${STEP_LOGS:-build/logs}
@@ -35,11 +36,18 @@ label=$3
 shift 3
 [ -t 1 ] && echo "[$group] $name: $label ..."
 { echo; echo "## $(date '+%T') $label"; echo "\$ $*"; } >>"$log"
+waited=
+if [ -n "${STEP_LOCK:-}" ]; then
+  exec 9>"$STEP_LOCK"
+  start=$SECONDS
+  flock 9
+  [ $((SECONDS - start)) -gt 0 ] && waited=" (after $((SECONDS - start)) s waiting for $STEP_LOCK)"
+fi
 start=$SECONDS
 "$@" >>"$log" 2>&1
 rc=$?
 took=$((SECONDS - start))
-echo "## $label: exit $rc after $took s" >>"$log"
+echo "## $label: exit $rc after $took s$waited" >>"$log"
 if [ $rc -ne 0 ]; then
   {
     echo "[$group] $name: $label FAILED (exit $rc after $took s). The last lines of $log:"
@@ -48,4 +56,4 @@ if [ $rc -ne 0 ]; then
   } >&2
   exit $rc
 fi
-echo "[$group] $name: $label done in $took s"
+echo "[$group] $name: $label done in $took s$waited"
