@@ -10,10 +10,15 @@ pocketsphinx is a real recogniser: on speech from flite it must get the words ri
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import hashlib
+import http.server
 import logging
 import os
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -270,3 +275,49 @@ def test_backend_table_imports_nothing_heavy() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, f"imported: {done.stdout.strip()} {done.stderr[-500:]}"
+
+
+def test_a_pulled_whisper_name_loads_from_the_cache_without_the_network(tiny_catalog: Catalog, tmp_path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pull of an openai-whisper name (modelhost's Pulls, kind url) fetches the file of whisper's own table,
+    checks it against the sha256 its URL carries, and leaves it where ``load_model(download_root=<cache>/whisper)``
+    looks: the load that follows (its server gone) reads it. Here the table's entry points at loopback."""
+    import whisper
+    from modelhost.pulls import Pulls
+
+    ckpt = tiny_catalog.get("tiny-whisper").source
+    payload = open(ckpt, "rb").read()
+    sha = hashlib.sha256(payload).hexdigest()
+    www = tmp_path / "www" / sha
+    www.mkdir(parents=True)
+    (www / "tiny-x.pt").write_bytes(payload)
+    requests: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(Handler, directory=str(tmp_path / "www")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setitem(whisper._MODELS, "tiny-x", f"http://127.0.0.1:{server.server_address[1]}/{sha}/tiny-x.pt")
+    monkeypatch.setitem(whisper._ALIGNMENT_HEADS, "tiny-x", None)  # not a real model: no alignment heads
+    spec = tiny_catalog.get("tiny-whisper").model_copy(update={"id": "pulled-whisper", "source": "tiny-x"})
+    cache = tmp_path / "cache"
+
+    async def pull() -> Any:
+        pulls = Pulls([spec], cache, offline=False)
+        await pulls.start(spec.id)
+        return await pulls.wait(spec.id)
+
+    try:
+        s = asyncio.run(pull())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert s.state == "done" and s.kind == "url" and s.bytes_done == s.bytes_total == len(payload), s
+    assert s.cached is True and requests == [f"/{sha}/tiny-x.pt"]
+    assert sorted(p.name for p in (cache / "whisper").iterdir()) == ["tiny-x.pt"]
+    backend = import_backend(BACKENDS["whisper"])(spec, str(cache))
+    assert backend.load() == "cpu"  # the server is gone: whisper found the file and its sha256 matched
+    backend.close()

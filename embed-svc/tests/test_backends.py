@@ -8,6 +8,7 @@ model's context.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,34 @@ def test_a_text_only_tower_given_image_modalities_fails_to_build(tiny_models: Pa
     spec = spec.model_copy(update={"options": {"modalities": ["text", "image"]}})
     with pytest.raises(ValueError, match="text only"):
         import_backend(BACKENDS[spec.backend])(spec, cache_dir="/nonexistent-cache")
+
+
+def test_a_pulled_sentence_transformer_repo_loads_from_the_hub_cache(tiny_models: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pull of a sentence_transformer repo is a hub pull (modelhost's Pulls) into the service's cache with the
+    backend's own ignore_patterns; the load then finds that snapshot with the hub offline."""
+    import huggingface_hub.constants
+    from embed_svc.backends.sentence_text import IGNORED
+    from modelhost.pulls import on_disk, weights_of
+
+    spec = load_catalog(tiny_models / "catalog.yaml").get("tiny-clip-multilingual")
+    tiny = Path(spec.source)
+    spec = spec.model_copy(update={"source": "roundhouse-test/tiny-clip-multilingual"})
+    w = weights_of(spec, tmp_path)
+    assert w.kind == "hub" and w.ignore_patterns == IGNORED and w.repo_id == spec.source
+    # What snapshot_download leaves: blobs, refs/main, and the snapshot's links to the blobs.
+    (w.path / "refs").mkdir(parents=True)
+    (w.path / "refs" / "main").write_text("c0ffee")
+    (w.path / "blobs").mkdir()
+    for f in (p for p in tiny.rglob("*") if p.is_file()):
+        blob = w.path / "blobs" / hashlib.sha1(str(f).encode()).hexdigest()
+        blob.write_bytes(f.read_bytes())
+        link = w.path / "snapshots" / "c0ffee" / f.relative_to(tiny)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(blob)
+    assert on_disk(w) == (True, sum(p.stat().st_size for p in tiny.rglob("*") if p.is_file()))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # the load may not reach the hub
+    backend = import_backend(BACKENDS[spec.backend])(spec, cache_dir=str(tmp_path))
+    assert backend.load() == "cpu"
+    backend.warmup()
+    backend.close()

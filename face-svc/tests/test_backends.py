@@ -8,6 +8,7 @@ arithmetic is insightface's own (compared with the insightface package on the sa
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import http.server
@@ -19,12 +20,12 @@ import sys
 import threading
 import zipfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
 
-from face_svc.backends import BACKENDS
+from face_svc.backends import BACKENDS, _packs
 from face_svc.items import DetectItem, EmbedItem, keep_largest
 from modelhost.backend import Backend, import_backend
 from modelhost.catalog import Catalog, ModelSpec
@@ -305,6 +306,32 @@ def test_download_with_a_wrong_checksum_fails_and_leaves_nothing(tiny_catalog: C
     with pytest.raises(ValueError, match="sha256"):
         backend(spec, str(tmp_path / "cache")).load()
     assert list((tmp_path / "cache" / "insightface").iterdir()) == []
+
+
+def test_a_pull_fetches_the_pack_where_the_load_reads_it(tiny_catalog: Catalog, pack_server, tmp_path: Path) -> None:
+    """``POST /v1/models/{name}/pull`` (modelhost's Pulls, kind url) fetches ahead of the load, outside the
+    worker: the load that follows reads the same folder and fetches nothing."""
+    from modelhost.pulls import Pulls
+
+    url, requests, payload = pack_server
+    spec = tiny_catalog.get(TINY).model_copy(update={"id": "tinypack", "source": "tinypack", "options": {
+        **tiny_catalog.get(TINY).options, "url": url, "sha256": hashlib.sha256(payload).hexdigest()}})
+    cache = tmp_path / "cache"
+
+    async def pull() -> Any:
+        pulls = Pulls([spec], cache, offline=False)
+        await pulls.start(spec.id)
+        return await pulls.wait(spec.id)
+
+    s = asyncio.run(pull())
+    assert s.state == "done" and s.kind == "url" and s.bytes_done == s.bytes_total == len(payload), s
+    assert s.cached is True and requests == ["/tinypack.zip"]
+    b = backend(spec, str(cache))
+    assert b.load() == "cpu"
+    b.warmup()
+    b.close()
+    assert requests == ["/tinypack.zip"]  # the load found the pulled pack: nothing downloaded again
+    assert _packs.pack_dir(spec, str(cache)) == cache / "insightface" / "tinypack"
 
 
 def test_pack_with_two_recognizers_needs_rec_model(tiny_catalog: Catalog, tiny_dir: Path, tmp_path: Path) -> None:

@@ -6,6 +6,14 @@ contract the worker and the stream rely on. Real speech is checked by the flite 
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import http.server
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from modelhost.backend import Backend, import_backend
@@ -101,3 +109,59 @@ def test_flite_lists_its_compiled_voices_and_espeak_its_languages(tts_catalog: C
 def test_a_piper_voice_not_yet_downloaded_lists_the_catalog_voice(tts_catalog: Catalog) -> None:
     spec = tts_catalog.get("tiny-piper").model_copy(update={"source": "en_US-lessac-medium", "options": {"voice": "lessac"}})
     assert [v.id for v in voices_for(spec, cache_dir="/nonexistent")] == ["lessac"]
+
+
+def test_a_pulled_piper_voice_loads_without_the_network(tts_catalog: Catalog, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pull (modelhost's Pulls, kind url) fetches a voice id's two files from the hub's voice repository
+    (HF_ENDPOINT: here a file server on loopback) into ``<cache>/piper``, where the load looks; the load's own
+    fallback download fetches the same URLs the same way. piper's own download_voices names the same URLs."""
+    from modelhost import pull_urls
+    from modelhost.pulls import Pulls
+    from piper.download_voices import URL_FORMAT
+
+    voice = "en_US-tiny-medium"
+    urls = [f.url for f in pull_urls.piper_voice_files(voice, "https://huggingface.co", tmp_path)]
+    assert urls == [URL_FORMAT.format(lang_family="en", lang_code="en_US", voice_name="tiny", voice_quality="medium",
+                                      extension=ext).removesuffix("?download=true") for ext in (".onnx.json", ".onnx")]
+    tiny = Path(tts_catalog.get("tiny-piper").source)
+    folder = tmp_path / "www" / "rhasspy" / "piper-voices" / "resolve" / "main" / "en" / "en_US" / "tiny" / "medium"
+    folder.mkdir(parents=True)
+    shutil.copy(tiny, folder / f"{voice}.onnx")
+    shutil.copy(f"{tiny}.json", folder / f"{voice}.onnx.json")
+    requests: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(Handler, directory=str(tmp_path / "www")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    spec = tts_catalog.get("tiny-piper").model_copy(update={"id": "pulled-voice", "source": voice})
+    try:
+        own = import_backend(BACKENDS["piper"])(spec, str(tmp_path / "loaded"))  # no pull: the load downloads
+        assert own.load() == "cpu"
+        own.close()
+        assert sorted(p.name for p in (tmp_path / "loaded" / "piper").iterdir()) == [f"{voice}.onnx", f"{voice}.onnx.json"]
+
+        async def pull() -> Any:
+            pulls = Pulls([spec], tmp_path / "cache", offline=False)
+            await pulls.start(spec.id)
+            return await pulls.wait(spec.id)
+
+        s = asyncio.run(pull())
+    finally:
+        server.shutdown()
+        server.server_close()
+    size = tiny.stat().st_size + Path(f"{tiny}.json").stat().st_size
+    assert s.state == "done" and s.kind == "url" and s.bytes_done == s.bytes_total == size, s
+    assert s.cached is True and s.size_on_disk_bytes == size and len(requests) == 4
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the server is gone, and the load may not fetch anything
+    b = import_backend(BACKENDS["piper"])(spec, str(tmp_path / "cache"))
+    assert b.load() == "cpu"
+    b.warmup()
+    b.close()
+    assert not [p for p in (tmp_path / "cache" / "piper").iterdir() if p.name.startswith(".")]

@@ -1,7 +1,7 @@
 """openai-whisper (PyTorch): ``whisper.load_model(source)`` and ``model.transcribe(float32 array)``.
 
-``source`` is an official model name (``small``, ``large-v3``: downloaded from OpenAI's CDN into the cache
-dir on first load) or the path of a checkpoint. The worker hands audio as int16 PCM; it becomes float32 one
+``source`` is an official model name (``small``, ``large-v3``: downloaded from OpenAI's CDN into
+``<cache_dir>/whisper`` on first load, or ahead by a pull, ``modelhost.pull_urls``) or the path of a checkpoint. The worker hands audio as int16 PCM; it becomes float32 one
 chunk at a time (``chunks.chunk_bounds``, ``options.chunk_s``, default 600 s), so memory for features grows
 with the chunk, not the file. The language found in the first chunk is kept for the next ones.
 

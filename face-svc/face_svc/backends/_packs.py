@@ -5,7 +5,8 @@ A catalog ``source`` is either a directory holding the pack's ``.onnx`` files, o
 (``buffalo_l``): the pack is then read from ``<cache_dir>/insightface/<name>/`` and, the first time,
 downloaded there from insightface's releases (or the ``url`` option) with its progress in the log, checked
 against the ``sha256`` option when one is given, and unpacked beside its target before it is moved in,
-so an interrupted download never leaves a half pack behind.
+so an interrupted download never leaves a half pack behind. A pull (``modelhost.pull_urls``) fetches the
+same URL into the same folder ahead of the load, outside the worker.
 
 Options ``det_model`` and ``rec_model`` name the files to use (a file name in the pack, or an absolute
 path: any ArcFace-format recogniser, e.g. LVFace-B exported to ONNX, can be paired with a pack's
