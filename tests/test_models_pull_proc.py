@@ -6,21 +6,33 @@ Covered: a pull streams progress (bytes, total, rate, ETA) as server-sent events
 weights caption; ``/admin/models`` shows cached and size on disk; a preload model is loaded at start-up with
 no request; the cache delete is 409 while loaded and frees the weights once unloaded; a request for a model
 whose weights are gone pulls them first; ``roundhouse models pull | ls | rm``; a repo the hub does not have,
-and a hub that cannot be reached, fail within seconds with the reason."""
+and a hub that cannot be reached, fail within seconds with the reason.
+
+A ``url`` pull through the gateway too, with face-svc: an insightface pack (the tiny pack zipped, served by the
+same stand-in hub at the catalog's ``url``) streams progress, lands where the load reads it (a detect then
+fetches nothing), is pulled again before the load of a request once deleted, and a sha256 that does not match
+fails with the reason and leaves nothing behind."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import random
 import subprocess
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from tests import procs
 from tests.conftest import image_bytes
+from tests.face_fixtures import face_catalog  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.proc
 
@@ -201,3 +213,107 @@ def test_an_unreachable_hub_fails_within_seconds_and_a_load_says_why(world: dict
     assert "refused the connection" in r.json()["error"]["message"]
     assert elapsed < 10, f"took {elapsed:.1f} s"
     print(f"\nunreachable hub: the request failed in {elapsed:.2f} s")
+
+
+# -- a url pull: an insightface pack through face-svc ----------------------------------------------------------
+
+PACK_RATE = 20_000  # bytes a second: the tiny pack's zip (about 75 kB with its licence) takes a few seconds
+
+
+@pytest.fixture(scope="module")
+def pack_world(face_catalog: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:  # noqa: F811
+    from modelhost.catalog import load_catalog
+
+    tmp = tmp_path_factory.mktemp("pack-pull")
+    logdir = tmp / "logs"
+    logdir.mkdir()
+    tiny = load_catalog(face_catalog).get("tiny-insightface")
+    www = tmp / "packs"
+    www.mkdir()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for f in sorted(Path(tiny.source).iterdir()):
+            zf.write(f, f"tinypack/{f.name}")
+        zf.writestr("tinypack/LICENSE", random.Random(0).randbytes(60_000))  # not kept: only .onnx files are
+    (www / "tinypack.zip").write_bytes(buf.getvalue())
+    sha = hashlib.sha256(buf.getvalue()).hexdigest()
+    hub_port = procs.free_port()
+    hub = procs.start("hf-hub-packs", [str(procs.GATEWAY_PY), "-m", "tests.doubles.hf_hub_server", "--port",
+                                       str(hub_port), "--repo", f"roundhouse-test/packs={www}", "--rate", str(PACK_RATE)],
+                      {}, hub_port, logdir, ready_path="/health")
+    url = f"{hub.url}/roundhouse-test/packs/resolve/main/tinypack.zip"
+    options = json.dumps({**tiny.options, "url": url, "sha256": sha})
+    common = "family: face, backend: insightface, device: cpu, dtype: float32, memory_estimate_mb: 64"
+    catalog = tmp / "models.yaml"
+    catalog.write_text(
+        "models:\n"
+        f"  - {{id: pulled-pack, source: tinypack, {common}, options: {options}}}\n"
+        f"  - {{id: bad-pack, source: badpack, {common}, options: {json.dumps({**tiny.options, 'url': url, 'sha256': '0' * 64})}}}\n")
+    cache = tmp / "cache"
+    svc = procs.start_face_svc(catalog, logdir, cache_dir=str(cache), spare_worker="false")
+    gw = procs.start_gateway(catalog, {"face": svc.url}, logdir, name="gateway-packs",
+                             data_dir=str(tmp / "gateway-data"))
+    try:
+        yield {"gw": gw, "hub": hub, "cache": cache, "zip": len(buf.getvalue()),
+               "onnx": sum(f.stat().st_size for f in Path(tiny.source).iterdir())}
+    finally:
+        for p in (gw, svc, hub):
+            p.stop()
+
+
+def square_png() -> bytes:
+    """A light 64 px square on black: the tiny detector's face."""
+    pixels = np.zeros((240, 320, 3), np.uint8)
+    pixels[40:104, 56:120] = 255
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def detect(gw: procs.Proc, model: str) -> httpx.Response:
+    return httpx.post(gw.url + "/v1/faces/detect", data={"model": model}, files={"file": ("a.png", square_png())},
+                      timeout=TIMEOUT)
+
+
+def test_pack_pull_streams_progress_and_the_load_reads_what_it_fetched(pack_world: dict[str, Any]) -> None:
+    gw, hub = pack_world["gw"], pack_world["hub"]
+    assert admin_rows(gw)["pulled-pack"]["cached"] is False
+    with httpx.stream("POST", gw.url + "/admin/models/pulled-pack/pull", headers={"Accept": "text/event-stream"},
+                      timeout=TIMEOUT) as r:
+        assert r.status_code == 200
+        events = list(sse(r.iter_lines()))
+    end = events[-1][1]
+    assert events[-1][0] == "end" and end["state"] == "done" and end["kind"] == "url", end
+    assert end["bytes_done"] == end["bytes_total"] == pack_world["zip"]
+    assert end["cached"] is True and end["size_on_disk_bytes"] == pack_world["onnx"]
+    during = [s for k, s in events if k == "progress" and s["state"] == "pulling"]
+    assert len(during) >= 2 and any(s["rate_bytes_per_s"] for s in during) and any(s["eta_s"] for s in during), during
+    folder = pack_world["cache"] / "insightface" / "tinypack"
+    assert sorted(p.name for p in folder.iterdir()) == ["det_tiny.onnx", "w600k_tiny.onnx"]
+    assert hub_bodies(hub) == 1
+    print(f"\npack pull of {end['bytes_total']} bytes at {PACK_RATE} B/s: {len(during)} progress events")
+
+    r = detect(gw, "pulled-pack")
+    assert r.status_code == 200 and len(r.json()["faces"]) == 1, r.text
+    assert hub_bodies(hub) == 1  # the load read the pulled pack
+
+
+def test_a_deleted_pack_is_pulled_again_before_the_load_of_a_request(pack_world: dict[str, Any]) -> None:
+    gw, hub = pack_world["gw"], pack_world["hub"]
+    assert httpx.post(gw.url + "/admin/models/pulled-pack/unload", timeout=TIMEOUT).status_code == 200
+    r = httpx.delete(gw.url + "/admin/models/pulled-pack/cache", timeout=TIMEOUT)
+    assert r.status_code == 200 and r.json()["freed_bytes"] == pack_world["onnx"], r.text
+    assert not (pack_world["cache"] / "insightface" / "tinypack").exists()
+    before = hub_bodies(hub)
+    r = detect(gw, "pulled-pack")
+    assert r.status_code == 200, r.text
+    assert hub_bodies(hub) == before + 1
+    assert "weights not cached; pulling them before its load" in gw.log_tail(20000)
+
+
+def test_a_pack_whose_sha256_differs_fails_with_the_reason_and_leaves_nothing(pack_world: dict[str, Any]) -> None:
+    gw = pack_world["gw"]
+    r = httpx.post(gw.url + "/admin/models/bad-pack/pull?stream=true", timeout=TIMEOUT)
+    end = [s for k, s in sse(iter(r.text.splitlines())) if k == "end"][0]
+    assert end["state"] == "failed" and "sha256" in end["error"] and "0" * 64 in end["error"], end
+    assert sorted(p.name for p in (pack_world["cache"] / "insightface").iterdir()) == ["tinypack"]
