@@ -367,7 +367,8 @@ class Pulls:
         if w.kind not in ("hub", "url") or w.path is None:
             raise CacheBusy(f"model {name}: its weights ({w.kind}: {w.source}) are not in the cache; nothing is "
                             "deleted", code="cache_not_ours")
-        freed = await asyncio.to_thread(pull_urls.remove, w.files) if w.files else await asyncio.to_thread(_remove, w.path)
+        freed = await asyncio.to_thread(pull_urls.remove, w.files) if w.files else \
+            await asyncio.to_thread(_remove, w.path)
         self._pulls.pop(name, None)
         log.info("cache of %s deleted: %s, %.1f MB", name, w.path, freed / 1e6)
         return CacheDeleted(model=name, freed_bytes=freed, path=str(w.path))

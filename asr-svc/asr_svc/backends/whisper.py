@@ -1,9 +1,10 @@
 """openai-whisper (PyTorch): ``whisper.load_model(source)`` and ``model.transcribe(float32 array)``.
 
 ``source`` is an official model name (``small``, ``large-v3``: downloaded from OpenAI's CDN into
-``<cache_dir>/whisper`` on first load, or ahead by a pull, ``modelhost.pull_urls``) or the path of a checkpoint. The worker hands audio as int16 PCM; it becomes float32 one
-chunk at a time (``chunks.chunk_bounds``, ``options.chunk_s``, default 600 s), so memory for features grows
-with the chunk, not the file. The language found in the first chunk is kept for the next ones.
+``<cache_dir>/whisper`` on first load, or ahead by a pull, ``modelhost.pull_urls``) or the path of a
+checkpoint. The worker hands audio as int16 PCM; it becomes float32 one chunk at a time
+(``chunks.chunk_bounds``, ``options.chunk_s``, default 600 s), so memory for features grows with the chunk,
+not the file. The language found in the first chunk is kept for the next ones.
 
 dtype: ``float16`` runs the model in half precision on a GPU (whisper casts per layer); CPU always runs
 float32. Options: ``max_new_tokens`` (tokens per 30 s window), ``beam_size``, ``best_of``, ``chunk_s``,

@@ -3,8 +3,8 @@ built into the wheel.
 
 Catalog: ``source`` is a local ``.onnx`` (its ``.onnx.json`` beside it) or a voice id such as
 ``en_US-lessac-medium``, downloaded on first load (or ahead, by a pull) into ``<cache_dir>/piper`` from
-Piper's voice repository on the hub (``HF_ENDPOINT``). ``device: cuda:N`` runs the ONNX session with the CUDA provider (onnxruntime-gpu); the
-device reported is read back from the session's providers, so a CPU-only onnxruntime is reported
+Piper's voice repository on the hub (``HF_ENDPOINT``). ``device: cuda:N`` runs the ONNX session with the
+CUDA provider (onnxruntime-gpu); the device reported is read back from the session's providers, so a CPU-only onnxruntime is reported
 honestly. Options: ``voice`` (the id of a single-speaker voice, default ``default``), ``noise_scale``,
 ``noise_w_scale``, ``threads`` (onnxruntime's intra-op threads, without spin-waiting; default: its own, one
 per core, spinning: fastest on an idle machine, worst on a small one shared with the HTTP process and the
