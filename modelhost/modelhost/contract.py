@@ -93,8 +93,10 @@ class PullStatus(BaseModel):
     model: str
     source: str
     kind: str = Field(description="local (a path: verified in place), hub (a Hugging Face repo, downloaded into the "
-                                  "cache), bundled (weights shipped in a package: nothing to fetch), or on_load (the "
-                                  "backend fetches its weights itself on its first load: not pullable).")
+                                  "cache), url (files or a pack zip from a URL, checked by sha256 where known: "
+                                  "insightface packs, openai-whisper names, Piper voices), bundled (weights shipped in "
+                                  "a package: nothing to fetch), or on_load (the backend fetches its weights itself on "
+                                  "its first load, Coqui: not pullable).")
     state: str = Field(description="idle (no pull since the service started), pulling, done or failed.")
     cached: bool | None = Field(None, description="As the model row's cached.")
     size_on_disk_bytes: int | None = None
