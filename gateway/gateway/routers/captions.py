@@ -8,7 +8,7 @@ image fully and answers a corrupt one itself (``src: caption-svc``).
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from modelhost.errors import error_responses, request_id_of
@@ -16,9 +16,10 @@ from modelhost.families import caption, default_model, validated
 
 from ..bodies import read_upload, request_body
 from ..images import check_images
+from ..routes import DirectRoute, json_response
 from ..state import gw
 
-router = APIRouter(tags=["captions"])
+router = APIRouter(tags=["captions"], route_class=DirectRoute)
 
 
 class ModelField(BaseModel):
@@ -48,7 +49,7 @@ FIELDS = (*ModelField.model_fields, *caption.CaptionOptions.model_fields)
     responses=error_responses(400, 401, 404, 413, 415, 429, 502, 503, 504),
     openapi_extra=request_body(multipart=CaptionUpload, json=CaptionJSON),
 )
-async def caption_image(request: Request) -> caption.CaptionResponse:
+async def caption_image(request: Request) -> Response:
     g = gw(request)
     upload = await read_upload(request, images={"file": "image"}, fields=FIELDS, max_image_bytes=g.settings.max_upload_bytes)
     model = validated(ModelField, upload.fields).model or default_model(
@@ -57,5 +58,6 @@ async def caption_image(request: Request) -> caption.CaptionResponse:
     options = validated(caption.CaptionOptions, upload.fields)
     check_images(upload.parts(), max_bytes=g.settings.max_upload_bytes, max_pixels=g.settings.max_image_pixels)
     async with g.access.hold(model, caption.FAMILY) as upstream:
-        return await caption.caption(upstream, model, upload.one("file"), options,
-                                     timeout_s=g.settings.request_timeout_s, request_id=request_id_of(request))
+        answer = await caption.caption(upstream, model, upload.one("file"), options,
+                                       timeout_s=g.settings.request_timeout_s, request_id=request_id_of(request))
+    return json_response(answer)
