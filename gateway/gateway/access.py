@@ -169,7 +169,8 @@ class ModelAccess:
             raise
         finally:
             upstream.release()
-            self.metrics.model_request_seconds.labels(family, model_id, lane, outcome).observe(time.perf_counter() - t0)
+            m = self.metrics
+            m.series(m.model_request_seconds, family, model_id, lane, outcome).observe(time.perf_counter() - t0)
 
     async def load(self, model_id: str, request_id: str | None = None) -> AdminLoaded:
         """Load through the coordinator (it decides what to evict), then describe the model."""

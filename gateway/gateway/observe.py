@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from modelhost.errors import REQUEST_ID_HEADER, clean_request_id, new_request_id
 
@@ -16,9 +15,6 @@ class ObserveMiddleware:
     def __init__(self, app, metrics: GatewayMetrics) -> None:  # noqa: ANN001 - ASGI app
         self.app = app
         self.metrics = metrics
-        # (route, method, status class) -> its counter and histogram children: ``labels()`` validates and
-        # looks the labels up anew on every call, twice per request otherwise.
-        self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
         if scope["type"] != "http":
@@ -46,10 +42,8 @@ class ObserveMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            key = (getattr(route, "path", None) or "unmatched", scope.get("method", "GET"), f"{status // 100}xx")
-            series = self._series.get(key)
-            if series is None:
-                series = self._series[key] = (self.metrics.requests.labels(*key), self.metrics.latency.labels(*key[:2]))
-            series[0].inc()
-            series[1].observe(time.perf_counter() - t0)
+            m = self.metrics
+            template = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope.get("method", "GET")
+            m.series(m.requests, template, method, f"{status // 100}xx").inc()
+            m.series(m.latency, template, method).observe(time.perf_counter() - t0)

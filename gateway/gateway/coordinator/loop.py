@@ -214,7 +214,7 @@ class Coordinator(WorldReads):
                     continue
                 fut, arrived, lane = entry
                 if self.metrics is not None:
-                    self.metrics.queue_wait.labels(a.model, lane).observe(self.clock() - arrived)
+                    self.metrics.series(self.metrics.queue_wait, a.model, lane).observe(self.clock() - arrived)
                 fut.set_result(None)
             elif isinstance(a, Fail):
                 entry = self._waiting.get(a.req_id)
