@@ -82,14 +82,13 @@ class HeadWithBody:
             self._flush = None
 
     def _send_held(self) -> None:
-        self._flush = None
-        if self._held:
-            held, self._held = self._held, b""
+        held = self._held
+        self._release()
+        if held and not self._transport.is_closing():  # the connection was lost meanwhile: nobody to send it to
             self._transport.write(held)
 
     def close(self) -> None:
         self._send_held()
-        self._release()
         self._transport.close()
 
     def __getattr__(self, name: str) -> Any:  # the rest of the transport's interface, unchanged

@@ -138,6 +138,16 @@ async def test_close_and_100_continue_are_never_held_back() -> None:
     assert t.writes[-1] == HEAD and t.closed
 
 
+async def test_a_head_held_when_the_connection_is_lost_is_dropped() -> None:
+    t = RecordingTransport()
+    w = HeadWithBody(t)  # type: ignore[arg-type]
+    w.write(HEAD)
+    t.closed = True  # the client went away before the loop's next round
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert t.writes == []
+
+
 async def test_uvicorn_answers_in_one_write_and_a_stream_shows_its_head_before_its_first_chunk() -> None:
     """The real protocol on loopback: a whole answer arrives in one piece (one write, so one segment); a stream's
     head comes at once, its first chunk 0.5 s later."""
