@@ -10,7 +10,7 @@ base64 decode, image header check, multipart forward over modelhost.http1) and n
 keep-alive upstream pool, access log off) proxying the same path to the double.
 
 The request is POST /v1/images/captions with {"image": "<base64 of an 8x8 PNG>", "model":
-"bench-caption"} (about 250 bytes). "direct" sends the same request to the double.
+"bench-caption"} (155 bytes). "direct" sends the same request to the double.
 
 Measured:
   * sequential latency (one keep-alive connection per path, the paths interleaved request by
@@ -364,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     if errors:
         print(f"WARNING: wrk counted {errors} errors (non-2xx answers, socket errors or timeouts) across the runs")
     print(f"nginx, for reference: added p50 {added['nginx'][0]:.3f} ms, p99 {added['nginx'][1]:.3f} ms; "
-          f"whole run {time.monotonic() - started:.0f} s")
+          f"whole run {time.monotonic() - started:.0f} s; load average after the run: "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"gateway_added_p50_ms={a50:.3f} {mark(a50 <= TARGET_ADDED_P50_MS)}(<={TARGET_ADDED_P50_MS:g}) "
           f"gateway_added_p99_ms={a99:.3f} {mark(a99 <= TARGET_ADDED_P99_MS)}(<={TARGET_ADDED_P99_MS:g}) "
           f"trivial_vs_nginx={trivial_vs_nginx:.2f} {mark(trivial_vs_nginx >= TARGET_TRIVIAL_VS_NGINX)}"
