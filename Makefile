@@ -33,10 +33,13 @@ UV_VERSION ?= 0.13.9
 UV_DIR  := $(VENVS)/uv
 UV_STAMP := $(UV_DIR)/.uv-$(UV_VERSION)
 UV_CONF = $(eval UV_CONF := $$(shell $(PYTHON) scripts/pip_to_uv.py))$(UV_CONF)
-# --compile-bytecode: as pip does, every installed module is compiled to bytecode up front (uv compiles only
-# what each call installs, side by side). Without it, where PYTHONDONTWRITEBYTECODE is set (as on the CI
-# machine) every process would compile torch and transformers from source again, 5-8 s a start.
-UV_COMPILE ?= --compile-bytecode
+# Bytecode. Where PYTHONDONTWRITEBYTECODE is set (as on the CI machine) Python never writes a .pyc itself, so
+# uv compiles every module it installs, as pip always did (--compile-bytecode; without it every process would
+# compile torch and transformers from source again, 5-8 s a start); that is most of a warm run's time here.
+# Elsewhere uv leaves it to Python, which writes each module's .pyc on its first import (the import checks and
+# tiny-model builders below do that for the heavy ones): a fraction of the cost. UV_COMPILE=--compile-bytecode
+# compiles everything anyway.
+UV_COMPILE ?= $(if $(PYTHONDONTWRITEBYTECODE),--compile-bytecode)
 UV_PIP  = env $(filter SSL_CERT_FILE=%,$(UV_CONF)) $(UV_DIR)/bin/uv pip install $(UV_COMPILE) $(filter-out SSL_CERT_FILE=%,$(UV_CONF))
 # For the --no-deps --require-hashes installs: uv wants every constraint pinned and hashed there too, and
 # with --no-deps and each requirement pinned by hash, a constraint has nothing left to decide.
