@@ -24,9 +24,23 @@ PIP     := -m pip install --quiet --disable-pip-version-check
 # uv installs every environment (pinned here; pip bootstraps it into $(VENVS)/uv, so a bare machine needs
 # nothing but Python). Its one cache (~/.cache/uv, or $$UV_CACHE_DIR) holds each wheel unpacked once and
 # hard-links it into every environment that uses it: asr-svc and embed-svc share one torch 2.13.0 on disk,
-# and a second clone installs from it in seconds. uv reads no pip configuration, so scripts/pip_to_uv.py
+# and a second clone links from it instead of downloading and unpacking again. uv reads no pip configuration, so scripts/pip_to_uv.py
 # hands it pip's own (find-links, extra indexes, constraints, cert), read when make runs: uv takes the same
 # builds pip would (torch 2.13.0+cpu where pip's find-links offer it, not a CUDA build from PyPI).
+#
+# Measured 2026-12-01 on the 2-core, 24 GB CI machine, other test runs sharing its cores (load averages in
+# brackets), each in a fresh clone: git clone /work/main DIR && cd DIR && time make venvs tiny-models
+# (each step's own time is on its line). Per environment, the time from its first step to its import check:
+#                          whole run    tts   caption  asr  embed  face  gateway  tiny models  disk
+#   pip, one at a time (1) 595 s [2-3] 192 s  124 s  117 s  61 s  42 s   35 s    24 s        .venvs 19 GB
+#   uv, empty cache (2)    237 s [3-10] 164    154    124    63    66     28     42 s        cache 16 GB, .venvs 1.7 GB
+#   uv, warm cache (2)     281 s [5-7]  154    136    123   125   124     66     52 s        .venvs 1.7 GB
+#   uv, warm cache (3)     122 s [3-4]   32     48     33    31    56     24     52 s        .venvs 0.6 GB
+# (1) the Makefile before uv (commit bb6c643), the pip cache warm. (2) With PYTHONDONTWRITEBYTECODE=1, as this
+# machine sets it: compiling every module (below) is most of the time. (3) env -u PYTHONDONTWRITEBYTECODE.
+# An empty cache (UV_CACHE_DIR=/work/uvcold) downloads about 3 GB from PyPI (torch 2.9.1 and its CUDA 12
+# libraries for tts-svc, in under a minute here); torch 2.14.1 and 2.13.0 came from the machine's local
+# indexes. The tiny models (24 s one after another with pip) now build while other environments install.
 # TORCH_BACKEND=cpu (uv --torch-backend: CPU builds from download.pytorch.org) applies to the families whose
 # pins exist there as CPU builds (tts, asr, embed); off by default, and untested where that host is unreachable.
 UV_VERSION ?= 0.13.9
@@ -74,7 +88,7 @@ help:
 	@echo "make bench        run the benchmarks in bench/"
 	@echo "make gpu-check    on a machine with an NVIDIA GPU: measure swaps, footprints, admission (README: GPU check)"
 	@echo "make up / down    the compose stack (README); make compose-test is CI's compose stage"
-	@echo "make clean        remove environments and build outputs (not uv's cache: uv cache clean)"
+	@echo "make clean        remove environments and build outputs (not uv's cache, ~/.cache/uv)"
 
 # uv itself, from PyPI through pip (17 MB). An order-only prerequisite: a new uv rebuilds no environment.
 $(UV_STAMP):
