@@ -41,8 +41,10 @@ PIP     := -m pip install --quiet --disable-pip-version-check
 # An empty cache (UV_CACHE_DIR=/work/uvcold) downloads about 3 GB from PyPI (torch 2.9.1 and its CUDA 12
 # libraries for tts-svc, in under a minute here); torch 2.14.1 and 2.13.0 came from the machine's local
 # indexes. The tiny models (24 s one after another with pip) now build while other environments install.
-# TORCH_BACKEND=cpu (uv --torch-backend: CPU builds from download.pytorch.org) applies to the families whose
-# pins exist there as CPU builds (tts, asr, embed); off by default, and untested where that host is unreachable.
+# CPU builds of torch: asr-svc and embed-svc take 2.13.0+cpu where pip's find-links offer it (this machine);
+# elsewhere PyPI has only CUDA builds of the pins. TORCH_BACKEND=cpu passes uv --torch-backend cpu for tts, asr
+# and embed (torch from download.pytorch.org's CPU index; caption keeps the build its pins name): off by default
+# and not tried, since download.pytorch.org does not resolve on the machine measured above.
 UV_VERSION ?= 0.13.9
 UV_DIR  := $(VENVS)/uv
 UV_STAMP := $(UV_DIR)/.uv-$(UV_VERSION)
