@@ -39,8 +39,19 @@ INSIGHTFACE_URL = "https://github.com/deepinsight/insightface/releases/download/
 PACK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 PIPER_REPO = "rhasspy/piper-voices"
 PIPER_VOICE = re.compile(r"^(?P<family>[^-_]+)_(?P<region>[^-]+)-(?P<name>[^-]+)-(?P<quality>.+)$")
+HUB_ENDPOINT = "https://huggingface.co"
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 30.0
+
+
+def hub_endpoint() -> str:
+    """``HF_ENDPOINT``, the hub's own variable (a stand-in hub, a mirror), else the hub."""
+    return (os.environ.get("HF_ENDPOINT") or HUB_ENDPOINT).rstrip("/")
+
+
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` set, as huggingface_hub reads it."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 class FetchError(Exception):

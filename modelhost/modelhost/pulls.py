@@ -95,7 +95,7 @@ class Weights:
     files: list[pull_urls.UrlFile] | None = None  # url: what is fetched, and where to
 
 
-def weights_of(spec: ModelSpec, cache_dir: Path, endpoint: str = "https://huggingface.co") -> Weights:
+def weights_of(spec: ModelSpec, cache_dir: Path, endpoint: str = pull_urls.HUB_ENDPOINT) -> Weights:
     source = spec.source
     if os.path.exists(source):
         return Weights("local", source, path=Path(source))
@@ -229,9 +229,8 @@ class Pulls:
     def __init__(self, specs: Iterable[ModelSpec], cache_dir: Path, *, endpoint: str | None = None,
                  offline: bool | None = None) -> None:
         self.cache_dir = Path(cache_dir).expanduser()
-        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-        self.offline = offline if offline is not None else \
-            os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+        self.endpoint = endpoint.rstrip("/") if endpoint else pull_urls.hub_endpoint()
+        self.offline = offline if offline is not None else pull_urls.hub_offline()
         self.weights = {s.id: weights_of(s, self.cache_dir, self.endpoint) for s in specs}
         self._pulls: dict[str, _Pull] = {}
 

@@ -17,13 +17,9 @@ multiple of 16 (but not the 192 of landmark models) is an ArcFace recogniser.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import shutil
 import time
-import urllib.request
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +29,6 @@ from modelhost.catalog import ModelSpec
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URL = pull_urls.INSIGHTFACE_URL  # one URL for a load and a pull (``POST /v1/models/{name}/pull``)
-PACK_NAME = pull_urls.PACK_NAME
-CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -59,60 +52,38 @@ def pack_dir(spec: ModelSpec, cache_dir: str) -> Path:
     source = spec.source
     if os.path.isdir(source):
         return Path(source)
-    if not PACK_NAME.match(source):
+    if not pull_urls.PACK_NAME.match(source):
         raise FileNotFoundError(f"model {spec.id}: source {source!r} is neither a directory nor a pack name like buffalo_l")
-    target = Path(cache_dir).expanduser() / "insightface" / source
-    if target.is_dir() and any(target.glob("*.onnx")):
-        return target
-    url = str(spec.options.get("url") or DEFAULT_URL.format(name=source))
-    download_pack(url, target, sha256=spec.options.get("sha256"))
-    return target
+    # One URL, sha256 and folder for a load and a pull (``POST /v1/models/{name}/pull``).
+    [pack] = pull_urls.url_files(spec, Path(cache_dir).expanduser(), endpoint="")
+    if not pull_urls.complete(pack):
+        download_pack(pack)
+    return pack.dest
 
 
-def download_pack(url: str, target: Path, *, sha256: str | None = None) -> None:
-    """Download the zip at ``url`` and unpack its ``.onnx`` files into ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.parent / f".{target.name}.zip.partial"
-    staging = target.parent / f".{target.name}.partial"
-    log.info("downloading %s into %s", url, target)
-    digest = hashlib.sha256()
+def download_pack(pack: pull_urls.UrlFile) -> None:
+    """Download the pack's zip and unpack its ``.onnx`` files into its folder: the fetch a pull does, with its
+    progress in the log."""
+    target = pack.dest
+    log.info("downloading %s into %s", pack.url, target)
     t0 = time.monotonic()
-    with urllib.request.urlopen(url, timeout=60) as resp, open(partial, "wb") as out:
-        total = int(resp.headers.get("Content-Length") or 0)
-        done, next_report, last_log = 0, 0.1, t0
-        while chunk := resp.read(CHUNK_BYTES):
-            out.write(chunk)
-            digest.update(chunk)
-            done += len(chunk)
-            now = time.monotonic()
-            if (total and done / total >= next_report) or now - last_log >= 5.0:
-                log.info("downloading %s: %s", target.name, _progress(done, total, now - t0))
-                last_log = now
-                while total and done / total >= next_report:
-                    next_report += 0.1
-    if total and done != total:
-        partial.unlink(missing_ok=True)
-        raise OSError(f"download of {url} ended after {done} of {total} bytes")
-    if sha256 and digest.hexdigest() != str(sha256).lower():
-        partial.unlink(missing_ok=True)
-        raise ValueError(f"download of {url} has sha256 {digest.hexdigest()}, the catalog expects {sha256}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    state = {"total": 0, "done": 0, "next": 0.1, "logged": t0}
+
+    def on_bytes(n: int) -> None:
+        state["done"] += n
+        done, total, now = state["done"], state["total"], time.monotonic()
+        if (total and done / total >= state["next"]) or now - state["logged"] >= 5.0:
+            log.info("downloading %s: %s", target.name, _progress(done, total, now - t0))
+            state["logged"] = now
+            while total and done / total >= state["next"]:
+                state["next"] += 0.1
+
     try:
-        with zipfile.ZipFile(partial) as zf:
-            members = [m for m in zf.infolist() if m.filename.endswith(".onnx") and not m.is_dir()]
-            if not members:
-                raise ValueError(f"{url} holds no .onnx file")
-            for m in members:  # flattened: a pack zipped with or without its folder unpacks the same
-                with zf.open(m) as src, open(staging / Path(m.filename).name, "wb") as dst:
-                    shutil.copyfileobj(src, dst, CHUNK_BYTES)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        partial.unlink(missing_ok=True)
-    log.info("downloaded %s: %d model file(s), %.1f MB in %.1f s", target.name, len(members), done / 1e6,
-             time.monotonic() - t0)
+        pull_urls.fetch([pack], on_total=lambda n: state.update(total=n), on_bytes=on_bytes)
+    except pull_urls.FetchError as e:
+        raise ValueError(str(e)) from None
+    log.info("downloaded %s: %d model file(s), %.1f MB in %.1f s", target.name, len(list(target.glob("*.onnx"))),
+             state["done"] / 1e6, time.monotonic() - t0)
 
 
 def _progress(done: int, total: int, seconds: float) -> str:

@@ -16,7 +16,6 @@ Speed is Piper's own ``length_scale`` (the voice's own scale / speed).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,6 @@ from ..items import SpeechAudio, SpeechItem
 from ..voices import piper_model_path, voices_for
 
 log = logging.getLogger(__name__)
-
-DEFAULT_ENDPOINT = "https://huggingface.co"
 
 
 class PiperSynthesizer(Backend):
@@ -70,12 +67,11 @@ class PiperSynthesizer(Backend):
         same place, renamed in only when complete)."""
         if self.spec.source.endswith(".onnx"):
             raise FileNotFoundError(f"Piper voice {model} does not exist")
-        files = pull_urls.piper_voice_files(self.spec.source, os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT,
-                                            model.parent)
+        files = pull_urls.piper_voice_files(self.spec.source, pull_urls.hub_endpoint(), model.parent)
         if files is None:
             raise ValueError(f"model {self.spec.id}: source {self.spec.source!r} is neither a .onnx file nor a Piper "
                              "voice id like en_US-lessac-medium")
-        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        if pull_urls.hub_offline():
             raise FileNotFoundError(f"Piper voice {model} is not in the cache and HF_HUB_OFFLINE is set")
         log.info("downloading Piper voice %s into %s", self.spec.source, model.parent)
         pull_urls.fetch(files, on_total=lambda _n: None, on_bytes=lambda _n: None)
