@@ -176,8 +176,11 @@ async def test_uvicorn_answers_in_one_write_and_a_stream_shows_its_head_before_i
     server = uvicorn.Server(uvicorn.Config(app, http=envelope_protocol("test-svc"), log_level="warning", lifespan="off"))
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        while not server.started:
+        for _ in range(1000):  # 10 s at most
+            if server.started:
+                break
             await asyncio.sleep(0.01)
+        assert server.started, "uvicorn did not start within 10 s"
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /whole HTTP/1.1\r\nHost: x\r\n\r\n")
         first = await asyncio.wait_for(reader.read(65536), 5)
