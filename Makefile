@@ -299,6 +299,7 @@ lint: $(VENVS)/gateway/.installed
 	$(VENVS)/tools/bin/hadolint $(wildcard */Dockerfile)
 	$(GW_PY) tools/gen_env_example.py --check
 	$(GW_PY) tools/check_file_lengths.py
+	$(GW_PY) tools/check_no_wait_for.py
 
 env-example: $(VENVS)/gateway/.installed
 	$(GW_PY) tools/gen_env_example.py

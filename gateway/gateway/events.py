@@ -98,7 +98,8 @@ class Subscriber:
         if self.dropped:
             return None
         try:
-            return await asyncio.wait_for(self.queue.get(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await self.queue.get()
         except asyncio.TimeoutError:
             return None if self.dropped else HeartbeatEvent()
 

@@ -170,7 +170,8 @@ class Pulls:
             gate = asyncio.create_task(self._pull_if_missing(spec), name=f"pull-gate-{spec.id}")
             self._gates[spec.id] = gate
         try:
-            status = await asyncio.wait_for(asyncio.shield(gate), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                status = await asyncio.shield(gate)
         except asyncio.TimeoutError:
             try:
                 words = progress_words(await self.clients[spec.family].pull_status(spec.id))

@@ -309,6 +309,32 @@ async def test_a_caller_that_goes_away_while_waiting_leaves_the_queue(world: Wor
     assert leaving.cancelled() and world.cpu().resident["A"].in_flight == 1  # no lease left behind
 
 
+
+@pytest.mark.parametrize("rounds", [0, 1, 2, 3, 4])
+async def test_a_caller_cancelled_just_as_it_is_granted_ends_cancelled_and_hands_its_grant_back(world: World,
+                                                                                                  rounds: int) -> None:
+    # Python 3.11's asyncio.wait_for returned the result when the cancel came within a few rounds of the event
+    # loop after the grant: the caller went on as if never cancelled (a job's worker that its cancel never
+    # stopped, so the next job never started). The cancel must win, and the grant go back to the Core.
+    task = world.start("A")
+    await world.effects.finish("load", "A", loaded(350))
+    for _ in range(10_000):  # round by round, so the cancel lands right after the grant
+        a = world.cpu().resident.get("A")
+        if a is not None and a.in_flight == 1:
+            break
+        await asyncio.sleep(0)
+    else:
+        raise AssertionError("A was never granted")
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+    if not task.cancel():  # it had already returned: the request holds A
+        assert task.done() and task.exception() is None and world.cpu().resident["A"].in_flight == 1
+        return
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert world.cpu().resident["A"].in_flight == 0  # no lease left behind
+
+
 # Releases no one verified --------------------------------------------------------------------------
 
 

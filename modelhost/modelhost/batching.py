@@ -90,7 +90,8 @@ class Batcher:
                         break
                     self._wakeup.clear()
                     try:
-                        await asyncio.wait_for(self._wakeup.wait(), remaining)
+                        async with asyncio.timeout(remaining):
+                            await self._wakeup.wait()
                     except asyncio.TimeoutError:
                         break
             if self._closed:

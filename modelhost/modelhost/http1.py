@@ -129,7 +129,8 @@ class Http1Pool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         if self._slots.locked():  # every connection is busy: wait for one (rare; the fast path sets no timer)
-            await asyncio.wait_for(self._slots.acquire(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._slots.acquire()
         else:
             await self._slots.acquire()
         try:
@@ -153,8 +154,8 @@ class Http1Pool:
                 continue
             if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
                 return conn, True
-        _, conn = await asyncio.wait_for(loop.create_connection(_Connection, self.host, self.port),
-                                         max(0.0, deadline - loop.time()))
+        async with asyncio.timeout_at(deadline):
+            _, conn = await loop.create_connection(_Connection, self.host, self.port)
         self.opened += 1
         return conn, False
 

@@ -122,7 +122,8 @@ class Parking:
         if entry.leases:
             entry.draining = True
             try:
-                await asyncio.wait_for(entry.idle.wait(), rt.settings.drain_timeout_s)
+                async with asyncio.timeout(rt.settings.drain_timeout_s):
+                    await entry.idle.wait()
             except asyncio.TimeoutError:
                 raise Conflict(f"model {name} still had requests in flight after {rt.settings.drain_timeout_s:.0f} s "
                                "of draining", code="drain_timeout")

@@ -296,7 +296,8 @@ class ModelRuntime:
         if entry.leases:
             entry.draining = True
             try:
-                await asyncio.wait_for(entry.idle.wait(), self.settings.drain_timeout_s)
+                async with asyncio.timeout(self.settings.drain_timeout_s):
+                    await entry.idle.wait()
             except asyncio.TimeoutError:
                 raise Conflict(f"model {name} still had requests in flight after {self.settings.drain_timeout_s:.0f} s of draining", code="drain_timeout")
             finally:

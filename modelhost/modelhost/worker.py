@@ -138,7 +138,8 @@ class WorkerProcess:
         self._pending[0] = self._hello
         threading.Thread(target=self._read, name=f"worker-reader-{self._proc.pid}", daemon=True).start()
         try:
-            await asyncio.wait_for(asyncio.shield(self._hello), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(self._hello)
         except asyncio.TimeoutError:
             self.kill()
             raise WorkerDied(f"worker did not start within {timeout_s:.0f} s")
@@ -203,7 +204,8 @@ class WorkerProcess:
         if timeout_s is None:
             return await fut
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await asyncio.shield(fut)
         except asyncio.TimeoutError:
             self._pending.pop(msg_id, None)
             raise
@@ -219,7 +221,8 @@ class WorkerProcess:
             except (WorkerDied, WorkerError, asyncio.TimeoutError):
                 pass
         try:
-            return await asyncio.wait_for(asyncio.to_thread(self._proc.wait), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await asyncio.to_thread(self._proc.wait)
         except asyncio.TimeoutError:
             log.warning("worker (pid %d) did not exit in %.0f s; killing it", self._proc.pid, timeout_s)
             self.kill()

@@ -149,7 +149,8 @@ class Coordinator(WorldReads):
             return
         try:
             # The Core fails the request at its deadline; the outer bound is only a backstop.
-            await asyncio.wait_for(asyncio.shield(fut), timeout_s + 5.0)
+            async with asyncio.timeout(timeout_s + 5.0):
+                await asyncio.shield(fut)
         except asyncio.TimeoutError:
             self._apply(dev, core.cancel(req_id, model, self.clock()))
             raise DeadlineExceeded(f"{model} was not ready within {timeout_s:.0f} s", code="deadline_exceeded")
@@ -182,7 +183,8 @@ class Coordinator(WorldReads):
         try:
             self._apply(dev, core.request_unload(ticket, model, self.clock(), drain=drain))
             try:
-                return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    return await asyncio.shield(fut)
             except asyncio.TimeoutError:
                 raise DeadlineExceeded(f"{model} was not released within {timeout_s:.0f} s; its unload goes on") from None
         finally:

@@ -85,7 +85,8 @@ async def progress_events(jobs: Jobs, job_id: str, *, heartbeat_s: float = 15.0,
             yield f"event: end\nid: {finished}\ndata: {json.dumps(status)}\n\n".encode()
             return
         try:
-            await asyncio.wait_for(changed.wait(), heartbeat_s)
+            async with asyncio.timeout(heartbeat_s):
+                await changed.wait()
         except asyncio.TimeoutError:
             yield b": keep-alive\n\n"
         await asyncio.sleep(min_interval_s)

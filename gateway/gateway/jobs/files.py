@@ -238,7 +238,8 @@ class Lane:
             self._slots = asyncio.Semaphore(self._threads)
         slots = self._slots
         try:
-            await asyncio.wait_for(slots.acquire(), self.stall_s)
+            async with asyncio.timeout(self.stall_s):
+                await slots.acquire()
         except TimeoutError:
             raise LaneFull(f"every {self.name} thread has been stuck for {self.stall_s:g} s (a file system that does "
                           "not answer)") from None
@@ -266,7 +267,8 @@ class Lane:
         while True:
             idle = time.monotonic() - watch.last
             try:
-                ok, value = await asyncio.wait_for(asyncio.shield(done), max(0.0, self.stall_s - idle))
+                async with asyncio.timeout(max(0.0, self.stall_s - idle)):
+                    ok, value = await asyncio.shield(done)
             except TimeoutError:
                 if time.monotonic() - watch.last >= self.stall_s:
                     raise Stalled(f"a file call made no progress for {self.stall_s:g} s (a file system that does "
