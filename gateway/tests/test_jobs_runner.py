@@ -243,6 +243,37 @@ async def test_a_delete_waits_for_workers_slow_to_stop_and_removes_the_job_only_
         store.close()
 
 
+async def test_a_worker_that_loses_its_cancel_is_cancelled_again_and_the_next_job_runs(tmp_path: Path) -> None:
+    # Library code can swallow a cancel (Python 3.11's asyncio.wait_for did, when it came just after the result):
+    # the worker then went back to its queue, its job's run never ended, and no job started after it.
+    called = asyncio.Event()
+    first = jpeg(1)
+
+    async def swallows_one_cancel(image: bytes) -> Any:
+        if image == first:
+            called.set()
+            with contextlib.suppress(asyncio.CancelledError):  # lost, as that wait_for lost it
+                await asyncio.Event().wait()
+        return caption_reply("a photo")
+
+    store = AsyncStore(tmp_path / "jobs.sqlite3")
+    runner = make_runner(tmp_path, store, FakeAccess(lambda image, n: swallows_one_cancel(image)),
+                         JobSettings(jobs_yield_s=None))
+    for name, data in (("a.jpg", first), ("b.jpg", jpeg(2))):
+        (tmp_path / name).write_bytes(data)
+        await store.create_job(f"job_{name[0]}", "caption", "m", {}, [NewItem(name, str(tmp_path / name), False, "image")],
+                               open_=False)
+    await runner.start()
+    try:
+        await asyncio.wait_for(called.wait(), 10)
+        assert await runner.cancel("job_a")
+        assert "job_a" not in runner.runs  # its run ended: every worker stopped
+        assert (await wait_ended(store, "job_b"))["state"] == "completed"
+    finally:
+        await runner.close()
+        store.close()
+
+
 async def test_a_deleted_jobs_uploads_are_removed_once_the_uploads_in_progress_are_stored(tmp_path: Path) -> None:
     store = AsyncStore(tmp_path / "jobs.sqlite3")
     runner = make_runner(tmp_path, store, FakeAccess(lambda image, n: caption_reply("x")), JobSettings(jobs_yield_s=None))

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import secrets
 import shutil
@@ -63,6 +64,29 @@ PAGE = 256
 STOP_TIMEOUT_S = 30.0  # how long a cancel or a delete waits for a job's workers to end (invariant 5)
 
 DeleteOutcome = Literal["deleted", "absent", "stopping"]
+
+
+def _where(task: asyncio.Task) -> str:
+    """A task's coroutine stack, innermost last (what a task that ignores its cancel is waiting on)."""
+    out = io.StringIO()
+    task.print_stack(limit=12, file=out)
+    return out.getvalue()
+
+
+async def _cancel_all(tasks: list[asyncio.Task]) -> None:
+    """Cancel ``tasks`` and wait until each has ended, cancelling again any that lost its cancel and went on
+    (library code that swallows one, as Python 3.11's ``asyncio.wait_for`` did: a job's worker that outlived
+    its cancel kept its job's run, and no job started after it)."""
+    left = [t for t in tasks if not t.done()]
+    while left:
+        for t in left:
+            t.cancel()
+        with contextlib.suppress(asyncio.CancelledError):  # the caller's own cancel: it is already stopping
+            await asyncio.wait(left, timeout=1.0)
+        left = [t for t in left if not t.done()]
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            t.result()  # retrieved, as awaiting it would
 
 
 def new_job_id() -> str:
@@ -246,11 +270,7 @@ class JobRunner:
         except JobFatal as e:
             await self._fail(job_id, e)
         finally:
-            for w in workers:
-                w.cancel()
-            for w in workers:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await w
+            await _cancel_all(workers)
             self.parts.metrics.jobs_active.dec()
             self.runs.pop(job_id, None)
             self.events.notify(job_id)
@@ -304,7 +324,8 @@ class JobRunner:
         tasks = {run.main, *run.workers}
         _, pending = await asyncio.wait(tasks, timeout=self.stop_timeout_s)
         if pending:
-            log.warning("job %s: its workers have not stopped after %.1f s", job_id, self.stop_timeout_s)
+            log.warning("job %s: %d of its tasks have not stopped after %.1f s; where they wait:\n%s", job_id,
+                        len(pending), self.stop_timeout_s, "\n".join(_where(t) for t in list(pending)[:3]))
             return False
         with contextlib.suppress(asyncio.CancelledError, Exception):
             run.main.result()  # retrieved, as awaiting it would (how it ended changes nothing here)
