@@ -33,6 +33,7 @@ from .jobs.service import Jobs
 from .metrics import GatewayMetrics
 from .observe import ObserveMiddleware
 from .preload import preload
+from .routes import DirectApp
 from .pulls import Pulls
 from .routers import audio_speech, audio_transcriptions, captions, embeddings, faces, health, models, openai
 from .routers import events as events_router
@@ -130,7 +131,7 @@ def create_app(settings: GatewaySettings | None = None, coordinator_settings: Co
                 client.close()
             await session.close()
 
-    app = FastAPI(
+    app = DirectApp(
         title="Roundhouse",
         version="0.1.0",
         description="Many model families on one GPU box: captions, faces, speech-to-text, text-to-speech, and the "
