@@ -42,9 +42,10 @@ class DirectRoute(APIRoute):
         return self.endpoint
 
 
-def json_response(answer: BaseModel) -> Response:
-    """``answer`` as FastAPI would have sent it for its ``response_model``: compact JSON, application/json."""
-    return Response(answer.model_dump_json(), media_type="application/json")
+def json_response(answer: BaseModel, *, exclude_none: bool = False) -> Response:
+    """``answer`` as FastAPI would have sent it for its ``response_model`` (and ``response_model_exclude_none``):
+    compact JSON, application/json."""
+    return Response(answer.model_dump_json(exclude_none=exclude_none), media_type="application/json")
 
 
 class DirectApp(FastAPI):

@@ -15,13 +15,15 @@ passed on.
 
 A box is a list of four numbers in JSON; in a form, ``x1,y1,x2,y2`` (or the field four times). ``model``
 defaults to ``GATEWAY_DEFAULT_FACE_MODEL``, else the catalog's first face model.
+
+The routes are ``DirectRoute``s: each returns its Response, and ``routes.DirectApp`` serves them on its lane.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Iterable
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from modelhost.errors import error_responses, request_id_of
@@ -29,9 +31,10 @@ from modelhost.families import default_model, face, validated
 
 from ..bodies import Upload, read_upload, request_body
 from ..images import check_images
+from ..routes import DirectRoute, json_response
 from ..state import Gateway, gw
 
-router = APIRouter(tags=["faces"])
+router = APIRouter(tags=["faces"], route_class=DirectRoute)
 
 ERRORS = error_responses(400, 401, 404, 413, 415, 429, 502, 503, 504)
 
@@ -93,14 +96,15 @@ def _check_images(g: Gateway, upload: Upload) -> None:
     "embedding (`embed`) and aligned crop (`crops`, base64 PNG). An image without faces gives `faces: []`.",
     responses=ERRORS, openapi_extra=request_body(multipart=DetectUpload, json=DetectJSON),
 )
-async def detect(request: Request) -> face.FaceDetection:
+async def detect(request: Request) -> Response:
     g = gw(request)
     upload, model = await _read(request, g, {"file": "image"}, face.DetectOptions.model_fields)
     options = validated(face.DetectOptions, upload.fields)
     _check_images(g, upload)
     async with g.access.hold(model, face.FAMILY) as upstream:
-        return await face.detect(upstream, model, upload.one("file"), options,
-                                 timeout_s=g.settings.request_timeout_s, request_id=request_id_of(request))
+        answer = await face.detect(upstream, model, upload.one("file"), options,
+                                   timeout_s=g.settings.request_timeout_s, request_id=request_id_of(request))
+    return json_response(answer, exclude_none=True)
 
 
 @router.post(
@@ -109,13 +113,14 @@ async def detect(request: Request) -> face.FaceDetection:
     "/v1/faces/detect returned with `crops=true` for the same model.",
     responses=ERRORS, openapi_extra=request_body(multipart=EmbedUpload, json=EmbedJSON),
 )
-async def embed(request: Request) -> face.FaceEmbeddings:
+async def embed(request: Request) -> Response:
     g = gw(request)
     upload, model = await _read(request, g, {"file": "images"}, (), many="file")
     _check_images(g, upload)
     async with g.access.hold(model, face.FAMILY) as upstream:
-        return await face.embed(upstream, model, [p.data for p in upload.images["file"]],
-                                timeout_s=g.settings.request_timeout_s, request_id=request_id_of(request))
+        answer = await face.embed(upstream, model, [p.data for p in upload.images["file"]],
+                                  timeout_s=g.settings.request_timeout_s, request_id=request_id_of(request))
+    return json_response(answer)
 
 
 @router.post(
@@ -125,11 +130,12 @@ async def embed(request: Request) -> face.FaceEmbeddings:
     "without a face (in its box) is 400 `no_face`.",
     responses=ERRORS, openapi_extra=request_body(multipart=VerifyUpload, json=VerifyJSON),
 )
-async def verify(request: Request) -> face.FaceVerification:
+async def verify(request: Request) -> Response:
     g = gw(request)
     upload, model = await _read(request, g, {"file_a": "image_a", "file_b": "image_b"}, face.VerifyOptions.model_fields)
     options = face.verify_options(upload.fields)
     _check_images(g, upload)
     async with g.access.hold(model, face.FAMILY) as upstream:
-        return await face.verify(upstream, model, upload.one("file_a"), upload.one("file_b"), options,
-                                 timeout_s=g.settings.request_timeout_s, request_id=request_id_of(request))
+        answer = await face.verify(upstream, model, upload.one("file_a"), upload.one("file_b"), options,
+                                   timeout_s=g.settings.request_timeout_s, request_id=request_id_of(request))
+    return json_response(answer)
