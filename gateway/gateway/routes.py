@@ -21,6 +21,11 @@ its endpoint, and an exception it raises is rendered by the app's own exception 
 included). Everything else goes through the app as before. Left out on the lane: FastAPI's ``max_body_size`` (not
 set here: each route bounds its own body, ``bodies.read_body``), its telemetry (off) and ServerErrorMiddleware's
 debug page (never on).
+
+Measured with ``bench/gateway_overhead.py`` (whole runs, quiet 2-CPU VM, the two trees in turn): the gateway's CPU
+per caption with a trivial upstream 0.34-0.42 -> 0.28-0.30 ms, its added sequential latency p50 0.62-0.70 ->
+0.42-0.56 ms; with the 20 ms upstream at 16 connections the ratio to direct did not move (0.93-0.94 -> 0.93-0.95;
+``bench/README.md``).
 """
 
 from __future__ import annotations
