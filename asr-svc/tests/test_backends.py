@@ -11,14 +11,11 @@ pocketsphinx is a real recogniser: on speech from flite it must get the words ri
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
-import http.server
 import logging
 import os
 import subprocess
 import sys
-import threading
 from typing import Any
 
 import numpy as np
@@ -29,6 +26,7 @@ from asr_svc.backends.faster_whisper import compute_type_for
 from asr_svc.items import TranscribeItem
 from modelhost.backend import Backend, import_backend
 from modelhost.catalog import Catalog, ModelSpec
+from tests.doubles.file_server import serve_folder
 
 pytestmark = pytest.mark.model
 
@@ -291,17 +289,6 @@ def test_a_pulled_whisper_name_loads_from_the_cache_without_the_network(tiny_cat
     www = tmp_path / "www" / sha
     www.mkdir(parents=True)
     (www / "tiny-x.pt").write_bytes(payload)
-    requests: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            requests.append(self.path)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             functools.partial(Handler, directory=str(tmp_path / "www")))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setitem(whisper._MODELS, "tiny-x", f"http://127.0.0.1:{server.server_address[1]}/{sha}/tiny-x.pt")
-    monkeypatch.setitem(whisper._ALIGNMENT_HEADS, "tiny-x", None)  # not a real model: no alignment heads
     spec = tiny_catalog.get("tiny-whisper").model_copy(update={"id": "pulled-whisper", "source": "tiny-x"})
     cache = tmp_path / "cache"
 
@@ -310,11 +297,11 @@ def test_a_pulled_whisper_name_loads_from_the_cache_without_the_network(tiny_cat
         await pulls.start(spec.id)
         return await pulls.wait(spec.id)
 
-    try:
+    with serve_folder(tmp_path / "www") as server:
+        monkeypatch.setitem(whisper._MODELS, "tiny-x", f"{server.url}/{sha}/tiny-x.pt")
+        monkeypatch.setitem(whisper._ALIGNMENT_HEADS, "tiny-x", None)  # not a real model: no alignment heads
         s = asyncio.run(pull())
-    finally:
-        server.shutdown()
-        server.server_close()
+    requests = server.requests
     assert s.state == "done" and s.kind == "url" and s.bytes_done == s.bytes_total == len(payload), s
     assert s.cached is True and requests == [f"/{sha}/tiny-x.pt"]
     assert sorted(p.name for p in (cache / "whisper").iterdir()) == ["tiny-x.pt"]

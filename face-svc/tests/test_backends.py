@@ -9,15 +9,12 @@ arithmetic is insightface's own (compared with the insightface package on the sa
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
-import http.server
 import logging
 import os
 import shutil
 import subprocess
 import sys
-import threading
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,6 +26,7 @@ from face_svc.backends import BACKENDS, _packs
 from face_svc.items import DetectItem, EmbedItem, keep_largest
 from modelhost.backend import Backend, import_backend
 from modelhost.catalog import Catalog, ModelSpec
+from tests.doubles.file_server import serve_folder
 
 pytestmark = pytest.mark.model
 
@@ -266,19 +264,8 @@ def pack_server(tiny_dir: Path, tmp_path: Path) -> Iterator[tuple[str, list[str]
     with zipfile.ZipFile(root / "tinypack.zip", "w") as zf:
         for f in sorted((tiny_dir / "face" / TINY).iterdir()):
             zf.write(f, f"tinypack/{f.name}")  # with its folder, as some packs are
-    requests: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            requests.append(self.path)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/tinypack.zip", requests, (root / "tinypack.zip").read_bytes()
-    finally:
-        server.shutdown()
+    with serve_folder(root) as server:
+        yield f"{server.url}/tinypack.zip", server.requests, (root / "tinypack.zip").read_bytes()
 
 
 def test_pack_name_downloads_into_the_model_cache_once_with_progress(

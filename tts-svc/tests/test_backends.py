@@ -7,10 +7,7 @@ contract the worker and the stream rely on. Real speech is checked by the flite 
 from __future__ import annotations
 
 import asyncio
-import functools
-import http.server
 import shutil
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +15,7 @@ import pytest
 
 from modelhost.backend import Backend, import_backend
 from modelhost.catalog import Catalog
+from tests.doubles.file_server import serve_folder
 from tts_svc.backends import BACKENDS
 from tts_svc.items import SpeechAudio, SpeechItem
 from tts_svc.voices import voices_for
@@ -129,33 +127,22 @@ def test_a_pulled_piper_voice_loads_without_the_network(tts_catalog: Catalog, tm
     folder.mkdir(parents=True)
     shutil.copy(tiny, folder / f"{voice}.onnx")
     shutil.copy(f"{tiny}.json", folder / f"{voice}.onnx.json")
-    requests: list[str] = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            requests.append(self.path)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             functools.partial(Handler, directory=str(tmp_path / "www")))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     spec = tts_catalog.get("tiny-piper").model_copy(update={"id": "pulled-voice", "source": voice})
-    try:
+
+    async def pull() -> Any:
+        pulls = Pulls([spec], tmp_path / "cache", offline=False)
+        await pulls.start(spec.id)
+        return await pulls.wait(spec.id)
+
+    with serve_folder(tmp_path / "www") as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         own = import_backend(BACKENDS["piper"])(spec, str(tmp_path / "loaded"))  # no pull: the load downloads
         assert own.load() == "cpu"
         own.close()
         assert sorted(p.name for p in (tmp_path / "loaded" / "piper").iterdir()) == [f"{voice}.onnx", f"{voice}.onnx.json"]
-
-        async def pull() -> Any:
-            pulls = Pulls([spec], tmp_path / "cache", offline=False)
-            await pulls.start(spec.id)
-            return await pulls.wait(spec.id)
-
         s = asyncio.run(pull())
-    finally:
-        server.shutdown()
-        server.server_close()
+    requests = server.requests
     size = tiny.stat().st_size + Path(f"{tiny}.json").stat().st_size
     assert s.state == "done" and s.kind == "url" and s.bytes_done == s.bytes_total == size, s
     assert s.cached is True and s.size_on_disk_bytes == size and len(requests) == 4
