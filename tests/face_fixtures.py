@@ -3,18 +3,30 @@ face-svc process and a real gateway in front of it. Import them into a test modu
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from tests import procs
 
 FACE_UPLOAD_BYTES = 2 * 1024 * 1024
 FACE_IMAGE_PIXELS = 4_000_000
 FACE_MAX_FACES = 5
+
+
+def square_png() -> bytes:
+    """A light 64 px square on black: the tiny detector's face."""
+    pixels = np.zeros((240, 320, 3), np.uint8)
+    pixels[40:104, 56:120] = 255
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
 
 
 @pytest.fixture(scope="session")

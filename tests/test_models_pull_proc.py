@@ -26,13 +26,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
 
 from tests import procs
 from tests.conftest import image_bytes
-from tests.face_fixtures import face_catalog  # noqa: F401 - a fixture
+from tests.face_fixtures import face_catalog, square_png  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.proc
 
@@ -260,15 +258,6 @@ def pack_world(face_catalog: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     finally:
         for p in (gw, svc, hub):
             p.stop()
-
-
-def square_png() -> bytes:
-    """A light 64 px square on black: the tiny detector's face."""
-    pixels = np.zeros((240, 320, 3), np.uint8)
-    pixels[40:104, 56:120] = 255
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def detect(gw: procs.Proc, model: str) -> httpx.Response:

@@ -12,7 +12,6 @@ each reading; the LLM and the face worker must never both be on the card.
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import json
 import threading
 import time
@@ -21,14 +20,12 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
-import numpy as np
 import psutil
 import pytest
-from PIL import Image
 
 from tests import procs
 from tests.doubles import fake_nvml_host
-from tests.face_fixtures import face_catalog  # noqa: F401 - a fixture
+from tests.face_fixtures import face_catalog, square_png  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.proc
 
@@ -173,17 +170,8 @@ def ollama_stack(face_catalog: Path, tmp_path: Path, logdir: Path) -> Iterator[S
     stop_stack(stack)
 
 
-def squares() -> bytes:
-    """A light 64 px square on black: the tiny detector's face (tests/test_faces_proc.py)."""
-    pixels = np.zeros((240, 320, 3), np.uint8)
-    pixels[40:104, 56:120] = 255
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "PNG")
-    return buf.getvalue()
-
-
 def detect(url: str) -> httpx.Response:
-    return httpx.post(url + "/v1/faces/detect", files={"file": ("a.png", squares())}, data={"model": FACE},
+    return httpx.post(url + "/v1/faces/detect", files={"file": ("a.png", square_png())}, data={"model": FACE},
                       timeout=TIMEOUT_S)
 
 
@@ -380,7 +368,7 @@ def test_a_server_that_answers_its_unload_but_keeps_the_model_gets_the_face_requ
     procs.wait_until(lambda: LLM in s.resident(), 30)
     httpx.post(s.llm.url + "/_faults", json={"ignore_unload": True}).raise_for_status()
 
-    r = httpx.post(s.gateway.url + "/v1/faces/detect", files={"file": ("a.png", squares())}, data={"model": FACE},
+    r = httpx.post(s.gateway.url + "/v1/faces/detect", files={"file": ("a.png", square_png())}, data={"model": FACE},
                    timeout=60)  # a hang fails here (ReadTimeout)
 
     assert r.status_code == 503, r.text
