@@ -342,8 +342,8 @@ class Core:
                 self.unloading[model] = r.charged_bytes
                 self.evictions[reason] += 1
                 actions.append(Unload(model, reason, parking.choose(self, model, reason)))
-        # 3. Start a swap when none is in flight.
-        if self.swap is None and self.loading is None and not self.unloading:
+        # 3. Start a swap when none is in flight (and something waits: the plan is for waiting work alone).
+        if self.swap is None and self.loading is None and not self.unloading and any(self.queues.values()):
             plan = plan_swap(self.snapshot(now))
             # A victim not released for some waiters (answered its unload, kept the model) is not evicted twice for them.
             while plan is not None and (refused := reconciliation.refuse_evicting_again(self, plan)):
