@@ -41,8 +41,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import (GATEWAY_PY, ROOT, Processes, free_port, group_cpu_s, machine,
-                     percentile, tiny_png, wait_ready)
+from harness import (GATEWAY_PY, ROOT, Processes, cpu_ticks, free_port, group_cpu_s, machine,
+                     percentile, steal_pct, tiny_png, wait_ready)
 
 MODEL = "bench-caption"
 PATH = "/v1/images/captions"
@@ -224,6 +224,7 @@ def combine(runs: list[dict]) -> dict:
         "p50_us": statistics.median(r["p50_us"] for r in runs), "p99_us": statistics.median(r["p99_us"] for r in runs),
         "cpu": {n: sum(r["cpu"][n] for r in runs) for n in runs[0]["cpu"]},
         "in_flight": max(r["in_flight"] for r in runs),
+        "steal": max(r["steal"] for r in runs),
     }
 
 
@@ -319,8 +320,10 @@ def main(argv: list[str] | None = None) -> int:
                         echo_port = ports[f"echo_{kind}"]
                         most_in_flight(echo_port)  # resets the double's count
                         cpu0 = {n: group_cpu_s(p) for n, p in pgid.items()}
+                        ticks0 = cpu_ticks()
                         r = run_wrk(t.port, lua, duration_s=args.duration / args.rounds, connections=args.connections,
                                     threads=args.threads)
+                        r["steal"] = steal_pct(ticks0, cpu_ticks())
                         cpu1 = {n: group_cpu_s(p) for n, p in pgid.items()}
                         r["cpu"] = {n: cpu1[n] - cpu0[n] for n in pgid}
                         r["in_flight"] = most_in_flight(echo_port)
@@ -330,9 +333,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Throughput, wrk -t{args.threads} -c{args.connections}, {args.rounds} rounds of "
                   f"{args.duration / args.rounds:g} s per path (CPU: ms of CPU per request in the proxy process / "
                   "in the upstream double; p50/p99: median of the rounds; upstream: the most requests the 20 ms "
-                  "double held at once)")
+                  "double held at once; steal: the most CPU time, in a round, the hypervisor gave other guests)")
             print(f"{'upstream':<13}{'path':<9}{'req/s':>9}{'vs direct':>11}{'vs nginx':>10}{'p50 ms':>9}{'p99 ms':>9}"
-                  f"{'errors':>8}{'proxy CPU':>11}{'upstream CPU':>14}{'upstream':>10}  req/s per round")
+                  f"{'errors':>8}{'proxy CPU':>11}{'upstream CPU':>14}{'upstream':>10}{'steal':>7}  req/s per round")
             for kind in ("trivial", "slow"):
                 d = results[(kind, "direct")]["rps"]
                 ng = results[(kind, "nginx")]["rps"]
@@ -344,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
                     upstream = f"{kind} {SLOW_DELAY_MS:g} ms" if kind == "slow" else kind
                     held = str(r["in_flight"]) if kind == "slow" else ""
                     print(f"{upstream:<13}{t.label:<9}{r['rps']:>9.0f}{r['rps'] / d:>11.2f}{r['rps'] / ng:>10.2f}"
-                          f"{r['p50_us'] / 1000:>9.2f}{r['p99_us'] / 1000:>9.2f}{r['errors']:>8}{proxy_cpu:>11}{up_cpu:>14}{held:>10}  "
+                          f"{r['p50_us'] / 1000:>9.2f}{r['p99_us'] / 1000:>9.2f}{r['errors']:>8}{proxy_cpu:>11}{up_cpu:>14}{held:>10}"
+                          f"{r['steal']:>6.1f}%  "
                           + " ".join(f"{x:.0f}" for x in r["rps_rounds"]))
             errors = sum(r["errors"] for r in results.values())
     finally:
@@ -372,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(>={TARGET_TRIVIAL_VS_NGINX:g}) "
           f"slow_vs_direct={slow_vs_direct:.3f} {mark(slow_vs_direct >= TARGET_SLOW_VS_DIRECT)}"
           f"(>={TARGET_SLOW_VS_DIRECT:g}) "
-          f"gateway_cpu_ms_per_req={gw_cpu_ms:.3f} nginx_cpu_ms_per_req={ng_cpu_ms:.3f}")
+          f"gateway_cpu_ms_per_req={gw_cpu_ms:.3f} nginx_cpu_ms_per_req={ng_cpu_ms:.3f} "
+          f"slow_steal_pct={max(results[('slow', t)]['steal'] for t in ('direct', 'gateway')):.1f}")
     return 0
 
 

@@ -168,6 +168,19 @@ def group_cpu_s(pgid: int) -> float:
     return total / tick
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """The machine's CPU time so far, in ticks: (all of it, the part the hypervisor gave other guests: steal).
+    Steal over a window is the share of it this VM wanted the CPU and did not get it."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return sum(fields[:8]), fields[7] if len(fields) > 7 else 0
+
+
+def steal_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
+    total = after[0] - before[0]
+    return 100.0 * (after[1] - before[1]) / total if total > 0 else 0.0
+
+
 def machine() -> str:
     import platform
 
