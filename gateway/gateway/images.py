@@ -100,15 +100,20 @@ def _jpeg(data: bytes) -> tuple[str, int, int] | None:
                 i += 1 + (64 if data[i] < 16 else 128)
             if i != end:
                 return None
-        elif marker == 0xE0 and data.startswith(b"JFIF", start) and end - start < 7:
-            return None  # Pillow reads the JFIF version unguarded
-        elif marker == 0xE2 and (data.startswith(b"MPF\0", start) or
-                                 data.startswith(b"ICC_PROFILE\0", start) and end - start < 14):
-            return None  # a multi-picture index (Pillow reads it as MPO), or a profile fragment Pillow cannot order
-        elif marker not in JPEG_SKIPPED:
+        elif marker not in JPEG_SKIPPED or _pillow_parses(data, marker, start, end):
             return None
         pos = end
     return None
+
+
+def _pillow_parses(data: bytes, marker: int, start: int, end: int) -> bool:
+    """An application segment whose contents Pillow's open parses and could refuse (JpegImagePlugin.APP)."""
+    size = end - start
+    return (marker == 0xE0 and data.startswith(b"JFIF", start) and size < 7  # the version, read unguarded
+            or marker == 0xE2 and data.startswith(b"MPF\0", start)  # a multi-picture index: read as MPO
+            or marker == 0xE2 and data.startswith(b"ICC_PROFILE\0", start) and size < 14  # a fragment it cannot order
+            or marker == 0xED and data.startswith(b"Photoshop 3.0\0", start)  # resource blocks, read unguarded
+            or marker == 0xEE and data.startswith(b"Adobe", start) and size < 7)  # the version, read unguarded
 
 
 def check_image(data: bytes, *, max_bytes: int, max_pixels: int, param: str = "file") -> str:

@@ -48,6 +48,11 @@ def interlaced(png: bytes) -> bytes:
     return png[:8] + chunk(b"IHDR", bytes(ihdr)) + png[33:]
 
 
+def with_segment(jpeg: bytes, marker: int, body: bytes) -> bytes:
+    """``jpeg`` with one more segment right after its SOI."""
+    return jpeg[:2] + bytes([0xFF, marker]) + struct.pack(">H", len(body) + 2) + body + jpeg[2:]
+
+
 def mpo() -> bytes:
     buf = io.BytesIO()
     image().save(buf, "MPO", save_all=True, append_images=[image(size=(24, 16))])
@@ -97,6 +102,7 @@ DECLINED = {
     "png-exif": save(image(), "PNG", exif=exif),
     "png-apng": save(image(), "PNG", save_all=True, append_images=[image("RGB")]),
     "mpo": mpo(),
+    "jpeg-photoshop": with_segment(save(image(), "JPEG"), 0xED, b"Photoshop 3.0\0"),
     "webp": save(image(), "WEBP"),
     "gif": save(image(), "GIF"),
     "bmp": save(image(), "BMP"),
@@ -123,6 +129,15 @@ def test_a_png_or_jpeg_header_is_read_as_pillow_reads_it(name: str) -> None:
 def test_other_formats_and_parsed_metadata_are_left_to_pillow(name: str) -> None:
     assert pillow(DECLINED[name]) is not None
     assert read_header(DECLINED[name]) is None
+
+
+@pytest.mark.parametrize("marker,body", [(0xEE, b"Adobe"), (0xE0, b"JFIF\0"), (0xED, b"Photoshop 3.0\x008BIM\x03\xed")])
+def test_a_segment_pillow_reads_unguarded_goes_to_pillow(marker: int, body: bytes) -> None:
+    """Too short for what Pillow's open reads from it without a guard: Pillow refuses the file, and so it must be
+    Pillow that answers it."""
+    data = with_segment(FAST["jpeg"], marker, body)
+    assert pillow(data) is None
+    assert read_header(data) is None
 
 
 def damaged(data: bytes, rng: random.Random) -> list[bytes]:
