@@ -16,10 +16,7 @@ import struct
 import zlib
 from typing import Iterable
 
-from PIL import Image
-
-from modelhost.errors import PayloadTooLarge
-from modelhost.images import open_image
+from modelhost.images import check_pixels, open_image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # (bit depth, colour type) pairs Pillow has a mode for (PngImagePlugin._MODES).
@@ -123,11 +120,7 @@ def check_image(data: bytes, *, max_bytes: int, max_pixels: int, param: str = "f
         with open_image(data, max_bytes=max_bytes, max_pixels=max_pixels, param=param) as im:
             return im.format or "unknown"
     fmt, w, h = head
-    if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:  # Pillow's bomb check, an error in open_image
-        raise PayloadTooLarge("the image has too many pixels", param=param, code="too_many_pixels")
-    if w * h > max_pixels:
-        raise PayloadTooLarge(f"the image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}", param=param,
-                              code="too_many_pixels")
+    check_pixels(w, h, max_pixels=max_pixels, param=param)
     return fmt
 
 
